@@ -1,0 +1,19 @@
+//! husk's emulated devices: legacy port-I/O devices and the virtio-mmio
+//! transport with its virtio devices. Device logic never touches KVM: the VMM
+//! hands devices plain `EventFd`s (queue notifications registered by the VMM as
+//! ioeventfds, interrupts registered as irqfds) and routes guest accesses to
+//! them through [`BusDevice`].
+#![deny(missing_docs)]
+
+pub mod legacy;
+
+/// A device that sits on the port-I/O or MMIO bus.
+///
+/// `offset` is relative to the device's base address; `data` holds the bytes of
+/// one guest access (1, 2, 4 or 8 bytes, little endian).
+pub trait BusDevice: Send {
+    /// Handle a guest read; fill `data`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Handle a guest write of `data`.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds husk's guest kernel (an ELF vmlinux with the PVH entry) from Debian's
+# linux-source-6.12 package: tinyconfig + microvm.config, everything built in.
+# The result is cached under $HUSK_CACHE_DIR/kernel/<sha256 of fragment + source version>/
+# and its path is printed as the only line on stdout. Progress goes to stderr.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+fragment="$here/microvm.config"
+cache_root=${HUSK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/husk}
+log() { echo "guest-kernel: $*" >&2; }
+
+pkgs=(linux-source-6.12 flex bison bc libelf-dev libssl-dev make gcc xz-utils)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "guest-kernel: need root to install ${missing[*]}" >&2; exit 1; fi
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2
+fi
+
+src_version=$(dpkg-query -W -f='${Version}' linux-source-6.12)
+key=$( (cat "$fragment"; echo "linux-source-6.12 $src_version") | sha256sum | cut -c1-16)
+out="$cache_root/kernel/$key"
+if [ -f "$out/vmlinux" ]; then
+  echo "$out/vmlinux"
+  exit 0
+fi
+
+tarball=/usr/src/linux-source-6.12.tar.xz
+[ -f "$tarball" ] || { echo "guest-kernel: $tarball missing after installing linux-source-6.12" >&2; exit 1; }
+mkdir -p "$cache_root/kernel"
+work=$(mktemp -d "$cache_root/kernel/build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log "unpacking $tarball (source $src_version)"
+tar -xf "$tarball" -C "$work"
+cd "$work"/linux-source-6.12
+start=$(date +%s)
+make -s ARCH=x86_64 tinyconfig >&2
+scripts/kconfig/merge_config.sh -m .config "$fragment" >&2
+make -s ARCH=x86_64 olddefconfig >&2
+# Every option the fragment sets must survive olddefconfig (a dependency we
+# missed silently drops an option otherwise).
+bad=0
+while IFS= read -r line; do
+  case "$line" in
+    CONFIG_*=n) opt=${line%=n}; grep -q "^$opt=" .config && { log "$opt should be off"; bad=1; } ;;
+    CONFIG_*) grep -qx "$line" .config || { log "option not applied: $line (got: $(grep "^${line%%=*}=" .config || echo unset))"; bad=1; } ;;
+  esac
+done < <(grep -v '^#' "$fragment" | sed '/^$/d')
+[ "$bad" = 0 ] || { echo "guest-kernel: config fragment not fully applied" >&2; exit 1; }
+log "building vmlinux with $(nproc) jobs"
+make -s ARCH=x86_64 -j"$(nproc)" vmlinux >&2
+took=$(( $(date +%s) - start ))
+mkdir -p "$out.tmp"
+cp vmlinux "$out.tmp/vmlinux"
+cp .config "$out.tmp/config"
+echo "build_seconds=$took" > "$out.tmp/build-info"
+echo "source_version=$src_version" >> "$out.tmp/build-info"
+rm -rf "$out"
+mv "$out.tmp" "$out"
+log "built in ${took}s: $(du -h "$out/vmlinux" | cut -f1)"
+echo "$out/vmlinux"

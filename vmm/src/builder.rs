@@ -1,0 +1,281 @@
+//! Builds a microVM from a validated [`VmConfig`], as a flat run of named
+//! steps: KVM VM and irqchip, guest memory, kernel and initramfs, boot
+//! information, legacy devices, vCPUs.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use husk_devices::legacy::{
+    DebugPort, EventFdTrigger, Serial, DEBUG_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
+    SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::boot::{self, KernelEntry};
+use crate::arch::{mptable, regs::EntryMode};
+use crate::bus::{Bus, BusError};
+use crate::config::{Console, VmConfig};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{Vcpu, VcpuError};
+use crate::vmm::{ExitEvents, Vmm};
+
+/// Address of the TSS KVM needs on Intel hosts (three pages below 4 GiB,
+/// inside the MMIO gap so it never overlaps RAM).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Build errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm (is KVM available and accessible?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// KVM lacks something husk needs.
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    /// A VM-level KVM call failed.
+    #[error("KVM {op} failed")]
+    Kvm {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory allocation failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel, initramfs or boot information could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Devices overlap on a bus.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+    /// The console file could not be opened.
+    #[error("cannot open console file {path}")]
+    ConsoleFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for building.
+pub type Result<T> = std::result::Result<T, BuildError>;
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { op, source }
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::EventFd(what, e))
+}
+
+/// Opens /dev/kvm and checks the capabilities husk relies on.
+pub fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::UserMemory, "user memory"),
+        (Cap::Ioeventfd, "ioeventfd"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::Pit2, "PIT"),
+        (Cap::ExtCpuid, "extended CPUID"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(BuildError::MissingCap(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// Creates the VM with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// Tells KVM about every guest memory region.
+pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| BuildError::MissingCap("host mapping of guest memory"))?;
+        let region = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which the `Vmm`
+        // keeps alive for as long as the VM (and thus KVM's use of it) exists.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+/// Loads kernel, initramfs and command line and writes the boot information
+/// the entry mode needs.
+pub fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig, cmdline: &str) -> Result<KernelEntry> {
+    let kernel_path = config
+        .kernel
+        .as_deref()
+        .ok_or(crate::config::ConfigError::NoKernel)?;
+    let kernel = boot::load_kernel(mem, kernel_path, config.pvh)?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|p| boot::load_initrd(mem, p, kernel.kernel_end))
+        .transpose()?;
+    boot::load_command_line(mem, cmdline)?;
+    match kernel.mode {
+        EntryMode::Pvh => boot::write_pvh_info(mem, initrd)?,
+        EntryMode::LongMode => boot::write_zero_page(mem, &kernel, cmdline.len(), initrd)?,
+    }
+    Ok(kernel)
+}
+
+fn console_writer(console: &Console) -> Result<Box<dyn Write + Send>> {
+    Ok(match console {
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::Off => Box::new(std::io::sink()),
+        Console::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+/// The legacy devices on the port-I/O bus.
+#[derive(Debug)]
+pub struct LegacyDevices {
+    /// COM1.
+    pub serial: Arc<Mutex<Serial>>,
+    /// The boot-marker / power-off port.
+    pub debug_port: Arc<Mutex<DebugPort>>,
+}
+
+/// Creates COM1 (interrupt through an irqfd), the i8042 reset line and the
+/// debug port, and places them on `pio`.
+pub fn attach_legacy_devices(
+    vm: &VmFd,
+    pio: &mut Bus,
+    console: &Console,
+    exits: &ExitEvents,
+    start: Instant,
+) -> Result<LegacyDevices> {
+    let irq = eventfd("serial interrupt")?;
+    vm.register_irqfd(&irq, SERIAL_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        EventFdTrigger::new(irq),
+        console_writer(console)?,
+    )));
+    pio.insert(u64::from(SERIAL_PORT_BASE), u64::from(SERIAL_PORT_LEN), serial.clone())?;
+    let reset = exits
+        .reset
+        .try_clone()
+        .map_err(|e| BuildError::EventFd("i8042 reset", e))?;
+    pio.insert(
+        u64::from(I8042_PORT_BASE),
+        u64::from(I8042_PORT_LEN),
+        Arc::new(Mutex::new(I8042::new(reset))),
+    )?;
+    let power_off = exits
+        .power_off
+        .try_clone()
+        .map_err(|e| BuildError::EventFd("power-off", e))?;
+    let debug_port = Arc::new(Mutex::new(DebugPort::new(start, power_off)));
+    pio.insert(u64::from(DEBUG_PORT), 1, debug_port.clone())?;
+    Ok(LegacyDevices { serial, debug_port })
+}
+
+/// Creates and configures every vCPU.
+pub fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    count: u8,
+    kernel: &KernelEntry,
+    (pio, mmio): (Arc<Bus>, Arc<Bus>),
+) -> Result<Vec<Vcpu>> {
+    (0..count)
+        .map(|i| {
+            Vcpu::new(
+                kvm,
+                vm,
+                mem,
+                (i, count),
+                kernel.entry.raw_value(),
+                kernel.mode,
+                pio.clone(),
+                mmio.clone(),
+            )
+            .map_err(BuildError::from)
+        })
+        .collect()
+}
+
+/// Builds the whole microVM, ready to run.
+pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm> {
+    config.validate()?;
+    let vcpus = u8::try_from(config.vcpus).map_err(|_| crate::config::ConfigError::Vcpus(config.vcpus))?;
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm)?;
+    let mem = memory::create_guest_memory(config.mem_mib)?;
+    register_memory(&vm, &mem)?;
+    let kernel = load_guest(&mem, config, &config.cmdline)?;
+    mptable::setup_mptable(&mem, vcpus)?;
+    let exits = ExitEvents::new()?;
+    let mut pio = Bus::new();
+    let legacy = attach_legacy_devices(&vm, &mut pio, &config.console, &exits, start)?;
+    let buses = (Arc::new(pio), Arc::new(Bus::new()));
+    let vcpus = create_vcpus(&kvm, &vm, &mem, vcpus, &kernel, buses)?;
+    log::debug!("kernel entry {:#x} ({:?})", kernel.entry.raw_value(), kernel.mode);
+    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy))
+}
+
+impl ExitEvents {
+    /// Fresh, non-blocking events.
+    pub fn new() -> Result<Self> {
+        Ok(ExitEvents {
+            reset: eventfd("reset")?,
+            power_off: eventfd("power-off")?,
+            vcpu: eventfd("vCPU exit")?,
+        })
+    }
+}

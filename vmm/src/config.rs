@@ -1,0 +1,275 @@
+//! The microVM's configuration: one serde type read from `vm.json` and
+//! filled from command-line flags, validated before anything is built.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Most vCPUs a husk microVM supports (the MP table must fit the 1 KiB EBDA).
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest memory that boots the guest kernel.
+pub const MIN_MEM_MIB: u32 = 32;
+/// Largest guest memory (1 TiB).
+pub const MAX_MEM_MIB: u32 = 1 << 20;
+/// Longest kernel command line the x86 boot protocol accepts (bytes, without NUL).
+pub const MAX_CMDLINE_LEN: usize = 2047;
+
+/// The kernel command line husk uses when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The JSON file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or has unknown fields.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// No kernel given.
+    #[error("no kernel given (use --kernel or \"kernel\" in the config file)")]
+    NoKernel,
+    /// A path that must be a readable file is not.
+    #[error("{what} {path}: {reason}")]
+    BadFile {
+        /// Which file ("kernel", "initrd").
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u32),
+    /// Memory size out of range.
+    #[error("mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
+    Memory(u32),
+    /// Command line too long or containing a NUL.
+    #[error("kernel command line is {len} bytes long or has a NUL; the limit is {MAX_CMDLINE_LEN}")]
+    Cmdline {
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// Result alias for configuration.
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Console {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Discarded.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Console {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "stdout" => Ok(Console::Stdout),
+            "off" | "none" => Ok(Console::Off),
+            "" => Err("console must be stdout, off or file:PATH".into()),
+            other => match other.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Console::File(PathBuf::from(p))),
+                _ => Err(format!(
+                    "console must be stdout, off or file:PATH, got {other:?}"
+                )),
+            },
+        }
+    }
+}
+
+/// A microVM: kernel, initramfs, command line, vCPUs, memory and console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: an ELF `vmlinux` (PVH or 64-bit entry) or a `bzImage`.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed) loaded beside the kernel.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; husk appends its device announcements to it.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs (1..=32).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u32,
+    /// Serial console destination.
+    #[serde(default)]
+    pub console: Console,
+    /// Enter an ELF kernel through its PVH entry when it has one (else the
+    /// 64-bit Linux boot protocol entry).
+    #[serde(default = "default_pvh")]
+    pub pvh: bool,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_mem_mib() -> u32 {
+    256
+}
+fn default_pvh() -> bool {
+    true
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: default_vcpus(),
+            mem_mib: default_mem_mib(),
+            console: Console::default(),
+            pvh: true,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Reads a JSON config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks every value; the VMM builds nothing from an invalid config.
+    pub fn validate(&self) -> Result<()> {
+        let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
+        check_file("kernel", kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+        }
+        if self.vcpus == 0 || self.vcpus > u32::from(MAX_VCPUS) {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        if self.cmdline.len() > MAX_CMDLINE_LEN || self.cmdline.contains('\0') {
+            return Err(ConfigError::Cmdline {
+                len: self.cmdline.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_file(what: &'static str, path: &Path) -> Result<()> {
+    let bad = |reason: String| ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() == 0 {
+        return Err(bad("file is empty".into()));
+    }
+    std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_kernel() -> (tempfile::NamedTempFile, VmConfig) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, b"\x7fELF").unwrap();
+        let cfg = VmConfig {
+            kernel: Some(f.path().to_path_buf()),
+            ..VmConfig::default()
+        };
+        (f, cfg)
+    }
+
+    #[test]
+    fn json_defaults_and_unknown_fields() {
+        let cfg: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(cfg.vcpus, 1);
+        assert_eq!(cfg.mem_mib, 256);
+        assert_eq!(cfg.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(cfg.console, Console::Stdout);
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `vcpu`"), "{err}");
+        let cfg: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "console": {"file": "/tmp/c"}}"#).unwrap();
+        assert_eq!(cfg.console, Console::File("/tmp/c".into()));
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        let (_f, good) = with_kernel();
+        good.validate().unwrap();
+        let msg = |c: VmConfig| c.validate().unwrap_err().to_string();
+        assert!(msg(VmConfig { vcpus: 0, ..good.clone() }).contains("vcpus"));
+        assert!(msg(VmConfig { vcpus: 33, ..good.clone() }).contains("vcpus"));
+        assert!(msg(VmConfig { mem_mib: 8, ..good.clone() }).contains("mem_mib"));
+        assert!(msg(VmConfig {
+            cmdline: "x".repeat(3000),
+            ..good.clone()
+        })
+        .contains("command line"));
+        let missing = msg(VmConfig {
+            kernel: Some("/nonexistent/vmlinux".into()),
+            ..good.clone()
+        });
+        assert!(missing.starts_with("kernel /nonexistent/vmlinux"), "{missing}");
+        assert!(msg(VmConfig {
+            kernel: Some("/".into()),
+            ..good.clone()
+        })
+        .contains("not a regular file"));
+        assert!(msg(VmConfig { kernel: None, ..good }).contains("no kernel"));
+    }
+
+    #[test]
+    fn console_from_str() {
+        assert_eq!("stdout".parse::<Console>().unwrap(), Console::Stdout);
+        assert_eq!("off".parse::<Console>().unwrap(), Console::Off);
+        assert_eq!(
+            "file:/x".parse::<Console>().unwrap(),
+            Console::File("/x".into())
+        );
+        assert!("file:".parse::<Console>().is_err());
+        assert!("tty".parse::<Console>().is_err());
+    }
+}
