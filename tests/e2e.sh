@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# End-to-end scenarios that boot real guests: tests/e2e.sh SCENARIO...
+#
+# On a host whose CPU has vmx/svm the scenario runs here on /dev/kvm. Otherwise
+# it runs inside the nested test host (QEMU TCG + emulated SVM, a real
+# /dev/kvm inside). A scenario that cannot boot its guest fails; it never skips.
+# Scenarios: tests/scenarios/*.sh (boot, bench-boot, ...).
+set -euo pipefail
+HUSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/build.sh
+. "$HUSK_ROOT/tests/lib/build.sh"
+# shellcheck source=lib/nested.sh
+. "$HUSK_ROOT/tests/lib/nested.sh"
+
+[ $# -ge 1 ] || { echo "usage: tests/e2e.sh SCENARIO... (one of: $(cd "$HUSK_ROOT/tests/scenarios" && ls | sed 's/\.sh$//' | tr '\n' ' '))" >&2; exit 2; }
+for s in "$@"; do
+  [ -f "$HUSK_ROOT/tests/scenarios/$s.sh" ] || { echo "e2e: unknown scenario $s" >&2; exit 2; }
+done
+build_all
+
+failed=0
+for s in "$@"; do
+  start=$(date +%s)
+  if have_hw_kvm; then
+    say "scenario $s on this host's /dev/kvm"
+    work=$(mktemp -d)
+    set +e
+    HUSK_E2E_DIR=$HUSK_ROOT/tests HUSK_E2E_HOST=direct WORK=$work sh "$HUSK_ROOT/tests/scenarios/$s.sh"
+    rc=$?
+    set -e
+    rm -rf "$work"
+  else
+    set +e
+    nested_run "$s" "${HUSK_E2E_TIMEOUT:-900}"
+    rc=$?
+    set -e
+  fi
+  took=$(( $(date +%s) - start ))
+  if [ "$rc" = 0 ]; then say "scenario $s: PASS (${took}s)"; else say "scenario $s: FAIL, status $rc (${took}s)"; failed=$((failed + 1)); fi
+done
+passed=$(( $# - failed ))
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" = 0 ]

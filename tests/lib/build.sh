@@ -1,0 +1,45 @@
+# Sourced by tests/e2e.sh and the top-level scripts: installs what is missing
+# and builds every artifact a guest boot needs. Sets HUSK_VMM, HUSK_AGENT,
+# GUEST_KERNEL and GUEST_INITRD (absolute paths).
+# shellcheck shell=bash
+HUSK_ROOT=${HUSK_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+HUSK_CACHE_DIR=${HUSK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/husk}
+export HUSK_CACHE_DIR
+say() { echo "husk: $*" >&2; }
+
+install_packages() {
+  local missing=() p
+  while read -r p; do
+    case "$p" in ''|'#'*) continue ;; esac
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done < "$HUSK_ROOT/tests/apt-packages.txt"
+  ((${#missing[@]})) || return 0
+  say "installing Debian packages: ${missing[*]}"
+  [ "$(id -u)" = 0 ] || { say "need root to install ${missing[*]}"; return 1; }
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
+    apt-get update -qq >&2
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+build_all() {
+  install_packages
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HUSK_ROOT/target}
+  say "building guest kernel (cached under $HUSK_CACHE_DIR/kernel)"
+  GUEST_KERNEL=$("$HUSK_ROOT/guest-kernel/build.sh")
+  say "building husk-vmm and the static husk-agent"
+  (cd "$HUSK_ROOT" && cargo build --release --quiet -p husk-vmm) >&2
+  (cd "$HUSK_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --quiet -p husk-agent --target x86_64-unknown-linux-gnu) >&2
+  HUSK_VMM=$CARGO_TARGET_DIR/release/husk-vmm
+  HUSK_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent
+  mkdir -p "$HUSK_CACHE_DIR/initramfs"
+  GUEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-initramfs.cpio.gz
+  "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_INITRD" >/dev/null
+  export HUSK_VMM HUSK_AGENT GUEST_KERNEL GUEST_INITRD
+}
+
+# True when this machine's CPU has hardware virtualization for /dev/kvm.
+have_hw_kvm() {
+  [ -z "${HUSK_FORCE_NESTED:-}" ] && [ -c /dev/kvm ] && grep -q -E -m1 '\b(vmx|svm)\b' /proc/cpuinfo
+}

@@ -1,0 +1,95 @@
+# Sourced by tests/e2e.sh: the nested test host. Debian's cloud kernel boots
+# under QEMU's TCG with an emulated AMD SVM CPU, loads kvm-amd, and so gives
+# a real /dev/kvm to the scenario running inside it (see shared/NESTED-KVM.md).
+# shellcheck shell=bash
+
+# copy_with_libs ROOT FILE...: copies each executable and its shared
+# libraries into ROOT at the same absolute paths.
+copy_with_libs() {
+  local root=$1 f lib
+  shift
+  for f in "$@"; do
+    mkdir -p "$root$(dirname "$f")"
+    cp -L "$f" "$root$f"
+    for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ )]*'); do
+      [ -e "$root$lib" ] && continue
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+  done
+}
+
+# nested_kernel: the newest installed Debian cloud kernel image.
+nested_kernel() {
+  ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -1
+}
+
+# nested_run SCENARIO TIMEOUT_SECONDS: runs tests/scenarios/SCENARIO.sh in a
+# nested test host and returns its exit status.
+nested_run() {
+  local scenario=$1 limit=$2 kernel ver mods l1 log rc
+  kernel=$(nested_kernel)
+  [ -n "$kernel" ] || { say "no /boot/vmlinuz-*-cloud-amd64: install linux-image-cloud-amd64"; return 1; }
+  ver=${kernel#/boot/vmlinuz-}
+  mods=/lib/modules/$ver/kernel
+  l1=$(mktemp -d)
+  log=${HUSK_E2E_LOG:-$(mktemp)}
+  mkdir -p "$l1"/{bin,sbin,proc,sys,dev,tmp,lib/modules,husk/bin,husk/guest}
+  cp /bin/busybox "$l1/bin/busybox"
+  cp "$mods/virt/lib/irqbypass.ko" "$mods/arch/x86/kvm/kvm.ko" "$mods/arch/x86/kvm/kvm-amd.ko" "$l1/lib/modules/"
+  copy_with_libs "$l1" "$HUSK_VMM"
+  ln -sf "$HUSK_VMM" "$l1/husk/bin/husk-vmm"
+  cp "$GUEST_KERNEL" "$l1/husk/guest/vmlinux"
+  cp "$GUEST_INITRD" "$l1/husk/guest/initramfs.cpio.gz"
+  cp -a "$HUSK_ROOT/tests/scenarios" "$HUSK_ROOT/tests/lib" "$l1/husk/"
+  if [ -n "${HUSK_E2E_WITH_QEMU:-}" ]; then
+    copy_with_libs "$l1" "$(command -v qemu-system-x86_64)"
+    mkdir -p "$l1/usr/share/qemu"
+    cp /usr/share/qemu/{qboot.rom,bios-microvm.bin,pvh.bin,linuxboot_dma.bin} "$l1/usr/share/qemu/"
+  fi
+  for extra in ${HUSK_E2E_EXTRA_FILES:-}; do copy_with_libs "$l1" "$extra"; done
+  echo "$scenario" > "$l1/husk/scenario"
+  cat > "$l1/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/husk/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+mount -t tmpfs tmp /tmp
+for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "nested host: insmod $m failed"; done
+[ -c /dev/kvm ] || echo "nested host: /dev/kvm did not appear"
+ip link set lo up 2>/dev/null
+export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz
+export HUSK_E2E_DIR=/husk HUSK_E2E_HOST=nested WORK=/tmp
+echo "nested host: up, running scenario $(cat /husk/scenario)"
+sh /husk/scenarios/$(cat /husk/scenario).sh
+echo "HUSK-E2E-STATUS=$?"
+poweroff -f
+INIT
+  chmod +x "$l1/init"
+  (cd "$l1" && find . | cpio -o -H newc --quiet) | gzip -1 > "$l1.cpio.gz"
+  rm -rf "$l1"
+  say "booting the nested test host ($ver under TCG with SVM), scenario $scenario, limit ${limit}s"
+  set +e
+  timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu EPYC,+svm \
+    -smp 2 -m 3072 -nographic -no-reboot -nic none \
+    -kernel "$kernel" -initrd "$l1.cpio.gz" \
+    -append "console=ttyS0 panic=-1 quiet" < /dev/null 2>&1 | tr -d '\r' | tee "$log" | grep -v -F 'Unhandled WRMSR'
+  rc=${PIPESTATUS[0]}
+  set -e
+  rm -f "$l1.cpio.gz"
+  local status
+  status=$(grep -a -o 'HUSK-E2E-STATUS=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+  if [ -z "$status" ]; then
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      say "FAIL: the nested test host did not finish scenario $scenario within ${limit}s; last console lines:"
+    else
+      say "FAIL: the nested test host ended (qemu status $rc) before scenario $scenario finished; last console lines:"
+    fi
+    tail -n 25 "$log" >&2
+    return 1
+  fi
+  return "$status"
+}
