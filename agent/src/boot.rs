@@ -7,7 +7,7 @@
 //! reboot, which other VMMs (QEMU with `-no-reboot`, Firecracker) treat as
 //! the end of the VM.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
@@ -53,7 +53,13 @@ const MOUNTS: &[(&str, &str, &str, u64, &str)] = &[
     ("proc", "/proc", "proc", 0, ""),
     ("sysfs", "/sys", "sysfs", 0, ""),
     ("devtmpfs", "/dev", "devtmpfs", 0, "mode=0755"),
-    ("devpts", "/dev/pts", "devpts", 0, "gid=5,mode=620,ptmxmode=666"),
+    (
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        0,
+        "gid=5,mode=620,ptmxmode=666",
+    ),
     ("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777"),
     ("tmpfs", "/run", "tmpfs", 0, "mode=0755"),
     ("tmpfs", "/tmp", "tmpfs", 0, "mode=1777"),
@@ -97,7 +103,11 @@ fn leak(s: &str) -> &'static str {
 /// Points stdin/stdout/stderr at /dev/console (the kernel does this only
 /// when the initramfs has a /dev/console node).
 pub fn ensure_console() {
-    if let Ok(console) = OpenOptions::new().read(true).write(true).open("/dev/console") {
+    if let Ok(console) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
         let _ = nix::unistd::dup2_stdin(&console);
         let _ = nix::unistd::dup2_stdout(&console);
         let _ = nix::unistd::dup2_stderr(&console);
@@ -175,14 +185,15 @@ pub fn print_ready(version: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
-    if let Ok(mut kmsg) = File::options().write(true).open("/dev/kmsg") {
-        let _ = kmsg.write_all(line.as_bytes());
-    }
     Ok(())
 }
 
 /// Syncs filesystems and ends the VM (never returns).
 pub fn power_off() -> ! {
+    // The serial console transmits asynchronously: let it drain first so the
+    // last lines are not lost when the VM ends.
+    let _ = nix::sys::termios::tcdrain(std::io::stdout());
+    let _ = nix::sys::termios::tcdrain(std::io::stderr());
     nix::unistd::sync();
     debug_port_write(DEBUG_PORT_POWER_OFF);
     // Still running: not husk-vmm. A reset ends the VM under other VMMs.

@@ -112,7 +112,8 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -205,7 +206,11 @@ pub fn attach_legacy_devices(
         EventFdTrigger::new(irq),
         console_writer(console)?,
     )));
-    pio.insert(u64::from(SERIAL_PORT_BASE), u64::from(SERIAL_PORT_LEN), serial.clone())?;
+    pio.insert(
+        u64::from(SERIAL_PORT_BASE),
+        u64::from(SERIAL_PORT_LEN),
+        serial.clone(),
+    )?;
     let reset = exits
         .reset
         .try_clone()
@@ -253,7 +258,8 @@ pub fn create_vcpus(
 /// Builds the whole microVM, ready to run.
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm> {
     config.validate()?;
-    let vcpus = u8::try_from(config.vcpus).map_err(|_| crate::config::ConfigError::Vcpus(config.vcpus))?;
+    let vcpus =
+        u8::try_from(config.vcpus).map_err(|_| crate::config::ConfigError::Vcpus(config.vcpus))?;
     let kvm = open_kvm()?;
     let vm = create_vm(&kvm)?;
     let mem = memory::create_guest_memory(config.mem_mib)?;
@@ -265,7 +271,11 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm> {
     let legacy = attach_legacy_devices(&vm, &mut pio, &config.console, &exits, start)?;
     let buses = (Arc::new(pio), Arc::new(Bus::new()));
     let vcpus = create_vcpus(&kvm, &vm, &mem, vcpus, &kernel, buses)?;
-    log::debug!("kernel entry {:#x} ({:?})", kernel.entry.raw_value(), kernel.mode);
+    log::debug!(
+        "kernel entry {:#x} ({:?})",
+        kernel.entry.raw_value(),
+        kernel.mode
+    );
     Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy))
 }
 

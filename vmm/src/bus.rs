@@ -145,7 +145,10 @@ mod tests {
         bus.insert(0x100, 0x10, dev()).unwrap();
         assert_eq!(
             bus.insert(0xf8, 0x10, dev()),
-            Err(BusError::Overlap { base: 0xf8, len: 0x10 })
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
         );
         assert!(bus.insert(0x10f, 1, dev()).is_err());
         assert!(bus.insert(0x200, 0, dev()).is_err());

@@ -57,7 +57,9 @@ pub enum ConfigError {
     #[error("mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
     Memory(u32),
     /// Command line too long or containing a NUL.
-    #[error("kernel command line is {len} bytes long or has a NUL; the limit is {MAX_CMDLINE_LEN}")]
+    #[error(
+        "kernel command line is {len} bytes long or has a NUL; the limit is {MAX_CMDLINE_LEN}"
+    )]
     Cmdline {
         /// Its length.
         len: usize,
@@ -240,9 +242,21 @@ mod tests {
         let (_f, good) = with_kernel();
         good.validate().unwrap();
         let msg = |c: VmConfig| c.validate().unwrap_err().to_string();
-        assert!(msg(VmConfig { vcpus: 0, ..good.clone() }).contains("vcpus"));
-        assert!(msg(VmConfig { vcpus: 33, ..good.clone() }).contains("vcpus"));
-        assert!(msg(VmConfig { mem_mib: 8, ..good.clone() }).contains("mem_mib"));
+        assert!(msg(VmConfig {
+            vcpus: 0,
+            ..good.clone()
+        })
+        .contains("vcpus"));
+        assert!(msg(VmConfig {
+            vcpus: 33,
+            ..good.clone()
+        })
+        .contains("vcpus"));
+        assert!(msg(VmConfig {
+            mem_mib: 8,
+            ..good.clone()
+        })
+        .contains("mem_mib"));
         assert!(msg(VmConfig {
             cmdline: "x".repeat(3000),
             ..good.clone()
@@ -252,13 +266,20 @@ mod tests {
             kernel: Some("/nonexistent/vmlinux".into()),
             ..good.clone()
         });
-        assert!(missing.starts_with("kernel /nonexistent/vmlinux"), "{missing}");
+        assert!(
+            missing.starts_with("kernel /nonexistent/vmlinux"),
+            "{missing}"
+        );
         assert!(msg(VmConfig {
             kernel: Some("/".into()),
             ..good.clone()
         })
         .contains("not a regular file"));
-        assert!(msg(VmConfig { kernel: None, ..good }).contains("no kernel"));
+        assert!(msg(VmConfig {
+            kernel: None,
+            ..good
+        })
+        .contains("no kernel"));
     }
 
     #[test]

@@ -62,10 +62,7 @@ pub fn ram_ranges(mem_mib: u32) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), to_usize(MMIO_GAP_START)),
-            (
-                GuestAddress(MMIO_GAP_END),
-                to_usize(size - MMIO_GAP_START),
-            ),
+            (GuestAddress(MMIO_GAP_END), to_usize(size - MMIO_GAP_START)),
         ]
     }
 }
@@ -77,8 +74,10 @@ fn to_usize(v: u64) -> usize {
 
 /// Allocates guest memory of `mem_mib` MiB.
 pub fn create_guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib))
-        .map_err(|source| MemoryError::Allocate { mib: mem_mib, source })
+    GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib)).map_err(|source| MemoryError::Allocate {
+        mib: mem_mib,
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -108,7 +108,14 @@ impl MutEventSubscriber for ExitWatcher {
         let exit = match events.data() {
             EV_RESET => {
                 let _ = self.exits.reset.read();
-                VmExit::Reset
+                // husk-agent requests power-off, then resets as a fallback for
+                // other VMMs. The power-off request is signalled before the
+                // guest can go on to reset, so it is always pending here.
+                if self.exits.power_off.read().is_ok() {
+                    VmExit::PowerOff
+                } else {
+                    VmExit::Reset
+                }
             }
             EV_POWER_OFF => {
                 let _ = self.exits.power_off.read();
@@ -191,10 +198,14 @@ impl Vmm {
         let (tx, rx) = mpsc::channel();
         for mut vcpu in std::mem::take(&mut self.vcpus) {
             let tx = tx.clone();
-            let evt = self.exits.vcpu.try_clone().map_err(|source| RunError::Thread {
-                index: vcpu.index(),
-                source,
-            })?;
+            let evt = self
+                .exits
+                .vcpu
+                .try_clone()
+                .map_err(|source| RunError::Thread {
+                    index: vcpu.index(),
+                    source,
+                })?;
             let index = vcpu.index();
             std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -223,7 +234,12 @@ impl Vmm {
             EventManager::new().map_err(RunError::EventLoop)?;
         em.add_subscriber(watcher.clone());
         let exit = loop {
-            if let Some(exit) = watcher.lock().unwrap_or_else(|e| e.into_inner()).result.take() {
+            if let Some(exit) = watcher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .result
+                .take()
+            {
                 break exit;
             }
             em.run().map_err(RunError::EventLoop)?;

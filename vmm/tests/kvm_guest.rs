@@ -106,7 +106,8 @@ fn boot(code: &[u8], mode: EntryMode) -> TestVm {
     .unwrap();
     pio.insert(TEST_PIO_PORT, 4, pio_rec.clone()).unwrap();
     let mut mmio = Bus::new();
-    mmio.insert(TEST_MMIO_BASE, 0x1000, mmio_rec.clone()).unwrap();
+    mmio.insert(TEST_MMIO_BASE, 0x1000, mmio_rec.clone())
+        .unwrap();
 
     let fd = vm.create_vcpu(0).unwrap();
     let mut cpuid = kvm

@@ -17,7 +17,9 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use super::regs::EntryMode;
 use crate::config::MAX_CMDLINE_LEN;
@@ -207,11 +209,15 @@ pub fn e820_ram(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
             out.push((start, end - start));
         }
     }
-    debug_assert!(out.iter().all(|(s, l)| s + l <= MMIO_GAP_START || *s >= MMIO_GAP_END));
+    debug_assert!(out
+        .iter()
+        .all(|(s, l)| s + l <= MMIO_GAP_START || *s >= MMIO_GAP_END));
     out
 }
 
-fn boot_info_err(what: &'static str) -> impl FnOnce(linux_loader::configurator::Error) -> BootError {
+fn boot_info_err(
+    what: &'static str,
+) -> impl FnOnce(linux_loader::configurator::Error) -> BootError {
     move |e| BootError::BootInfo {
         what,
         reason: e.to_string(),
@@ -279,7 +285,11 @@ pub fn write_pvh_info(mem: &GuestMemoryMmap, initrd: Option<InitrdRange>) -> Res
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         nr_modules: u32::try_from(modules.len()).unwrap_or(0),
-        modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST_START },
+        modlist_paddr: if modules.is_empty() {
+            0
+        } else {
+            PVH_MODLIST_START
+        },
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: u32::try_from(memmap.len()).unwrap_or(0),
@@ -293,12 +303,12 @@ pub fn write_pvh_info(mem: &GuestMemoryMmap, initrd: Option<InitrdRange>) -> Res
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
         .map_err(boot_info_err("PVH start info"))?;
     // The start info must be readable back at the address in %ebx.
-    let magic: u32 = mem
-        .read_obj(GuestAddress(PVH_INFO_START))
-        .map_err(|e| BootError::BootInfo {
-            what: "PVH start info",
-            reason: e.to_string(),
-        })?;
+    let magic: u32 =
+        mem.read_obj(GuestAddress(PVH_INFO_START))
+            .map_err(|e| BootError::BootInfo {
+                what: "PVH start info",
+                reason: e.to_string(),
+            })?;
     debug_assert_eq!(magic, XEN_HVM_START_MAGIC);
     Ok(())
 }
@@ -380,7 +390,9 @@ mod tests {
         std::io::Write::write_all(&mut f, &[0u8; 8192]).unwrap();
         let err = load_kernel(&m, f.path(), true).unwrap_err().to_string();
         assert!(err.starts_with("cannot load kernel "), "{err}");
-        let err = load_kernel(&m, Path::new("/nonexistent"), true).unwrap_err().to_string();
+        let err = load_kernel(&m, Path::new("/nonexistent"), true)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "cannot read kernel /nonexistent");
     }
 }

@@ -50,7 +50,11 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, cpu_count: 
                 // EAX[31:26]: cores per package - 1; [25:14]: threads sharing
                 // the cache - 1 (core-private below L3, package-wide at L3).
                 let level = (e.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { count.saturating_sub(1) } else { 0 };
+                let sharing = if level >= 3 {
+                    count.saturating_sub(1)
+                } else {
+                    0
+                };
                 e.eax = (e.eax & 0x3fff) | (sharing << 14) | (count.saturating_sub(1) << 26);
             }
             LEAF_EXT_TOPOLOGY => {
@@ -132,9 +136,6 @@ mod tests {
 
     #[test]
     fn id_bits_rounds_up() {
-        assert_eq!(
-            [1, 2, 3, 4, 5, 64].map(id_bits),
-            [0, 1, 2, 2, 3, 6]
-        );
+        assert_eq!([1, 2, 3, 4, 5, 64].map(id_bits), [0, 1, 2, 2, 3, 6]);
     }
 }

@@ -78,7 +78,11 @@ pub fn build(cpus: u8, base: u32) -> Result<Vec<u8>, MptableError> {
     let table_len = 44 + entries.len();
     let mut table = Vec::with_capacity(table_len);
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&u16::try_from(table_len).map_err(|_| MptableError::TooManyCpus(cpus))?.to_le_bytes());
+    table.extend_from_slice(
+        &u16::try_from(table_len)
+            .map_err(|_| MptableError::TooManyCpus(cpus))?
+            .to_le_bytes(),
+    );
     table.push(MPC_SPEC);
     table.push(0); // checksum, below
     table.extend_from_slice(b"HUSKVMM ");
@@ -123,7 +127,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()), 0x9fc10);
         let table = &t[16..];
         assert_eq!(&table[0..4], b"PCMP");
-        assert_eq!(usize::from(u16::from_le_bytes([table[4], table[5]])), table.len());
+        assert_eq!(
+            usize::from(u16::from_le_bytes([table[4], table[5]])),
+            table.len()
+        );
         assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         // 2 CPUs, bus, IOAPIC, 24 interrupts, 2 local interrupts.
         assert_eq!(u16::from_le_bytes([table[34], table[35]]), 2 + 2 + 24 + 2);
@@ -135,6 +142,9 @@ mod tests {
     #[test]
     fn max_vcpus_fit() {
         assert!(build(crate::config::MAX_VCPUS, 0x9fc00).is_ok());
-        assert!(matches!(build(40, 0x9fc00), Err(MptableError::TooManyCpus(40))));
+        assert!(matches!(
+            build(40, 0x9fc00),
+            Err(MptableError::TooManyCpus(40))
+        ));
     }
 }

@@ -2,7 +2,7 @@
 //! segment and control registers for 64-bit long mode or 32-bit protected
 //! mode (PVH), general registers, FPU, MSRs and the local APIC's LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, Msrs, kvm_msr_entry};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -309,9 +309,17 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
 pub fn setup_lapic(vcpu: &VcpuFd) -> Result<()> {
     let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT0, set_delivery_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT0,
+        set_delivery_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT1, set_delivery_mode(lvt1, APIC_MODE_NMI));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT1,
+        set_delivery_mode(lvt1, APIC_MODE_NMI),
+    );
     vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))
 }
 

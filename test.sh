@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# All tests: formatting and lints, unit and integration tests of every crate
+# (including fast KVM tests with hand-made guests), then the end-to-end
+# scenarios that boot real guests (tests/e2e.sh).
+set -euo pipefail
+cd "$(dirname "$0")"
+. tests/lib/build.sh
+install_packages
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace
+tests/e2e.sh boot
