@@ -131,7 +131,7 @@ mod tests {
         let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let buf = SharedBuf::default();
         let mut serial = Serial::new(irq, Box::new(buf.clone()));
-        serial.write(0, &[b'a', b'b']);
+        serial.write(0, b"ab");
         let mut wide = [0u8; 4];
         serial.read(5, &mut wide);
         assert_eq!(wide, [0xff; 4]);
