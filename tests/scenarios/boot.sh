@@ -33,3 +33,34 @@ grep -q '^husk-vmm: kernel /nonexistent/vmlinux: ' "$WORK/bad.log" || fail "miss
 run_vmm 30 "$WORK/bad2.log" --kernel "$GUEST_KERNEL" --vcpus 0
 [ "$RC" = 1 ] && grep -q 'vcpus must be between' "$WORK/bad2.log" || fail "vcpus 0 accepted or unclear: $(cat "$WORK/bad2.log")"
 pass "bad input rejected with one-line errors"
+
+# The same boot from a vm.json file.
+cat > "$WORK/vm.json" <<JSON
+{"kernel": "$GUEST_KERNEL", "initrd": "$GUEST_INITRD", "vcpus": 2, "mem_mib": 128,
+ "console": {"file": "$WORK/json-console.log"}}
+JSON
+run_vmm 180 "$WORK/json.log" --config "$WORK/vm.json"
+[ "$RC" = 0 ] || { cat "$WORK/json.log"; fail "boot from vm.json: status $RC"; }
+grep -q 'ready cpus=2 ' "$WORK/json-console.log" || { show_tail "$WORK/json-console.log"; fail "boot from vm.json: no ready line in the console file"; }
+pass "boot from vm.json with the console in a file"
+
+# A guest that panics (no init) resets itself with panic=-1: status 3.
+run_vmm 180 "$WORK/panic.log" --kernel "$GUEST_KERNEL" --mem-mib 64 \
+  --cmdline "console=ttyS0 reboot=k panic=-1"
+grep -q 'Kernel panic' "$WORK/panic.log" || { show_tail "$WORK/panic.log"; fail "guest without init did not panic"; }
+[ "$RC" = 3 ] || fail "guest reset: status $RC, want 3"
+pass "guest reset after panic gives status 3"
+
+# SIGTERM stops a running VM (here one that waits forever after its panic): 143.
+"$HUSK_VMM" --kernel "$GUEST_KERNEL" --mem-mib 64 --cmdline "console=ttyS0 reboot=k panic=0" \
+  > "$WORK/term.log" 2>&1 &
+vmm=$!
+i=0
+until grep -q 'Kernel panic' "$WORK/term.log" || [ $i -ge 120 ]; do sleep 1; i=$((i + 1)); done
+grep -q 'Kernel panic' "$WORK/term.log" || { kill -KILL $vmm; show_tail "$WORK/term.log"; fail "guest did not reach its panic within 120 s"; }
+kill -TERM $vmm
+wait $vmm
+RC=$?
+[ "$RC" = 143 ] || fail "SIGTERM: status $RC, want 143"
+grep -q 'stopped by signal 15' "$WORK/term.log" || fail "SIGTERM not logged"
+pass "SIGTERM stops the VM with status 143"
