@@ -1,0 +1,1 @@
+//! husk-agent as a library: the guest-side container runtime.
