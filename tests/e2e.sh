@@ -25,7 +25,7 @@ for s in "$@"; do
     say "scenario $s on this host's /dev/kvm"
     work=$(mktemp -d)
     set +e
-    HUSK_E2E_DIR=$HUSK_ROOT/tests HUSK_E2E_HOST=direct WORK=$work sh "$HUSK_ROOT/tests/scenarios/$s.sh"
+    GUEST_BZIMAGE=$(nested_kernel) HUSK_E2E_DIR=$HUSK_ROOT/tests HUSK_E2E_HOST=direct WORK=$work sh "$HUSK_ROOT/tests/scenarios/$s.sh"
     rc=$?
     set -e
     rm -rf "$work"

@@ -41,6 +41,7 @@ nested_run() {
   ln -sf "$HUSK_VMM" "$l1/husk/bin/husk-vmm"
   cp "$GUEST_KERNEL" "$l1/husk/guest/vmlinux"
   cp "$GUEST_INITRD" "$l1/husk/guest/initramfs.cpio.gz"
+  cp "$kernel" "$l1/husk/guest/bzImage"
   cp -a "$HUSK_ROOT/tests/scenarios" "$HUSK_ROOT/tests/lib" "$l1/husk/"
   if [ -n "${HUSK_E2E_WITH_QEMU:-}" ]; then
     copy_with_libs "$l1" "$(command -v qemu-system-x86_64)"
@@ -62,6 +63,7 @@ for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "nested hos
 [ -c /dev/kvm ] || echo "nested host: /dev/kvm did not appear"
 ip link set lo up 2>/dev/null
 export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz
+export GUEST_BZIMAGE=/husk/guest/bzImage
 export HUSK_E2E_DIR=/husk HUSK_E2E_HOST=nested WORK=/tmp
 echo "nested host: up, running scenario $(cat /husk/scenario)"
 sh /husk/scenarios/$(cat /husk/scenario).sh

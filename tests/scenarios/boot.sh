@@ -25,6 +25,17 @@ boot_check 1
 boot_check 2
 boot_check 1 --no-pvh
 
+# A bzImage (Debian's stock cloud kernel: ACPI, modules and all) boots to the
+# same agent through the 64-bit entry of its protected-mode part. That kernel
+# finds CPUs only through ACPI (no CONFIG_X86_MPPARSE) and husk gives no ACPI
+# tables, so it gets one vCPU.
+[ -n "${GUEST_BZIMAGE:-}" ] && [ -f "$GUEST_BZIMAGE" ] || fail "no bzImage to boot (install linux-image-cloud-amd64)"
+log=$WORK/bzimage.log
+run_vmm 180 "$log" --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" --vcpus 1 --mem-mib 256
+grep -q 'ready cpus=1 ' "$log" || { show_tail "$log"; fail "bzImage guest: no ready line"; }
+[ "$RC" = 0 ] || fail "bzImage guest: status $RC, want 0"
+pass "bzImage kernel $(basename "$GUEST_BZIMAGE") boots to the agent"
+
 # Bad input: one line on stderr, status 1, no panic.
 run_vmm 30 "$WORK/bad.log" --kernel /nonexistent/vmlinux
 [ "$RC" = 1 ] || fail "missing kernel: status $RC, want 1"
