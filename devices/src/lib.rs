@@ -7,6 +7,8 @@
 
 pub mod legacy;
 
+use vmm_sys_util::eventfd::EventFd;
+
 /// A device that sits on the port-I/O or MMIO bus.
 ///
 /// `offset` is relative to the device's base address; `data` holds the bytes of
@@ -16,4 +18,15 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Handle a guest write of `data`.
     fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// What the VMM needs to wire a virtio-mmio device to the hypervisor: the
+/// queue-notify events it registers as ioeventfds (at the transport's
+/// QueueNotify register, datamatch = queue index) and the interrupt event it
+/// registers as an irqfd for the device's GSI.
+pub trait VirtioMmioDevice: BusDevice {
+    /// One event per virtqueue, in queue order.
+    fn queue_events(&self) -> &[EventFd];
+    /// The device's interrupt line.
+    fn interrupt_event(&self) -> &EventFd;
 }

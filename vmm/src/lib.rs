@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod bus;
 pub mod config;
+pub mod device_manager;
 pub mod memory;
 pub mod vcpu;
 pub mod vmm;
