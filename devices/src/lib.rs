@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod legacy;
+pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;
 

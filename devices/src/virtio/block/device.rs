@@ -1,0 +1,264 @@
+//! The virtio-blk device model: features, config space (capacity), and
+//! request processing from the virtqueue.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::backend::RawFile;
+use super::request::{status, Request, RequestError, ID_BYTES, SECTOR_SIZE};
+use crate::virtio::{
+    device_type, read_config_bytes, ActivateArgs, ActivateError, Interrupt, VirtioDevice,
+};
+
+const QUEUE_SIZES: [u16; 1] = [256];
+const VIRTIO_BLK_F_RO: u32 = 5;
+const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+/// A disk's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Attach read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Serial returned by GET_ID (20 bytes at most); default: the file name.
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// Block device errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened.
+    #[error("cannot open disk image {path}")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image is not a whole number of sectors.
+    #[error("disk image {path} is {size} bytes, not a multiple of 512")]
+    Size {
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The used ring could not be updated.
+    #[error("cannot update the used ring: {0}")]
+    UsedRing(String),
+}
+
+#[derive(Debug)]
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Interrupt,
+}
+
+/// A virtio-blk device.
+#[derive(Debug)]
+pub struct Block {
+    disk: RawFile,
+    path: PathBuf,
+    capacity: u64,
+    read_only: bool,
+    active: Option<Active>,
+    errors: u64,
+}
+
+impl Block {
+    /// Opens the image of `cfg`.
+    pub fn new(cfg: &BlockConfig) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: cfg.path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!cfg.read_only)
+            .open(&cfg.path)
+            .map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::Size {
+                path: cfg.path.clone(),
+                size,
+            });
+        }
+        let serial = cfg.serial.clone().unwrap_or_else(|| {
+            cfg.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        Ok(Block {
+            disk: RawFile::new(file, &serial),
+            path: cfg.path.clone(),
+            capacity: size / SECTOR_SIZE,
+            read_only: cfg.read_only,
+            active: None,
+            errors: 0,
+        })
+    }
+
+    /// Capacity in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Processes every available request. Errors mean the queue is unusable.
+    pub fn process_queue(&mut self) -> Result<(), BlockError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let mut used = false;
+        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+            let head = chain.head_index();
+            let len = match execute(&a.mem, chain, &self.disk, self.capacity, self.read_only) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.errors += 1;
+                    if self.errors.is_power_of_two() {
+                        log::warn!("virtio-blk {}: {e} ({} errors so far)", self.path.display(), self.errors);
+                    }
+                    0
+                }
+            };
+            a.queue
+                .add_used(&a.mem, head, len)
+                .map_err(|e| BlockError::UsedRing(format!("{e:?}")))?;
+            used = true;
+        }
+        if used {
+            a.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+}
+
+/// Why a chain could not even get a status byte.
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error("bad descriptor chain: {0}")]
+    Chain(String),
+    #[error("request without a status byte")]
+    NoStatus,
+}
+
+/// Parses and executes one request; returns the bytes written to the guest.
+fn execute(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    disk: &RawFile,
+    capacity: u64,
+    read_only: bool,
+) -> Result<u32, ChainError> {
+    let bad = |e: virtio_queue::Error| ChainError::Chain(format!("{e:?}"));
+    let mut reader: Reader<'_> = Reader::new(mem, chain.clone()).map_err(bad)?;
+    let mut writer: Writer<'_> = Writer::new(mem, chain).map_err(bad)?;
+    let writable = writer.available_bytes();
+    if writable == 0 {
+        return Err(ChainError::NoStatus);
+    }
+    let mut status_w = writer.split_at(writable - 1).map_err(bad)?;
+    let mut header = [0u8; 16];
+    let got = reader.read(&mut header).unwrap_or(0);
+    let parsed = Request::parse(
+        &header[..got],
+        reader.available_bytes(),
+        writable,
+        capacity,
+        read_only,
+    );
+    let (st, data_len) = match parsed {
+        Ok(req) => run(&req, &mut reader, &mut writer, disk),
+        Err(e) => {
+            log::debug!("virtio-blk: {e}");
+            (e.status(), 0)
+        }
+    };
+    status_w
+        .write_all(&[st])
+        .map_err(|e| ChainError::Chain(e.to_string()))?;
+    Ok(u32::try_from(data_len + 1).unwrap_or(u32::MAX))
+}
+
+fn run(req: &Request, reader: &mut Reader<'_>, writer: &mut Writer<'_>, disk: &RawFile) -> (u8, usize) {
+    let result = match *req {
+        Request::Out { sector, len } => {
+            let mut buf = vec![0u8; len];
+            reader
+                .read_exact(&mut buf)
+                .and_then(|()| disk.write(sector, &buf))
+                .map(|()| 0)
+        }
+        Request::GetId => {
+            let n = writer.available_bytes().min(ID_BYTES);
+            writer.write_all(&disk.serial()[..n]).map(|()| n)
+        }
+        _ => disk.execute_read(req).and_then(|data| match data {
+            Some(d) => writer.write_all(&d).map(|()| d.len()),
+            None => Ok(0),
+        }),
+    };
+    match result {
+        Ok(n) => (status::OK, n),
+        Err(e) => {
+            log::debug!("virtio-blk: {e}");
+            (RequestError::BadLength(0).status(), 0)
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = 1u64 << VIRTIO_BLK_F_FLUSH;
+        if self.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_blk_config starts with `le64 capacity`.
+        read_config_bytes(&self.capacity.to_le_bytes(), offset, data);
+    }
+
+    fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError> {
+        let got = args.queues.len();
+        let queue = args.queues.into_iter().next().filter(|_| got == 1).ok_or(
+            ActivateError::QueueCount {
+                expected: 1,
+                got,
+            },
+        )?;
+        self.active = Some(Active {
+            mem: args.mem,
+            queue,
+            interrupt: args.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
