@@ -1,1 +1,14 @@
 //! husk-agent as a library: the guest-side container runtime.
+//!
+//! - [`protocol`]: the framed, versioned JSON control protocol.
+//! - [`layers`]: verify and unpack image layers into a root directory.
+//! - [`overlay`]: pristine lower + writable upper for a container's rootfs.
+//! - [`container`]: namespaces, cgroups, pivot_root, processes.
+//! - [`server`]: the request handlers, generic over the stream type.
+
+pub mod container;
+pub mod layers;
+pub mod overlay;
+pub mod protocol;
+pub mod reaper;
+pub mod server;

@@ -1,0 +1,428 @@
+//! Running a container: its init process in new mount, PID, UTS, IPC,
+//! cgroup and (optionally) network namespaces, under cgroup v2 limits, in a
+//! pivoted root; and `exec` of more processes into it with `setns`.
+
+pub mod cgroup;
+pub mod process;
+pub mod rootfs;
+pub mod sys;
+pub mod user;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::layers::scope::ScopeError;
+use crate::protocol::{Limits, MountSpec, ProcessSpec};
+use crate::reaper::Reaper;
+use cgroup::Cgroup;
+use process::ChildPlan;
+
+/// PATH when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Container errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The id is not `[A-Za-z0-9_.-]{1,64}`.
+    #[error("invalid container or exec id {id:?}")]
+    InvalidId {
+        /// As given.
+        id: String,
+    },
+    /// The process spec is unusable.
+    #[error("invalid process: {reason}")]
+    InvalidProcess {
+        /// Why.
+        reason: String,
+    },
+    /// The user or group is not in the rootfs's passwd/group.
+    #[error("user {spec:?}: no such user or group {what:?} in the image")]
+    UnknownUser {
+        /// The user spec.
+        spec: String,
+        /// The missing name.
+        what: String,
+    },
+    /// A path in the rootfs could not be resolved safely.
+    #[error("path {path:?} in the rootfs refused")]
+    Scope {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ScopeError,
+    },
+    /// A mount target inside the rootfs is a symlink.
+    #[error("mount target {path:?} is a symlink")]
+    MountTargetSymlink {
+        /// The target.
+        path: PathBuf,
+    },
+    /// File-system access failed.
+    #[error("cannot access {path:?}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating the process failed at `step`.
+    #[error("starting the process failed at {step}")]
+    Spawn {
+        /// The failed step.
+        step: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The request does not fit the container's state.
+    #[error("container {id:?} {reason}")]
+    InvalidState {
+        /// Container id.
+        id: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// No such exec.
+    #[error("no exec {exec_id:?} in container {id:?}")]
+    NoSuchExec {
+        /// Container id.
+        id: String,
+        /// Exec id.
+        exec_id: String,
+    },
+    /// Sending a signal failed.
+    #[error("cannot send signal {signal}")]
+    Signal {
+        /// The signal.
+        signal: i32,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// `Result` for this module.
+pub type Result<T> = std::result::Result<T, ContainerError>;
+
+/// Checks a container or exec id: `[A-Za-z0-9_.-]{1,64}`, not `.`/`..`.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidId { id: id.to_string() })
+    }
+}
+
+/// What a container is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerConfig {
+    /// Id (validated).
+    pub id: String,
+    /// The assembled root filesystem (e.g. the merged overlay).
+    pub rootfs: PathBuf,
+    /// The init process.
+    pub process: ProcessSpec,
+    /// Hostname (the id when empty).
+    pub hostname: String,
+    /// Bind mounts.
+    pub mounts: Vec<MountSpec>,
+    /// Limits.
+    pub limits: Limits,
+    /// New network namespace.
+    pub new_network: bool,
+    /// The cgroup v2 root to create the container's cgroup under.
+    pub cgroup_root: PathBuf,
+}
+
+/// A process's stdio; `None` is /dev/null.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// stdin.
+    pub stdin: Option<OwnedFd>,
+    /// stdout.
+    pub stdout: Option<OwnedFd>,
+    /// stderr.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A created (and maybe started) container.
+#[derive(Debug)]
+pub struct Container {
+    config: ContainerConfig,
+    cgroup: Cgroup,
+    init: Option<i32>,
+    execs: HashMap<String, i32>,
+}
+
+fn c(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| ContainerError::InvalidProcess {
+        reason: format!("{s:?} contains NUL"),
+    })
+}
+
+/// Builds argv, envp, exec candidates and identity for `p` in `rootfs`.
+fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<ChildPlan> {
+    let args: Vec<&String> = p.entrypoint.iter().chain(&p.cmd).collect();
+    let Some(arg0) = args.first() else {
+        return Err(ContainerError::InvalidProcess {
+            reason: "empty entrypoint and cmd".into(),
+        });
+    };
+    let identity = user::resolve_user(rootfs, &p.user)?;
+    let mut env: Vec<String> = p.env.clone();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split_once('=').map(|(a, _)| a) == Some(k));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", identity.home));
+    }
+    if p.tty && !has(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let candidates = if arg0.contains('/') {
+        vec![c(arg0)?]
+    } else {
+        path.split(':')
+            .map(|d| if d.is_empty() { "." } else { d })
+            .map(|d| c(&format!("{}/{arg0}", d.trim_end_matches('/'))))
+            .collect::<Result<_>>()?
+    };
+    let workdir = if p.workdir.is_empty() { "/" } else { &p.workdir };
+    Ok(ChildPlan {
+        mounts: Vec::new(),
+        hostname: None,
+        setns: Vec::new(),
+        unshare_cgroup: false,
+        identity,
+        workdir: c(workdir)?,
+        argv: args.iter().map(|a| c(a)).collect::<Result<_>>()?,
+        envp: env.iter().map(|e| c(e)).collect::<Result<_>>()?,
+        candidates,
+        stdio,
+        tty: p.tty,
+    })
+}
+
+/// Turns a [`Stdio`] into the child's three descriptors (a pty when `tty`).
+fn stdio_fds(stdio: Stdio, tty: bool) -> Result<[OwnedFd; 3]> {
+    if tty {
+        let slave = process::tty(stdio.stdin, stdio.stdout)?;
+        return Ok([process::dup(&slave)?, process::dup(&slave)?, slave]);
+    }
+    let or_null = |f: Option<OwnedFd>| f.map(Ok).unwrap_or_else(process::dev_null);
+    Ok([or_null(stdio.stdin)?, or_null(stdio.stdout)?, or_null(stdio.stderr)?])
+}
+
+impl Container {
+    /// Creates the container's cgroup and checks its config; nothing runs.
+    pub fn create(config: ContainerConfig) -> Result<Self> {
+        validate_id(&config.id)?;
+        if config.process.entrypoint.is_empty() && config.process.cmd.is_empty() {
+            return Err(ContainerError::InvalidProcess {
+                reason: "empty entrypoint and cmd".into(),
+            });
+        }
+        user::resolve_user(&config.rootfs, &config.process.user)?;
+        let cgroup = Cgroup::create(&config.cgroup_root, &config.id, &config.limits)?;
+        Ok(Self {
+            config,
+            cgroup,
+            init: None,
+            execs: HashMap::new(),
+        })
+    }
+
+    /// The init process's spec.
+    pub fn process(&self) -> &ProcessSpec {
+        &self.config.process
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Starts the init process; returns its pid (in the agent's namespace).
+    pub fn start(&mut self, stdio: Stdio, reaper: &Reaper) -> Result<i32> {
+        if self.init.is_some() {
+            return Err(ContainerError::InvalidState {
+                id: self.config.id.clone(),
+                reason: "is already started",
+            });
+        }
+        let cfg = &self.config;
+        let fds = stdio_fds(stdio, cfg.process.tty)?;
+        let mut plan = process_plan(&cfg.rootfs, &cfg.process, fds)?;
+        plan.mounts = rootfs::plan(&cfg.rootfs, &cfg.mounts)?;
+        let hostname = if cfg.hostname.is_empty() { &cfg.id } else { &cfg.hostname };
+        plan.hostname = Some(c(hostname)?);
+        plan.unshare_cgroup = true;
+        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        if cfg.new_network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        let cgroup = &self.cgroup;
+        let pid = process::spawn(&plan, flags, reaper, |pid| cgroup.add(pid))?;
+        self.init = Some(pid);
+        Ok(pid)
+    }
+
+    /// Runs another process in the running container.
+    pub fn exec(&mut self, exec_id: &str, p: &ProcessSpec, stdio: Stdio, reaper: &Reaper) -> Result<i32> {
+        validate_id(exec_id)?;
+        let init = self.init_pid()?;
+        if reaper.try_status(init).is_some() {
+            return Err(ContainerError::InvalidState {
+                id: self.config.id.clone(),
+                reason: "has exited",
+            });
+        }
+        if self.execs.contains_key(exec_id) {
+            return Err(ContainerError::InvalidState {
+                id: self.config.id.clone(),
+                reason: "already has an exec with this id",
+            });
+        }
+        let ns = |name: &str| -> Result<OwnedFd> {
+            let path = PathBuf::from(format!("/proc/{init}/ns/{name}"));
+            File::open(&path)
+                .map(OwnedFd::from)
+                .map_err(|source| ContainerError::Io { path, source })
+        };
+        let pidns = ns("pid")?;
+        let mut joins = vec![(ns("cgroup")?, CloneFlags::CLONE_NEWCGROUP)];
+        joins.push((ns("ipc")?, CloneFlags::CLONE_NEWIPC));
+        joins.push((ns("uts")?, CloneFlags::CLONE_NEWUTS));
+        if self.config.new_network {
+            joins.push((ns("net")?, CloneFlags::CLONE_NEWNET));
+        }
+        joins.push((ns("mnt")?, CloneFlags::CLONE_NEWNS));
+        let fds = stdio_fds(stdio, p.tty)?;
+        // The image's passwd is read through the container's root.
+        let root = PathBuf::from(format!("/proc/{init}/root"));
+        let mut plan = process_plan(&root, p, fds)?;
+        plan.setns = joins;
+        let cgroup = &self.cgroup;
+        // setns(CLONE_NEWPID) only affects children of the calling thread,
+        // so a short-lived thread joins the pid namespace and clones.
+        let pid = std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&pidns, CloneFlags::CLONE_NEWPID).map_err(|e| ContainerError::Spawn {
+                    step: "join pid namespace".into(),
+                    source: e.into(),
+                })?;
+                process::spawn(&plan, CloneFlags::empty(), reaper, |pid| cgroup.add(pid))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(ContainerError::Spawn {
+                    step: "exec thread".into(),
+                    source: io::Error::other("panicked"),
+                })
+            })
+        })?;
+        self.execs.insert(exec_id.to_string(), pid);
+        Ok(pid)
+    }
+
+    fn init_pid(&self) -> Result<i32> {
+        self.init.ok_or_else(|| ContainerError::InvalidState {
+            id: self.config.id.clone(),
+            reason: "is not started",
+        })
+    }
+
+    /// The pid of the init (`None`) or of an exec.
+    pub fn pid(&self, exec_id: Option<&str>) -> Result<i32> {
+        match exec_id {
+            None => self.init_pid(),
+            Some(e) => self.execs.get(e).copied().ok_or_else(|| ContainerError::NoSuchExec {
+                id: self.config.id.clone(),
+                exec_id: e.to_string(),
+            }),
+        }
+    }
+
+    /// Sends `signal` to the init or an exec.
+    pub fn signal(&self, exec_id: Option<&str>, signal: i32, reaper: &Reaper) -> Result<()> {
+        let pid = self.pid(exec_id)?;
+        if reaper.try_status(pid).is_some() {
+            return Err(ContainerError::InvalidState {
+                id: self.config.id.clone(),
+                reason: "process has exited",
+            });
+        }
+        let sig = Signal::try_from(signal).map_err(|source| ContainerError::Signal { signal, source })?;
+        nix::sys::signal::kill(Pid::from_raw(pid), sig).map_err(|source| ContainerError::Signal { signal, source })
+    }
+
+    /// Kills every process of the container (SIGKILL to its init, whose
+    /// death takes the PID namespace with it) and removes the cgroup.
+    pub fn kill_all(&self, reaper: &Reaper) {
+        if let Some(pid) = self.init {
+            if reaper.try_status(pid).is_none() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                reaper.wait(pid);
+            }
+        }
+        self.cgroup.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "web-1.x_y", &"a".repeat(64)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"a".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn process_plan_env_and_candidates() {
+        let d = tempfile::tempdir().unwrap();
+        let p = ProcessSpec {
+            entrypoint: vec!["sh".into()],
+            cmd: vec!["-c".into(), "true".into()],
+            env: vec!["PATH=/bin:/usr/bin".into()],
+            user: "7:8".into(),
+            ..Default::default()
+        };
+        let null = || process::dev_null().unwrap();
+        let plan = process_plan(d.path(), &p, [null(), null(), null()]).unwrap();
+        assert_eq!(plan.candidates, vec![c("/bin/sh").unwrap(), c("/usr/bin/sh").unwrap()]);
+        assert_eq!(plan.argv.len(), 3);
+        assert!(plan.envp.contains(&c("HOME=/").unwrap()));
+        assert_eq!((plan.identity.uid, plan.identity.gid), (7, 8));
+        assert_eq!(plan.workdir, c("/").unwrap());
+        let empty = ProcessSpec::default();
+        assert!(process_plan(d.path(), &empty, [null(), null(), null()]).is_err());
+    }
+}

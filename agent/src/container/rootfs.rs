@@ -1,0 +1,268 @@
+//! The container's mount set-up as a plan of [`MountOp`]s.
+//!
+//! The plan is built in the agent (mount targets scoped under the rootfs and
+//! created there; a target that is a symlink is refused, since mount(2)
+//! would follow it) and executed in the cloned child, inside its new mount
+//! namespace: make every mount private, bind the rootfs onto itself (so
+//! `pivot_root` works even when the agent's root is an initramfs), /proc,
+//! a minimal /dev (tmpfs, device nodes, devpts with ptmx, shm), read-only
+//! /sys, the bind mounts, then `pivot_root`.
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sys::stat::{Mode, SFlag};
+
+use super::sys::{cstring, Sys};
+use super::{ContainerError, Result};
+use crate::layers::scope;
+use crate::protocol::MountSpec;
+
+/// One step of the rootfs set-up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MountOp {
+    /// mount(2).
+    Mount {
+        /// Source.
+        source: Option<CString>,
+        /// Target (host path).
+        target: CString,
+        /// Filesystem type.
+        fstype: Option<CString>,
+        /// Flags.
+        flags: MsFlags,
+        /// Options.
+        data: Option<CString>,
+    },
+    /// mknod(2) of a character device, mode 0666.
+    CharDev {
+        /// Path.
+        path: CString,
+        /// Major.
+        major: u64,
+        /// Minor.
+        minor: u64,
+    },
+    /// symlink(2).
+    Symlink {
+        /// Link target.
+        target: CString,
+        /// The link.
+        link: CString,
+    },
+    /// pivot_root into the rootfs.
+    PivotRoot {
+        /// The rootfs.
+        new_root: CString,
+    },
+}
+
+/// Device nodes of the minimal /dev: name, major, minor.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> MountOp {
+    MountOp::Mount {
+        source: source.map(c),
+        target: cstring(target),
+        fstype: fstype.map(c),
+        flags,
+        data: data.map(c),
+    }
+}
+
+/// Resolves a mount target under the rootfs and makes sure it is a real
+/// directory (or file, for a file source).
+fn target(rootfs: &Path, rel: &Path, file: bool) -> Result<PathBuf> {
+    let host = scope::resolve(rootfs, rel, true).map_err(|source| ContainerError::Scope {
+        path: rel.to_path_buf(),
+        source,
+    })?;
+    let io = |source| ContainerError::Io {
+        path: host.clone(),
+        source,
+    };
+    match fs::symlink_metadata(&host) {
+        Ok(m) if m.file_type().is_symlink() => Err(ContainerError::MountTargetSymlink { path: rel.to_path_buf() }),
+        Ok(_) => Ok(host),
+        Err(_) if file => {
+            fs::write(&host, b"").map_err(io)?;
+            Ok(host)
+        }
+        Err(_) => {
+            fs::create_dir(&host).map_err(io)?;
+            Ok(host)
+        }
+    }
+}
+
+/// Builds the plan for `rootfs` (the merged overlay, a host path).
+pub fn plan(rootfs: &Path, mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut ops = vec![
+        mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
+        mount(Some(&rootfs.to_string_lossy()), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+    ];
+    let proc_ = target(rootfs, Path::new("proc"), false)?;
+    ops.push(mount(Some("proc"), &proc_, Some("proc"), nosuid_nodev_noexec, None));
+    let dev = target(rootfs, Path::new("dev"), false)?;
+    ops.push(mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    ));
+    // /dev is a fresh tmpfs from here on: fixed names, nothing to escape.
+    for (name, major, minor) in DEVICES {
+        ops.push(MountOp::CharDev {
+            path: cstring(&dev.join(name)),
+            major: *major,
+            minor: *minor,
+        });
+    }
+    for (dir, fstype, flags, data) in [
+        ("pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+        ("shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k"),
+    ] {
+        ops.push(mount(Some(fstype), &dev.join(dir), Some(fstype), flags, Some(data)));
+    }
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ops.push(MountOp::Symlink {
+            target: c(to),
+            link: cstring(&dev.join(link)),
+        });
+    }
+    let sys = target(rootfs, Path::new("sys"), false)?;
+    ops.push(mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None));
+    for m in mounts {
+        let file = fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false);
+        let t = target(rootfs, &m.destination, file)?;
+        ops.push(mount(Some(&m.source.to_string_lossy()), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None));
+        if m.readonly {
+            ops.push(mount(
+                None,
+                &t,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None,
+            ));
+        }
+    }
+    ops.push(MountOp::PivotRoot {
+        new_root: cstring(rootfs),
+    });
+    Ok(ops)
+}
+
+/// Runs the plan; on failure returns the failed step's index and errno.
+/// Called in the cloned child: no allocation.
+pub fn execute(sys: &dyn Sys, ops: &[MountOp]) -> std::result::Result<(), (usize, nix::Error)> {
+    for (i, op) in ops.iter().enumerate() {
+        let r = match op {
+            MountOp::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref()),
+            MountOp::CharDev { path, major, minor } => sys.mknod(
+                path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(*major, *minor),
+            ),
+            MountOp::Symlink { target, link } => sys.symlink(target, link),
+            MountOp::PivotRoot { new_root } => sys.pivot_root(new_root),
+        };
+        r.map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sys::RecordingSys;
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn plan_order_and_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let src = tempfile::tempdir().unwrap();
+        let plan = plan(
+            root,
+            &[MountSpec {
+                source: src.path().to_path_buf(),
+                destination: "/data/in".into(),
+                readonly: true,
+            }],
+        )
+        .unwrap();
+        let sys = RecordingSys::default();
+        execute(&sys, &plan).unwrap();
+        let calls = sys.calls();
+        let r = root.display();
+        assert!(calls[0].starts_with("mount - / - MS_REC|MS_PRIVATE"), "{}", calls[0]);
+        assert!(calls[1].starts_with(&format!("mount {r} {r} - MS_BIND|MS_REC")), "{}", calls[1]);
+        assert!(calls[2].starts_with(&format!("mount proc {r}/proc proc")), "{}", calls[2]);
+        assert!(calls.iter().any(|c| c == &format!("mknod {r}/dev/null 20000 666 259")));
+        assert!(calls.iter().any(|c| c.starts_with(&format!("mount devpts {r}/dev/pts devpts"))));
+        assert!(calls.iter().any(|c| c == &format!("symlink pts/ptmx {r}/dev/ptmx")));
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with(&format!("mount sysfs {r}/sys sysfs")) && c.contains("MS_RDONLY")));
+        let n = calls.len();
+        assert!(calls[n - 2].contains("MS_REMOUNT") && calls[n - 2].contains(&format!("{r}/data/in")));
+        assert_eq!(calls[n - 1], format!("pivot_root {r}"));
+        assert!(root.join("data/in").is_dir() && root.join("proc").is_dir());
+    }
+
+    #[test]
+    fn failure_reports_step() {
+        let d = tempfile::tempdir().unwrap();
+        let plan = plan(d.path(), &[]).unwrap();
+        let sys = RecordingSys {
+            fail_at: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(execute(&sys, &plan), Err((2, nix::Error::EPERM)));
+        assert_eq!(sys.calls().len(), 3);
+    }
+
+    #[test]
+    fn symlinked_targets_refused() {
+        let d = tempfile::tempdir().unwrap();
+        symlink("/etc", d.path().join("proc")).unwrap();
+        let e = plan(d.path(), &[]).unwrap_err();
+        assert!(matches!(e, ContainerError::MountTargetSymlink { .. }), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let m = MountSpec {
+            source: "/tmp".into(),
+            destination: "../../etc".into(),
+            readonly: false,
+        };
+        let e = plan(d.path(), &[m]).unwrap_err();
+        assert!(matches!(e, ContainerError::Scope { .. }), "{e}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Image layers: verify each blob's sha256, detect its compression and
+//! unpack it, in order, into a root directory.
+//!
+//! The `tar` crate only reads entries; [`unpack`] places each one itself
+//! through [`scope::resolve`], so nothing lands outside the root. Absolute
+//! entry paths are taken as root-relative (as Docker does); `..` in an entry
+//! path or a hard-link target, and writes through a symlink that points out
+//! of the root (or is absolute), are refused.
+
+pub mod blob;
+pub mod scope;
+pub mod unpack;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+pub use blob::{Compression, Digest};
+pub use unpack::{unpack_tar, UnpackOptions, UnpackStats};
+
+/// Layer errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The digest string is not `sha256:<64 lowercase hex>`.
+    #[error("invalid digest {digest:?}")]
+    InvalidDigest {
+        /// As given.
+        digest: String,
+    },
+    /// The blob's sha256 differs from its digest.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The announced digest.
+        expected: String,
+        /// The blob's digest.
+        actual: String,
+    },
+    /// The blob's size differs from the announced one.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Announced.
+        expected: u64,
+        /// Actual.
+        actual: u64,
+    },
+    /// The blob is larger than allowed.
+    #[error("blob exceeds the limit of {limit} bytes")]
+    BlobTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Unknown layer media type.
+    #[error("unsupported layer media type {media_type:?}")]
+    UnsupportedMediaType {
+        /// As given.
+        media_type: String,
+    },
+    /// The bytes' compression does not match the media type.
+    #[error("media type {media_type:?} announces {announced:?} but the blob is {found:?}")]
+    CompressionMismatch {
+        /// As given.
+        media_type: String,
+        /// From the media type.
+        announced: Compression,
+        /// From the magic bytes.
+        found: Compression,
+    },
+    /// An entry path could not be placed safely.
+    #[error("entry {entry:?} refused")]
+    Scope {
+        /// Entry path.
+        entry: PathBuf,
+        /// Why.
+        #[source]
+        source: scope::ScopeError,
+    },
+    /// A hard link's target is missing, a directory or outside the root.
+    #[error("hard link {entry:?} -> {target:?} refused: {reason}")]
+    BadHardLink {
+        /// Entry path.
+        entry: PathBuf,
+        /// Link target.
+        target: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The layer unpacks to more than allowed.
+    #[error("layer exceeds the {what} limit of {limit}")]
+    LimitExceeded {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// The tar stream is malformed.
+    #[error("malformed tar stream")]
+    Tar(#[source] io::Error),
+    /// Opening a blob failed.
+    #[error("cannot open {path:?}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading failed.
+    #[error("cannot read {path:?}")]
+    Read {
+        /// The file or stream.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing into the root failed.
+    #[error("cannot write {path:?}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `Result` for this module.
+pub type Result<T> = std::result::Result<T, LayerError>;
+
+/// Wraps a verified blob in the right decompressor, checking the media type
+/// against the magic bytes.
+pub fn decompressor<'a, R: Read + 'a>(blob: R, media_type: &str) -> Result<Box<dyn Read + 'a>> {
+    let announced = blob::media_type_compression(media_type)?;
+    let mut r = BufReader::with_capacity(256 << 10, blob);
+    let magic = r.fill_buf().map_err(|source| LayerError::Read {
+        path: PathBuf::from("<blob>"),
+        source,
+    })?;
+    let found = blob::sniff(magic);
+    if found != announced {
+        return Err(LayerError::CompressionMismatch {
+            media_type: media_type.to_string(),
+            announced,
+            found,
+        });
+    }
+    Ok(match found {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(LayerError::Tar)?),
+    })
+}
+
+/// Verifies the blob at `path` against `digest` and unpacks it into `root`.
+pub fn apply_layer_file(
+    root: &Path,
+    path: &Path,
+    digest: &str,
+    media_type: &str,
+    size: Option<u64>,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats> {
+    let digest = Digest::parse(digest)?;
+    blob::media_type_compression(media_type)?;
+    let f: File = blob::verify_file(path, &digest, size, opts.max_blob_bytes)?;
+    unpack_tar(root, decompressor(f, media_type)?, opts)
+}
+
+/// Receives a streamed blob into `tmp_dir`, verifies it and unpacks it.
+pub fn apply_layer_stream<R: Read>(
+    root: &Path,
+    stream: R,
+    tmp_dir: &Path,
+    digest: &str,
+    media_type: &str,
+    size: u64,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats> {
+    let digest = Digest::parse(digest)?;
+    blob::media_type_compression(media_type)?;
+    let f = blob::receive_stream(stream, tmp_dir, &digest, size, opts.max_blob_bytes)?;
+    unpack_tar(root, decompressor(f, media_type)?, opts)
+}
+
+/// The cache key of an unpacked image: sha256 over the layer digests in
+/// order, one per line (like OCI's chain id, but over blob digests).
+pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for d in digests {
+        h.update(d.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,446 @@
+//! The control server: one `do_*` handler per request, tying layers,
+//! overlay and container together. Generic over the control stream
+//! (`Read + Write`) and over a [`Connector`] that opens the data
+//! connections (stdio, streamed blobs): vsock in the guest, Unix sockets in
+//! tests.
+//!
+//! Each control connection is served by [`Server::serve`]; `Wait` blocks its
+//! connection, so a host that waits opens another connection for the rest.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::container::sys::RealSys;
+use crate::container::{self, Container, ContainerConfig, ContainerError, Stdio};
+use crate::layers::{self, LayerError, UnpackOptions};
+use crate::overlay::{OverlayError, OverlayLayout};
+use crate::protocol::{
+    self, BlobSource, CreateRequest, Envelope, ErrorKind, ExecRequest, ImageSource, ProcessSpec, ProtocolError, Request,
+    Response, StreamHello, PROTOCOL_VERSION,
+};
+use crate::reaper::{ReapMode, Reaper};
+
+/// Server errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The control stream failed.
+    #[error("control stream")]
+    Protocol(#[from] ProtocolError),
+    /// The host speaks another protocol version.
+    #[error("unsupported protocol version {version} (agent speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The host's.
+        version: u32,
+    },
+    /// No such container.
+    #[error("no container {id:?}")]
+    NotFound {
+        /// Container id.
+        id: String,
+    },
+    /// The id is taken.
+    #[error("container {id:?} already exists")]
+    AlreadyExists {
+        /// Container id.
+        id: String,
+    },
+    /// A layer failed.
+    #[error("layer {digest}")]
+    Layer {
+        /// The layer's digest.
+        digest: String,
+        /// Why.
+        #[source]
+        source: LayerError,
+    },
+    /// The overlay failed.
+    #[error("rootfs overlay")]
+    Overlay(#[from] OverlayError),
+    /// The container failed.
+    #[error("container")]
+    Container(#[from] ContainerError),
+    /// A data connection could not be opened.
+    #[error("cannot connect to port {port}")]
+    Connect {
+        /// The port.
+        port: u32,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Preparing a directory failed.
+    #[error("cannot prepare {path:?}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `Result` for this module.
+pub type Result<T> = std::result::Result<T, ServerError>;
+
+impl ServerError {
+    /// The class sent to the host.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Protocol(_) => ErrorKind::InvalidRequest,
+            Self::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Self::Layer {
+                source: LayerError::DigestMismatch { .. } | LayerError::SizeMismatch { .. },
+                ..
+            } => ErrorKind::DigestMismatch,
+            Self::Layer { .. } => ErrorKind::BadLayer,
+            Self::Container(ContainerError::InvalidState { .. }) => ErrorKind::InvalidState,
+            Self::Container(ContainerError::NoSuchExec { .. }) => ErrorKind::NotFound,
+            Self::Container(ContainerError::InvalidId { .. } | ContainerError::InvalidProcess { .. }) => {
+                ErrorKind::InvalidRequest
+            }
+            Self::Container(_) | Self::Overlay(_) | Self::Connect { .. } => ErrorKind::Runtime,
+            Self::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The message with its chain of causes.
+    pub fn message(&self) -> String {
+        let mut m = self.to_string();
+        let mut src = self.source();
+        while let Some(s) = src {
+            m.push_str(": ");
+            m.push_str(&s.to_string());
+            src = s.source();
+        }
+        m
+    }
+}
+
+/// Opens data connections to the host.
+pub trait Connector: Send + Sync {
+    /// The stream type; it becomes a process's stdio descriptor.
+    type Stream: Read + Write + Into<OwnedFd> + Send + 'static;
+    /// Connects to `port` on the host.
+    fn connect(&self, port: u32) -> io::Result<Self::Stream>;
+}
+
+/// Connects to Unix sockets `<prefix>_<port>` (Firecracker's layout of
+/// guest-initiated vsock connections; used by tests).
+#[derive(Debug, Clone)]
+pub struct UnixConnector {
+    /// Socket path prefix.
+    pub prefix: PathBuf,
+}
+
+impl Connector for UnixConnector {
+    type Stream = std::os::unix::net::UnixStream;
+    fn connect(&self, port: u32) -> io::Result<Self::Stream> {
+        let mut p = self.prefix.clone().into_os_string();
+        p.push(format!("_{port}"));
+        std::os::unix::net::UnixStream::connect(p)
+    }
+}
+
+/// Server settings; directories are injected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Working directory: `images/<chain key>` (unpacked lowers, reused by
+    /// later containers of the same image) and `containers/<id>/{upper,work,rootfs}`.
+    pub run_dir: PathBuf,
+    /// cgroup v2 root for container cgroups.
+    pub cgroup_root: PathBuf,
+    /// Unpack limits.
+    pub unpack: UnpackOptions,
+    /// How children are reaped: `All` as PID 1.
+    pub reap: ReapMode,
+    /// The agent's version string.
+    pub agent_version: String,
+}
+
+/// What ended a [`Server::serve`] loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The host closed the connection.
+    Closed,
+    /// The host asked for shutdown; every container was killed.
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct Entry {
+    container: Container,
+    overlay: OverlayLayout,
+}
+
+/// The agent's state, shared by all control connections.
+#[derive(Debug)]
+pub struct Server<C> {
+    config: ServerConfig,
+    connector: C,
+    reaper: Reaper,
+    containers: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<C: Connector> Server<C> {
+    /// A server with its reaper.
+    pub fn new(config: ServerConfig, connector: C) -> Self {
+        let reaper = Reaper::new(config.reap);
+        Self {
+            config,
+            connector,
+            reaper,
+            containers: Mutex::default(),
+        }
+    }
+
+    /// Serves one control connection until it closes or `Shutdown`.
+    pub fn serve<S: Read + Write>(&self, mut stream: S) -> Result<Outcome> {
+        loop {
+            let env: Envelope<Request> = match protocol::read_frame(&mut stream) {
+                Ok(e) => e,
+                Err(ProtocolError::Closed) => return Ok(Outcome::Closed),
+                Err(ProtocolError::Json(e)) => {
+                    let err = ServerError::Protocol(ProtocolError::Json(e));
+                    self.reply(&mut stream, 0, error_response(&err))?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let shutdown = env.body == Request::Shutdown;
+            let body = if env.version != PROTOCOL_VERSION {
+                error_response(&ServerError::UnsupportedVersion { version: env.version })
+            } else {
+                self.handle(env.body).unwrap_or_else(|e| {
+                    log::error!("request failed: {}", e.message());
+                    error_response(&e)
+                })
+            };
+            self.reply(&mut stream, env.seq, body)?;
+            if shutdown {
+                return Ok(Outcome::Shutdown);
+            }
+        }
+    }
+
+    fn reply<S: Write>(&self, stream: &mut S, seq: u64, body: Response) -> Result<()> {
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            seq,
+            body,
+        };
+        Ok(protocol::write_frame(stream, &env)?)
+    }
+
+    /// Handles one request.
+    pub fn handle(&self, req: Request) -> Result<Response> {
+        match req {
+            Request::Hello { version } => self.do_hello(version),
+            Request::Health => self.do_hello(PROTOCOL_VERSION),
+            Request::Create(c) => self.do_create(*c),
+            Request::Start { id } => self.do_start(&id),
+            Request::Exec(e) => self.do_exec(e),
+            Request::Signal { id, exec_id, signal } => self.do_signal(&id, exec_id.as_deref(), signal),
+            Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
+            Request::Shutdown => self.do_shutdown(),
+        }
+    }
+
+    fn do_hello(&self, version: u32) -> Result<Response> {
+        if version != PROTOCOL_VERSION {
+            return Err(ServerError::UnsupportedVersion { version });
+        }
+        Ok(Response::Ready {
+            version: PROTOCOL_VERSION,
+            agent_version: self.config.agent_version.clone(),
+            healthy: true,
+        })
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Mutex<Entry>>> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServerError::NotFound { id: id.to_string() })
+    }
+
+    fn do_create(&self, req: CreateRequest) -> Result<Response> {
+        container::validate_id(&req.id)?;
+        if lock(&self.containers).contains_key(&req.id) {
+            return Err(ServerError::AlreadyExists { id: req.id });
+        }
+        let dir = self.config.run_dir.join("containers").join(&req.id);
+        if dir.exists() {
+            return Err(ServerError::AlreadyExists { id: req.id });
+        }
+        let lower = match &req.image {
+            ImageSource::Layers { layers } => self.unpack_image(&req.id, layers)?,
+            ImageSource::Unpacked { path } => path.clone(),
+        };
+        let overlay = OverlayLayout::under(&dir, &lower);
+        overlay.mount(&RealSys)?;
+        let config = ContainerConfig {
+            id: req.id.clone(),
+            rootfs: overlay.merged.clone(),
+            process: req.process,
+            hostname: req.hostname,
+            mounts: req.mounts,
+            limits: req.limits,
+            new_network: req.new_network,
+            cgroup_root: self.config.cgroup_root.clone(),
+        };
+        let container = match Container::create(config) {
+            Ok(c) => c,
+            Err(e) => {
+                overlay.unmount();
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
+        let entry = Arc::new(Mutex::new(Entry { container, overlay }));
+        lock(&self.containers).insert(req.id.clone(), entry);
+        Ok(Response::Created { id: req.id })
+    }
+
+    /// Verifies and unpacks the layers into `images/<chain key>` unless a
+    /// previous container already did; returns that directory.
+    fn unpack_image(&self, id: &str, layers: &[protocol::Layer]) -> Result<PathBuf> {
+        let images = self.config.run_dir.join("images");
+        fs::create_dir_all(&images).map_err(io_err(&images))?;
+        let key = layers::chain_key(layers.iter().map(|l| l.digest.as_str()));
+        let done = images.join(&key);
+        if done.is_dir() {
+            log::info!("image {key} already unpacked");
+            return Ok(done);
+        }
+        let tmp = images.join(format!(".tmp-{key}-{id}"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+        let result = layers.iter().try_for_each(|l| self.apply_layer(id, &tmp, &images, l));
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &done).map_err(io_err(&done))?;
+        Ok(done)
+    }
+
+    fn apply_layer(&self, id: &str, root: &Path, tmp_dir: &Path, l: &protocol::Layer) -> Result<()> {
+        let wrap = |source| ServerError::Layer {
+            digest: l.digest.clone(),
+            source,
+        };
+        let opts = &self.config.unpack;
+        match &l.source {
+            BlobSource::Path { path } => {
+                layers::apply_layer_file(root, path, &l.digest, &l.media_type, Some(l.size), opts).map_err(wrap)?;
+            }
+            BlobSource::Stream { port } => {
+                let hello = StreamHello {
+                    id: id.to_string(),
+                    exec_id: None,
+                    stream: format!("layer {}", l.digest),
+                };
+                let s = self.open(*port, &hello)?;
+                layers::apply_layer_stream(root, s, tmp_dir, &l.digest, &l.media_type, l.size, opts).map_err(wrap)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&self, port: u32, hello: &StreamHello) -> Result<C::Stream> {
+        let connect = |source| ServerError::Connect { port, source };
+        let mut s = self.connector.connect(port).map_err(connect)?;
+        protocol::write_frame(&mut s, hello)?;
+        Ok(s)
+    }
+
+    fn stdio(&self, id: &str, exec_id: Option<&str>, p: &ProcessSpec) -> Result<Stdio> {
+        let open = |port: Option<u32>, name: &str| -> Result<Option<OwnedFd>> {
+            port.map(|port| {
+                let hello = StreamHello {
+                    id: id.to_string(),
+                    exec_id: exec_id.map(str::to_string),
+                    stream: name.to_string(),
+                };
+                self.open(port, &hello).map(Into::into)
+            })
+            .transpose()
+        };
+        Ok(Stdio {
+            stdin: open(p.stdio.stdin, "stdin")?,
+            stdout: open(p.stdio.stdout, "stdout")?,
+            stderr: open(p.stdio.stderr, "stderr")?,
+        })
+    }
+
+    fn do_start(&self, id: &str) -> Result<Response> {
+        let entry = self.entry(id)?;
+        let mut e = lock(&entry);
+        let process = e.container_process().clone();
+        let stdio = self.stdio(id, None, &process)?;
+        let pid = e.container.start(stdio, &self.reaper)?;
+        Ok(Response::Started { pid })
+    }
+
+    fn do_exec(&self, req: ExecRequest) -> Result<Response> {
+        let entry = self.entry(&req.id)?;
+        let mut e = lock(&entry);
+        let stdio = self.stdio(&req.id, Some(&req.exec_id), &req.process)?;
+        let pid = e.container.exec(&req.exec_id, &req.process, stdio, &self.reaper)?;
+        Ok(Response::Started { pid })
+    }
+
+    fn do_signal(&self, id: &str, exec_id: Option<&str>, signal: i32) -> Result<Response> {
+        let entry = self.entry(id)?;
+        lock(&entry).container.signal(exec_id, signal, &self.reaper)?;
+        Ok(Response::Signalled)
+    }
+
+    fn do_wait(&self, id: &str, exec_id: Option<&str>) -> Result<Response> {
+        let entry = self.entry(id)?;
+        let pid = lock(&entry).container.pid(exec_id)?;
+        let status = self.reaper.wait(pid).ok_or_else(|| ServerError::NotFound { id: id.to_string() })?;
+        Ok(Response::Exited { status })
+    }
+
+    fn do_shutdown(&self) -> Result<Response> {
+        let all: Vec<_> = lock(&self.containers).drain().collect();
+        for (_, entry) in all {
+            let e = lock(&entry);
+            e.container.kill_all(&self.reaper);
+            e.overlay.unmount();
+        }
+        Ok(Response::ShuttingDown)
+    }
+}
+
+impl Entry {
+    fn container_process(&self) -> &ProcessSpec {
+        self.container.process()
+    }
+}
+
+fn error_response(e: &ServerError) -> Response {
+    Response::Error {
+        kind: e.kind(),
+        message: e.message(),
+    }
+}
