@@ -30,13 +30,24 @@ build_all() {
   say "building husk-vmm and the static husk-agent"
   (cd "$HUSK_ROOT" && cargo build --release --quiet -p husk-vmm) >&2
   (cd "$HUSK_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --quiet -p husk-agent --target x86_64-unknown-linux-gnu) >&2
+    cargo build --release --quiet -p husk-agent -p husk-test-tools --target x86_64-unknown-linux-gnu) >&2
   HUSK_VMM=$CARGO_TARGET_DIR/release/husk-vmm
   HUSK_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent
+  HUSK_VSOCK=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-vsock
   mkdir -p "$HUSK_CACHE_DIR/initramfs"
   GUEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-initramfs.cpio.gz
   "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_INITRD" >/dev/null
-  export HUSK_VMM HUSK_AGENT GUEST_KERNEL GUEST_INITRD
+  # The test initramfs adds busybox, the guest-side test tools and scripts
+  # (tests/guest/*.sh, started with rdinit=/tests/NAME.sh).
+  local extra
+  extra=$(mktemp -d)
+  mkdir -p "$extra/bin" "$extra/tests"
+  cp /bin/busybox "$HUSK_VSOCK" "$extra/bin/"
+  cp "$HUSK_ROOT"/tests/guest/*.sh "$extra/tests/"
+  GUEST_TEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-test-initramfs.cpio.gz
+  "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_TEST_INITRD" "$extra" >/dev/null
+  rm -rf "$extra"
+  export HUSK_VMM HUSK_AGENT HUSK_VSOCK GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
 }
 
 # True when this machine's CPU has hardware virtualization for /dev/kvm.

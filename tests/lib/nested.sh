@@ -42,6 +42,8 @@ nested_run() {
   cp "$GUEST_KERNEL" "$l1/husk/guest/vmlinux"
   cp "$GUEST_INITRD" "$l1/husk/guest/initramfs.cpio.gz"
   cp "$kernel" "$l1/husk/guest/bzImage"
+  cp "$GUEST_TEST_INITRD" "$l1/husk/guest/test-initramfs.cpio.gz"
+  cp "$HUSK_VSOCK" "$l1/husk/bin/husk-vsock"
   cp -a "$HUSK_ROOT/tests/scenarios" "$HUSK_ROOT/tests/lib" "$l1/husk/"
   if [ -n "${HUSK_E2E_WITH_QEMU:-}" ]; then
     copy_with_libs "$l1" "$(command -v qemu-system-x86_64)"
@@ -50,6 +52,7 @@ nested_run() {
   fi
   for extra in ${HUSK_E2E_EXTRA_FILES:-}; do copy_with_libs "$l1" "$extra"; done
   echo "$scenario" > "$l1/husk/scenario"
+  echo $((limit - 60)) > "$l1/husk/limit"
   cat > "$l1/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -63,11 +66,17 @@ for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "nested hos
 [ -c /dev/kvm ] || echo "nested host: /dev/kvm did not appear"
 ip link set lo up 2>/dev/null
 export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz
-export GUEST_BZIMAGE=/husk/guest/bzImage
+export GUEST_BZIMAGE=/husk/guest/bzImage GUEST_TEST_INITRD=/husk/guest/test-initramfs.cpio.gz
+export HUSK_VSOCK=/husk/bin/husk-vsock
 export HUSK_E2E_DIR=/husk HUSK_E2E_HOST=nested WORK=/tmp
 echo "nested host: up, running scenario $(cat /husk/scenario)"
-sh /husk/scenarios/$(cat /husk/scenario).sh
-echo "HUSK-E2E-STATUS=$?"
+timeout -s KILL "$(cat /husk/limit)" sh /husk/scenarios/$(cat /husk/scenario).sh
+rc=$?
+if [ $rc = 137 ]; then
+  echo "nested host: scenario killed after $(cat /husk/limit) s; its logs:"
+  for f in /tmp/*.log; do echo "--- $f"; tail -n 30 "$f"; done
+fi
+echo "HUSK-E2E-STATUS=$rc"
 poweroff -f
 INIT
   chmod +x "$l1/init"

@@ -19,10 +19,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::boot::{self, KernelEntry};
 use crate::arch::{mptable, regs::EntryMode};
 use crate::bus::{Bus, BusError};
-use crate::config::{Console, VmConfig};
+use crate::config::{Console, VmConfig, MAX_CMDLINE_LEN};
+use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError};
-use crate::vmm::{ExitEvents, Vmm};
+use crate::vmm::{ExitEvents, Subscriber, Vmm};
+use husk_devices::virtio::block::{Block, BlockError, BlockHandler};
+use husk_devices::virtio::mmio::MmioTransport;
+use husk_devices::virtio::vsock::{Vsock, VsockError, VsockHandler};
 
 /// Address of the TSS KVM needs on Intel hosts (three pages below 4 GiB,
 /// inside the MMIO gap so it never overlaps RAM).
@@ -67,6 +71,21 @@ pub enum BuildError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd for {0}")]
     EventFd(&'static str, #[source] std::io::Error),
+    /// A disk could not be set up.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// A virtio device could not be placed.
+    #[error(transparent)]
+    DeviceManager(#[from] DeviceManagerError),
+    /// A virtio transport could not be created.
+    #[error("cannot create the virtio transport for {0}")]
+    Transport(&'static str, #[source] std::io::Error),
+    /// The command line with the device announcements is too long.
+    #[error("kernel command line with device announcements is {0} bytes; the limit is {MAX_CMDLINE_LEN}")]
+    CmdlineTooLong(usize),
     /// The console file could not be opened.
     #[error("cannot open console file {path}")]
     ConsoleFile {
@@ -229,6 +248,33 @@ pub fn attach_legacy_devices(
     Ok(LegacyDevices { serial, debug_port })
 }
 
+/// Creates the configured disks and vsock device, places them on the MMIO
+/// bus, and returns their command-line announcements and event handlers.
+pub fn attach_virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    config: &VmConfig,
+) -> Result<(String, Vec<Subscriber>)> {
+    let mut dm = MmioDeviceManager::new();
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    for disk in &config.disks {
+        let t = MmioTransport::new(mem.clone(), Block::new(disk)?)
+            .map_err(|e| BuildError::Transport("virtio-blk", e))?;
+        let t = Arc::new(Mutex::new(t));
+        dm.attach(vm, mmio, t.clone())?;
+        subscribers.push(Arc::new(Mutex::new(BlockHandler::new(t))));
+    }
+    if let Some(vsock) = &config.vsock {
+        let t = MmioTransport::new(mem.clone(), Vsock::new(vsock)?)
+            .map_err(|e| BuildError::Transport("virtio-vsock", e))?;
+        let t = Arc::new(Mutex::new(t));
+        dm.attach(vm, mmio, t.clone())?;
+        subscribers.push(Arc::new(Mutex::new(VsockHandler::new(t))));
+    }
+    Ok((dm.cmdline(), subscribers))
+}
+
 /// Creates and configures every vCPU.
 pub fn create_vcpus(
     kvm: &Kvm,
@@ -264,19 +310,35 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm> {
     let vm = create_vm(&kvm)?;
     let mem = memory::create_guest_memory(config.mem_mib)?;
     register_memory(&vm, &mem)?;
-    let kernel = load_guest(&mem, config, &config.cmdline)?;
+    let mut mmio = Bus::new();
+    let (announce, subscribers) = attach_virtio_devices(&vm, &mem, &mut mmio, config)?;
+    let cmdline = full_cmdline(&config.cmdline, &announce)?;
+    let kernel = load_guest(&mem, config, &cmdline)?;
     mptable::setup_mptable(&mem, vcpus)?;
     let exits = ExitEvents::new()?;
     let mut pio = Bus::new();
     let legacy = attach_legacy_devices(&vm, &mut pio, &config.console, &exits, start)?;
-    let buses = (Arc::new(pio), Arc::new(Bus::new()));
+    let buses = (Arc::new(pio), Arc::new(mmio));
     let vcpus = create_vcpus(&kvm, &vm, &mem, vcpus, &kernel, buses)?;
     log::debug!(
         "kernel entry {:#x} ({:?})",
         kernel.entry.raw_value(),
         kernel.mode
     );
-    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy))
+    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy, subscribers))
+}
+
+/// The user's command line followed by the device announcements.
+pub fn full_cmdline(user: &str, devices: &str) -> Result<String> {
+    let full = if devices.is_empty() {
+        user.to_string()
+    } else {
+        format!("{user} {devices}")
+    };
+    if full.len() > MAX_CMDLINE_LEN {
+        return Err(BuildError::CmdlineTooLong(full.len()));
+    }
+    Ok(full)
 }
 
 impl ExitEvents {

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_devices::virtio::block::BlockConfig;
+use husk_devices::virtio::vsock::VsockConfig;
 use serde::{Deserialize, Serialize};
 
 /// Most vCPUs a husk microVM supports (the MP table must fit the 1 KiB EBDA).
@@ -56,6 +58,16 @@ pub enum ConfigError {
     /// Memory size out of range.
     #[error("mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
     Memory(u32),
+    /// A device option is malformed.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Device {
+        /// "--disk" or "--vsock".
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// Command line too long or containing a NUL.
     #[error(
         "kernel command line is {len} bytes long or has a NUL; the limit is {MAX_CMDLINE_LEN}"
@@ -126,6 +138,12 @@ pub struct VmConfig {
     /// 64-bit Linux boot protocol entry).
     #[serde(default = "default_pvh")]
     pub pvh: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<BlockConfig>,
+    /// The virtio-vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -151,6 +169,8 @@ impl Default for VmConfig {
             mem_mib: default_mem_mib(),
             console: Console::default(),
             pvh: true,
+            disks: Vec::new(),
+            vsock: None,
         }
     }
 }
@@ -181,6 +201,18 @@ impl VmConfig {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::Memory(self.mem_mib));
         }
+        for d in &self.disks {
+            check_disk(d)?;
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 {
+                return Err(ConfigError::Device {
+                    what: "vsock",
+                    value: v.guest_cid.to_string(),
+                    reason: "guest_cid must be 3 or more",
+                });
+            }
+        }
         if self.cmdline.len() > MAX_CMDLINE_LEN || self.cmdline.contains('\0') {
             return Err(ConfigError::Cmdline {
                 len: self.cmdline.len(),
@@ -188,6 +220,65 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+fn check_disk(d: &BlockConfig) -> Result<()> {
+    let bad = |reason: String| ConfigError::BadFile {
+        what: "disk",
+        path: d.path.clone(),
+        reason,
+    };
+    let meta = std::fs::metadata(&d.path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() % 512 != 0 {
+        return Err(bad(format!("size {} is not a multiple of 512", meta.len())));
+    }
+    if d.serial.as_ref().is_some_and(|s| s.len() > 20) {
+        return Err(bad("serial longer than 20 bytes".into()));
+    }
+    Ok(())
+}
+
+/// Parses `--disk PATH[,ro][,serial=ID]`.
+pub fn parse_disk(s: &str) -> std::result::Result<BlockConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("--disk needs a path")?;
+    let mut cfg = BlockConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => cfg.read_only = true,
+            None if opt == "rw" => cfg.read_only = false,
+            Some(("serial", v)) => cfg.serial = Some(v.to_string()),
+            _ => return Err(format!("unknown disk option {opt:?} (ro, rw, serial=ID)")),
+        }
+    }
+    Ok(cfg)
+}
+
+/// Parses `--vsock CID,PATH`.
+pub fn parse_vsock(s: &str) -> std::result::Result<VsockConfig, String> {
+    let (cid, path) = s
+        .split_once(',')
+        .ok_or("--vsock takes CID,UNIX_SOCKET_PATH")?;
+    let guest_cid = cid
+        .parse::<u32>()
+        .map_err(|_| format!("vsock CID {cid:?} is not a number"))?;
+    if path.is_empty() {
+        return Err("--vsock needs a Unix socket path".into());
+    }
+    Ok(VsockConfig {
+        guest_cid,
+        uds_path: PathBuf::from(path),
+    })
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<()> {
@@ -280,6 +371,37 @@ mod tests {
             ..good
         })
         .contains("no kernel"));
+    }
+
+    #[test]
+    fn device_flags() {
+        let d = parse_disk("/a.img,ro,serial=x1").unwrap();
+        assert_eq!(
+            (d.path.to_str(), d.read_only, d.serial.as_deref()),
+            (Some("/a.img"), true, Some("x1"))
+        );
+        assert!(parse_disk("").is_err());
+        assert!(parse_disk("/a,bogus").is_err());
+        let v = parse_vsock("3,/tmp/v.sock").unwrap();
+        assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/tmp/v.sock")));
+        assert!(parse_vsock("x,/p").is_err());
+        assert!(parse_vsock("3").is_err());
+        let (_f, mut cfg) = with_kernel();
+        cfg.vsock = Some(parse_vsock("2,/tmp/v").unwrap());
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("guest_cid"));
+        cfg.vsock = None;
+        let mut odd = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut odd, &[0; 100]).unwrap();
+        cfg.disks = vec![parse_disk(odd.path().to_str().unwrap()).unwrap()];
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of 512"));
     }
 
     #[test]

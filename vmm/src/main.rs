@@ -47,6 +47,12 @@ struct Cli {
     /// it has a PVH entry.
     #[arg(long)]
     no_pvh: bool,
+    /// A virtio-blk disk: PATH[,ro][,serial=ID] (repeatable; vda, vdb, ...).
+    #[arg(long = "disk", value_parser = husk_vmm::config::parse_disk)]
+    disks: Vec<husk_devices::virtio::block::BlockConfig>,
+    /// The virtio-vsock device: CID,UNIX_SOCKET_PATH.
+    #[arg(long, value_parser = husk_vmm::config::parse_vsock)]
+    vsock: Option<husk_devices::virtio::vsock::VsockConfig>,
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
@@ -82,6 +88,10 @@ fn effective_config(cli: Cli) -> Result<(VmConfig, bool), husk_vmm::config::Conf
     }
     if cli.no_pvh {
         cfg.pvh = false;
+    }
+    cfg.disks.extend(cli.disks);
+    if let Some(v) = cli.vsock {
+        cfg.vsock = Some(v);
     }
     Ok((cfg, cli.print_config))
 }

@@ -17,6 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::builder::LegacyDevices;
 use crate::vcpu::{Vcpu, VcpuStop};
 
+/// A device's event handler in the VMM's event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
 /// How a VM ended. `main` maps each to a documented exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
@@ -64,7 +67,6 @@ pub struct ExitEvents {
 }
 
 /// A built microVM.
-#[derive(Debug)]
 pub struct Vmm {
     // Field order matters for drop: vCPUs before the VM, the VM before memory.
     vcpus: Vec<Vcpu>,
@@ -73,6 +75,16 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     exits: ExitEvents,
     legacy: LegacyDevices,
+    subscribers: Vec<Subscriber>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpus.len())
+            .field("devices", &self.subscribers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 const EV_RESET: u32 = 1;
@@ -151,6 +163,7 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         exits: ExitEvents,
         legacy: LegacyDevices,
+        subscribers: Vec<Subscriber>,
     ) -> Self {
         Vmm {
             vcpus,
@@ -159,6 +172,7 @@ impl Vmm {
             mem,
             exits,
             legacy,
+            subscribers,
         }
     }
 
@@ -233,6 +247,9 @@ impl Vmm {
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(RunError::EventLoop)?;
         em.add_subscriber(watcher.clone());
+        for s in &self.subscribers {
+            em.add_subscriber(s.clone());
+        }
         let exit = loop {
             if let Some(exit) = watcher
                 .lock()

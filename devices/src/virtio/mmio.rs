@@ -2,10 +2,10 @@
 //! feature negotiation, the device status state machine, queue set-up, reset,
 //! interrupt status and the device configuration window.
 
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
 #[cfg(any(test, feature = "test-utils"))]
 use vm_memory::GuestAddress;
-use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ActivateArgs, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -277,7 +277,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 // Accept only what was offered.
                 let offered = (self.features() >> shift) & 0xffff_ffff;
                 let v = u64::from(v) & offered;
-                self.acked_features = (self.acked_features & !(0xffff_ffff << shift)) | (v << shift);
+                self.acked_features =
+                    (self.acked_features & !(0xffff_ffff << shift)) | (v << shift);
             }
             REG_QUEUE_SEL => self.queue_sel = v,
             REG_QUEUE_NUM => self.update_queue(|q| {
@@ -302,9 +303,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             REG_QUEUE_DESC_LOW => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
             REG_QUEUE_DESC_HIGH => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
             REG_QUEUE_AVAIL_LOW => self.update_queue(|q| q.set_avail_ring_address(Some(v), None)),
-            REG_QUEUE_AVAIL_HIGH => {
-                self.update_queue(|q| q.set_avail_ring_address(None, Some(v)))
-            }
+            REG_QUEUE_AVAIL_HIGH => self.update_queue(|q| q.set_avail_ring_address(None, Some(v))),
             REG_QUEUE_USED_LOW => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
             REG_QUEUE_USED_HIGH => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
             _ => log::warn!("virtio-mmio: write of unknown register {offset:#x}"),
@@ -457,8 +456,16 @@ mod tests {
 
     fn queues() -> Vec<(GuestAddress, GuestAddress, GuestAddress)> {
         vec![
-            (GuestAddress(0x1000), GuestAddress(0x2000), GuestAddress(0x3000)),
-            (GuestAddress(0x4000), GuestAddress(0x5000), GuestAddress(0x6000)),
+            (
+                GuestAddress(0x1000),
+                GuestAddress(0x2000),
+                GuestAddress(0x3000),
+            ),
+            (
+                GuestAddress(0x4000),
+                GuestAddress(0x5000),
+                GuestAddress(0x6000),
+            ),
         ]
     }
 

@@ -129,7 +129,11 @@ impl Block {
                 Err(e) => {
                     self.errors += 1;
                     if self.errors.is_power_of_two() {
-                        log::warn!("virtio-blk {}: {e} ({} errors so far)", self.path.display(), self.errors);
+                        log::warn!(
+                            "virtio-blk {}: {e} ({} errors so far)",
+                            self.path.display(),
+                            self.errors
+                        );
                     }
                     0
                 }
@@ -193,7 +197,12 @@ fn execute(
     Ok(u32::try_from(data_len + 1).unwrap_or(u32::MAX))
 }
 
-fn run(req: &Request, reader: &mut Reader<'_>, writer: &mut Writer<'_>, disk: &RawFile) -> (u8, usize) {
+fn run(
+    req: &Request,
+    reader: &mut Reader<'_>,
+    writer: &mut Writer<'_>,
+    disk: &RawFile,
+) -> (u8, usize) {
     let result = match *req {
         Request::Out { sector, len } => {
             let mut buf = vec![0u8; len];
@@ -244,12 +253,12 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError> {
         let got = args.queues.len();
-        let queue = args.queues.into_iter().next().filter(|_| got == 1).ok_or(
-            ActivateError::QueueCount {
-                expected: 1,
-                got,
-            },
-        )?;
+        let queue = args
+            .queues
+            .into_iter()
+            .next()
+            .filter(|_| got == 1)
+            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
         self.active = Some(Active {
             mem: args.mem,
             queue,

@@ -161,14 +161,26 @@ mod tests {
     fn valid_requests() {
         assert_eq!(
             Request::parse(&hdr(0, 2), 0, 1025, 8, false),
-            Ok(Request::In { sector: 2, len: 1024 })
+            Ok(Request::In {
+                sector: 2,
+                len: 1024
+            })
         );
         assert_eq!(
             Request::parse(&hdr(1, 7), 512, 1, 8, false),
-            Ok(Request::Out { sector: 7, len: 512 })
+            Ok(Request::Out {
+                sector: 7,
+                len: 512
+            })
         );
-        assert_eq!(Request::parse(&hdr(4, 0), 0, 1, 8, true), Ok(Request::Flush));
-        assert_eq!(Request::parse(&hdr(8, 0), 0, 21, 8, true), Ok(Request::GetId));
+        assert_eq!(
+            Request::parse(&hdr(4, 0), 0, 1, 8, true),
+            Ok(Request::Flush)
+        );
+        assert_eq!(
+            Request::parse(&hdr(8, 0), 0, 21, 8, true),
+            Ok(Request::GetId)
+        );
     }
 
     #[test]
@@ -177,14 +189,21 @@ mod tests {
             Request::parse(&[0; 8], 0, 1, 8, false),
             Err(RequestError::ShortHeader(8))
         );
-        assert_eq!(Request::parse(&hdr(0, 0), 0, 0, 8, false), Err(RequestError::NoStatus));
+        assert_eq!(
+            Request::parse(&hdr(0, 0), 0, 0, 8, false),
+            Err(RequestError::NoStatus)
+        );
         assert_eq!(
             Request::parse(&hdr(0, 0), 0, 101, 8, false),
             Err(RequestError::BadLength(100))
         );
         assert_eq!(
             Request::parse(&hdr(0, 7), 0, 1025, 8, false),
-            Err(RequestError::OutOfRange { sector: 7, count: 2, capacity: 8 })
+            Err(RequestError::OutOfRange {
+                sector: 7,
+                count: 2,
+                capacity: 8
+            })
         );
         assert!(matches!(
             Request::parse(&hdr(1, u64::MAX), 512, 1, 8, false),

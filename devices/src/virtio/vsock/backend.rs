@@ -72,6 +72,9 @@ struct Conn {
     last_fwd_cnt_sent: Wrapping<u32>,
     /// Guest data the host stream did not take yet.
     to_stream: VecDeque<u8>,
+    /// Bytes at the front of `to_stream` that are husk's own (the `OK`
+    /// handshake line), not guest data: they never count as credit.
+    handshake_bytes: usize,
     /// An `RxItem::Data` for this connection is queued.
     data_queued: bool,
     /// Interest registered with the event loop, if any.
@@ -96,6 +99,7 @@ impl Conn {
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
             to_stream: VecDeque::new(),
+            handshake_bytes: 0,
             data_queued: false,
             registered: None,
             hup: false,
@@ -183,7 +187,9 @@ impl Muxer {
 
     /// Whether `fd` belongs to this backend.
     pub fn owns(&self, fd: RawFd) -> bool {
-        fd == self.listener.as_raw_fd() || self.by_fd.contains_key(&fd) || self.pending.contains_key(&fd)
+        fd == self.listener.as_raw_fd()
+            || self.by_fd.contains_key(&fd)
+            || self.pending.contains_key(&fd)
     }
 
     /// Whether packets wait for the guest's receive queue.
@@ -266,7 +272,13 @@ impl Muxer {
             Some(_) => Ok(()),
         };
         match res {
-            Ok(()) => c.registered = Some(want),
+            Ok(()) => {
+                log::trace!(
+                    "vsock: {key:?} interest {want:?} credit {}",
+                    c.peer_credit()
+                );
+                c.registered = Some(want)
+            }
             Err(e) => log::error!("vsock: cannot watch connection {key:?}: {e:?}"),
         }
     }
@@ -275,6 +287,13 @@ impl Muxer {
     /// [`Header::parse_tx`]); `data` is its payload.
     pub fn handle_guest_packet(&mut self, h: &Header, data: &[u8], ops: &mut EventOps) {
         let key = (h.dst_port, h.src_port);
+        log::trace!(
+            "vsock: guest op {} on {key:?} len {} buf_alloc {} fwd_cnt {}",
+            h.op,
+            h.len,
+            h.buf_alloc,
+            h.fwd_cnt
+        );
         if let Some(c) = self.conns.get_mut(&key) {
             c.peer_buf_alloc = h.buf_alloc;
             c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
@@ -330,7 +349,9 @@ impl Muxer {
         match self.conns.get_mut(&key) {
             Some(c) if c.state == State::HostConnecting => {
                 c.state = State::Established;
-                c.to_stream.extend(format!("OK {}\n", key.0).as_bytes());
+                let line = format!("OK {}\n", key.0);
+                c.handshake_bytes = line.len();
+                c.to_stream.extend(line.as_bytes());
                 self.flush_to_stream(key, ops);
             }
             _ => self.queue_reset(key),
@@ -383,7 +404,9 @@ impl Muxer {
         };
         match write_some(&mut c.stream, &mut c.to_stream) {
             Ok(n) => {
-                c.fwd_cnt += Wrapping(u32::try_from(n).unwrap_or(u32::MAX));
+                let ours = n.min(c.handshake_bytes);
+                c.handshake_bytes -= ours;
+                c.fwd_cnt += Wrapping(u32::try_from(n - ours).unwrap_or(u32::MAX));
                 if c.to_stream.is_empty() && c.guest_done_sending {
                     let _ = c.stream.shutdown(std::net::Shutdown::Write);
                 }
@@ -421,7 +444,10 @@ impl Muxer {
                         continue; // dropped: closes the stream
                     }
                     let fd = s.as_raw_fd();
-                    if ops.add(Events::with_data(&s, fd_data(fd), EventSet::IN)).is_ok() {
+                    if ops
+                        .add(Events::with_data(&s, fd_data(fd), EventSet::IN))
+                        .is_ok()
+                    {
                         self.pending.insert(
                             fd,
                             PendingHost {
@@ -483,6 +509,7 @@ impl Muxer {
         c.registered = Some(EventSet::IN);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, c);
+        log::debug!("vsock: host connects to guest port {port} as host port {local}");
         self.queue_control(key, op::REQUEST, 0);
         self.sync(key, ops);
     }
@@ -490,7 +517,10 @@ impl Muxer {
     fn alloc_local_port(&mut self, peer: u32) -> u32 {
         loop {
             let p = self.next_local_port;
-            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(FIRST_LOCAL_PORT);
             if !self.conns.contains_key(&(p, peer)) {
                 return p;
             }
@@ -571,10 +601,14 @@ impl Muxer {
     ) -> Option<io::Result<usize>> {
         let c = self.conns.get_mut(&key)?;
         c.data_queued = false;
-        let max = [c.peer_credit(), MAX_PKT_DATA, u32::try_from(room).unwrap_or(u32::MAX)]
-            .into_iter()
-            .min()
-            .unwrap_or(0);
+        let max = [
+            c.peer_credit(),
+            MAX_PKT_DATA,
+            u32::try_from(room).unwrap_or(u32::MAX),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
         if max == 0 || c.state != State::Established || c.host_eof {
             self.sync(key, ops);
             return None;

@@ -144,7 +144,10 @@ impl Vsock {
                 Err(e) => {
                     self.bad_packets += 1;
                     if self.bad_packets.is_power_of_two() {
-                        log::warn!("vsock: dropped bad packet ({} so far): {e}", self.bad_packets);
+                        log::warn!(
+                            "vsock: dropped bad packet ({} so far): {e}",
+                            self.bad_packets
+                        );
                     }
                 }
             }

@@ -222,15 +222,24 @@ mod tests {
         ));
         let mut h = good;
         h.type_ = 2;
-        assert_eq!(Header::parse_tx(&h.to_bytes(), 10, 3), Err(PacketError::BadType(2)));
+        assert_eq!(
+            Header::parse_tx(&h.to_bytes(), 10, 3),
+            Err(PacketError::BadType(2))
+        );
         for bad in [0, 8, 0xffff] {
             let mut h = good;
             h.op = bad;
-            assert_eq!(Header::parse_tx(&h.to_bytes(), 10, 3), Err(PacketError::BadOp(bad)));
+            assert_eq!(
+                Header::parse_tx(&h.to_bytes(), 10, 3),
+                Err(PacketError::BadOp(bad))
+            );
         }
         assert!(matches!(
             Header::parse_tx(&good.to_bytes(), 9, 3),
-            Err(PacketError::BadLength { len: 10, available: 9 })
+            Err(PacketError::BadLength {
+                len: 10,
+                available: 9
+            })
         ));
         let huge = pkt(op::RW, MAX_PKT_DATA + 1);
         assert!(Header::parse_tx(&huge.to_bytes(), usize::MAX, 3).is_err());
