@@ -18,9 +18,22 @@ else
   echo "guest: vdb-write=refused"
 fi
 if dd if=/dev/vda of=/dev/null bs=512 skip=16384 count=1 2>/dev/null | grep -q .; then :; fi
-HUSK_VSOCK_VERBOSE=${HUSK_VSOCK_VERBOSE:-} husk-vsock guest-echo 5000 8 &
+if [ -e /sys/class/net/eth0 ]; then
+  echo "guest: eth0 mac=$(cat /sys/class/net/eth0/address)"
+  ip link set lo up
+  ip addr add 169.254.77.2/24 dev eth0
+  ip link set eth0 up
+  nc -l -p 7000 -e cat &
+  nc_pid=$!
+  ( sleep 90; kill $nc_pid 2>/dev/null ) &
+  i=0
+  until ping -c 1 -W 1 169.254.77.1 > /dev/null 2>&1 || [ $i -ge 60 ]; do i=$((i + 1)); done
+  if ping -c 3 -W 2 169.254.77.1 > /dev/null 2>&1; then echo "guest: ping host ok"; else echo "guest: ping host FAILED"; fi
+fi
+husk-vsock guest-echo 5000 8 &
 echo_pid=$!
 husk-vsock guest-send 2 6000 8 1048576
 wait $echo_pid
 echo "guest: echo server status $?"
+[ -n "${nc_pid:-}" ] && wait $nc_pid
 exec /init

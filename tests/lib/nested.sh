@@ -36,7 +36,8 @@ nested_run() {
   log=${HUSK_E2E_LOG:-$(mktemp)}
   mkdir -p "$l1"/{bin,sbin,proc,sys,dev,tmp,lib/modules,husk/bin,husk/guest}
   cp /bin/busybox "$l1/bin/busybox"
-  cp "$mods/virt/lib/irqbypass.ko" "$mods/arch/x86/kvm/kvm.ko" "$mods/arch/x86/kvm/kvm-amd.ko" "$l1/lib/modules/"
+  cp "$mods/virt/lib/irqbypass.ko" "$mods/arch/x86/kvm/kvm.ko" "$mods/arch/x86/kvm/kvm-amd.ko" \
+    "$mods/drivers/net/tun.ko" "$l1/lib/modules/"
   copy_with_libs "$l1" "$HUSK_VMM"
   ln -sf "$HUSK_VMM" "$l1/husk/bin/husk-vmm"
   cp "$GUEST_KERNEL" "$l1/husk/guest/vmlinux"
@@ -60,9 +61,9 @@ export PATH=/bin:/sbin:/usr/bin:/husk/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+mkdir -p /dev/pts /dev/net && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
-for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "nested host: insmod $m failed"; done
+for m in irqbypass kvm kvm-amd tun; do insmod /lib/modules/$m.ko || echo "nested host: insmod $m failed"; done
 [ -c /dev/kvm ] || echo "nested host: /dev/kvm did not appear"
 ip link set lo up 2>/dev/null
 export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz

@@ -26,6 +26,7 @@ use crate::vcpu::{Vcpu, VcpuError};
 use crate::vmm::{ExitEvents, Subscriber, Vmm};
 use husk_devices::virtio::block::{Block, BlockError, BlockHandler};
 use husk_devices::virtio::mmio::MmioTransport;
+use husk_devices::virtio::net::{Net, NetError, NetHandler};
 use husk_devices::virtio::vsock::{Vsock, VsockError, VsockHandler};
 
 /// Address of the TSS KVM needs on Intel hosts (three pages below 4 GiB,
@@ -74,6 +75,9 @@ pub enum BuildError {
     /// A disk could not be set up.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network interface could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The vsock device could not be set up.
     #[error(transparent)]
     Vsock(#[from] VsockError),
@@ -264,6 +268,13 @@ pub fn attach_virtio_devices(
         let t = Arc::new(Mutex::new(t));
         dm.attach(vm, mmio, t.clone())?;
         subscribers.push(Arc::new(Mutex::new(BlockHandler::new(t))));
+    }
+    for net in &config.nets {
+        let t = MmioTransport::new(mem.clone(), Net::new(net)?)
+            .map_err(|e| BuildError::Transport("virtio-net", e))?;
+        let t = Arc::new(Mutex::new(t));
+        dm.attach(vm, mmio, t.clone())?;
+        subscribers.push(Arc::new(Mutex::new(NetHandler::new(t))));
     }
     if let Some(vsock) = &config.vsock {
         let t = MmioTransport::new(mem.clone(), Vsock::new(vsock)?)

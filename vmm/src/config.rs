@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use husk_devices::virtio::block::BlockConfig;
+use husk_devices::virtio::net::NetConfig;
 use husk_devices::virtio::vsock::VsockConfig;
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +142,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<BlockConfig>,
+    /// virtio-net interfaces (eth0, eth1, ...), each on a host TAP.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// The virtio-vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -170,6 +174,7 @@ impl Default for VmConfig {
             console: Console::default(),
             pvh: true,
             disks: Vec::new(),
+            nets: Vec::new(),
             vsock: None,
         }
     }
@@ -260,6 +265,31 @@ pub fn parse_disk(s: &str) -> std::result::Result<BlockConfig, String> {
             Some(("serial", v)) => cfg.serial = Some(v.to_string()),
             _ => return Err(format!("unknown disk option {opt:?} (ro, rw, serial=ID)")),
         }
+    }
+    Ok(cfg)
+}
+
+/// Parses `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (or just `NAME`).
+pub fn parse_net(s: &str) -> std::result::Result<NetConfig, String> {
+    let mut cfg = NetConfig {
+        tap_name: None,
+        mac: None,
+    };
+    for opt in s.split(',').filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("tap", v)) => cfg.tap_name = Some(v.to_string()),
+            Some(("mac", v)) => {
+                cfg.mac = Some(
+                    husk_devices::virtio::net::device::parse_mac(v)
+                        .ok_or_else(|| format!("invalid MAC address {v:?}"))?,
+                )
+            }
+            None => cfg.tap_name = Some(opt.to_string()),
+            _ => return Err(format!("unknown net option {opt:?} (tap=NAME, mac=MAC)")),
+        }
+    }
+    if cfg.tap_name.as_ref().is_some_and(|n| n.len() > 15) {
+        return Err("tap name longer than 15 bytes".into());
     }
     Ok(cfg)
 }

@@ -50,6 +50,9 @@ struct Cli {
     /// A virtio-blk disk: PATH[,ro][,serial=ID] (repeatable; vda, vdb, ...).
     #[arg(long = "disk", value_parser = husk_vmm::config::parse_disk)]
     disks: Vec<husk_devices::virtio::block::BlockConfig>,
+    /// A virtio-net interface on a host TAP: tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long = "net", value_parser = husk_vmm::config::parse_net)]
+    nets: Vec<husk_devices::virtio::net::NetConfig>,
     /// The virtio-vsock device: CID,UNIX_SOCKET_PATH.
     #[arg(long, value_parser = husk_vmm::config::parse_vsock)]
     vsock: Option<husk_devices::virtio::vsock::VsockConfig>,
@@ -90,6 +93,7 @@ fn effective_config(cli: Cli) -> Result<(VmConfig, bool), husk_vmm::config::Conf
         cfg.pvh = false;
     }
     cfg.disks.extend(cli.disks);
+    cfg.nets.extend(cli.nets);
     if let Some(v) = cli.vsock {
         cfg.vsock = Some(v);
     }
