@@ -14,6 +14,8 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

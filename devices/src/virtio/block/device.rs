@@ -271,3 +271,208 @@ impl VirtioDevice for Block {
         self.active = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::test_utils::{desc, guest_memory, Harness, BUF_BASE, F_NEXT, F_WRITE};
+
+    const HDR: u64 = BUF_BASE;
+    const DATA: u64 = BUF_BASE + 0x1000;
+    const STATUS: u64 = BUF_BASE + 0x10_0000;
+
+    fn disk(sectors: usize, read_only: bool) -> (tempfile::NamedTempFile, Block) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let content: Vec<u8> = (0..sectors * 512).map(|i| u8::try_from(i / 512).unwrap()).collect();
+        f.write_all(&content).unwrap();
+        let b = Block::new(&BlockConfig {
+            path: f.path().to_path_buf(),
+            read_only,
+            serial: Some("husk-serial".into()),
+        })
+        .unwrap();
+        (f, b)
+    }
+
+    fn write_header(mem: &GuestMemoryMmap, t: u32, sector: u64) {
+        let mut h = t.to_le_bytes().to_vec();
+        h.extend_from_slice(&[0; 4]);
+        h.extend_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    }
+
+    fn status(mem: &GuestMemoryMmap) -> u8 {
+        mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    fn run(h: &mut Harness<'_, Block>) {
+        h.with_device(|d| d.process_queue()).unwrap();
+    }
+
+    #[test]
+    fn read_write_flush_get_id() {
+        let mem = guest_memory();
+        let (f, dev) = disk(8, false);
+        let mut h = Harness::new(&mem, dev);
+        // Read sectors 2-3.
+        write_header(&mem, 0, 2);
+        h.add(
+            0,
+            &[
+                desc(HDR, 16, F_NEXT, 1),
+                desc(DATA, 1024, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+        );
+        run(&mut h);
+        assert_eq!(status(&mem), status::OK);
+        assert_eq!(h.used_elem(0, 0), (0, 1025));
+        let mut buf = [0u8; 1024];
+        mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+        assert!(buf[..512].iter().all(|b| *b == 2) && buf[512..].iter().all(|b| *b == 3));
+        // Write sector 5 from guest memory.
+        mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        write_header(&mem, 1, 5);
+        h.add(
+            0,
+            &[
+                desc(HDR, 16, F_NEXT, 1),
+                desc(DATA, 512, F_NEXT, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+        );
+        run(&mut h);
+        assert_eq!(status(&mem), status::OK);
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert!(on_disk[5 * 512..6 * 512].iter().all(|b| *b == 0xab));
+        // Flush.
+        write_header(&mem, 4, 0);
+        h.add(0, &[desc(HDR, 16, F_NEXT, 1), desc(STATUS, 1, F_WRITE, 0)]);
+        run(&mut h);
+        assert_eq!(status(&mem), status::OK);
+        // GET_ID.
+        write_header(&mem, 8, 0);
+        h.add(
+            0,
+            &[
+                desc(HDR, 16, F_NEXT, 1),
+                desc(DATA, 20, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+        );
+        run(&mut h);
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id[..11], b"husk-serial");
+        assert_eq!(status(&mem), status::OK);
+        assert_eq!(h.used_idx(0), 4);
+    }
+
+    #[test]
+    fn bad_requests_get_error_status() {
+        let mem = guest_memory();
+        let (_f, dev) = disk(8, true);
+        assert_ne!(dev.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+        let mut h = Harness::new(&mem, dev);
+        let cases: [(u32, u64, u32, u8); 4] = [
+            (0, 7, 1024, status::IOERR),  // reads past the end
+            (1, 0, 512, status::IOERR),   // write to a read-only disk
+            (0, 0, 100, status::IOERR),   // not whole sectors
+            (77, 0, 512, status::UNSUPP), // unknown type
+        ];
+        for (t, sector, len, want) in cases {
+            write_header(&mem, t, sector);
+            let dir = if t == 1 { F_NEXT } else { F_NEXT | F_WRITE };
+            h.add(
+                0,
+                &[
+                    desc(HDR, 16, F_NEXT, 1),
+                    desc(DATA, len, dir, 2),
+                    desc(STATUS, 1, F_WRITE, 0),
+                ],
+            );
+            run(&mut h);
+            assert_eq!(status(&mem), want, "type {t} sector {sector} len {len}");
+        }
+        assert_eq!(h.used_idx(0), 4);
+    }
+
+    #[test]
+    fn malicious_chains_do_not_panic_or_stall() {
+        let mem = guest_memory();
+        let (_f, dev) = disk(8, false);
+        let mut h = Harness::new(&mem, dev);
+        let end = crate::virtio::test_utils::MEM_SIZE as u64;
+        let chains: Vec<Vec<_>> = vec![
+            // Header outside guest memory.
+            vec![
+                desc(end + 0x1000, 16, F_NEXT, 1),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+            // Data buffer crossing the end of memory.
+            vec![
+                desc(HDR, 16, F_NEXT, 1),
+                desc(end - 256, 4096, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+            // Huge length.
+            vec![
+                desc(HDR, 16, F_NEXT, 1),
+                desc(DATA, u32::MAX, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+            // Status descriptor not writable (wrong direction).
+            vec![desc(HDR, 16, F_NEXT, 1), desc(STATUS, 1, 0, 0)],
+            // Header too short.
+            vec![desc(HDR, 8, F_NEXT, 1), desc(STATUS, 1, F_WRITE, 0)],
+            // Zero-length descriptors.
+            vec![desc(HDR, 0, F_NEXT, 1), desc(STATUS, 0, F_WRITE, 0)],
+            // A loop: descriptor 1 points back to 0.
+            vec![
+                desc(HDR, 16, F_NEXT, 1),
+                desc(DATA, 512, F_NEXT | F_WRITE, 0),
+            ],
+            // `next` out of the table.
+            vec![desc(HDR, 16, F_NEXT, 200)],
+        ];
+        for (i, c) in chains.iter().enumerate() {
+            write_header(&mem, 0, 0);
+            h.add(0, c);
+            run(&mut h);
+            assert_eq!(
+                h.used_idx(0),
+                u16::try_from(i + 1).unwrap(),
+                "chain {i} not completed"
+            );
+        }
+        // The queue still serves a good request afterwards.
+        write_header(&mem, 0, 1);
+        h.add(
+            0,
+            &[
+                desc(HDR, 16, F_NEXT, 1),
+                desc(DATA, 512, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+        );
+        run(&mut h);
+        assert_eq!(status(&mem), status::OK);
+    }
+
+    #[test]
+    fn open_errors_name_the_file() {
+        let err = Block::new(&BlockConfig {
+            path: "/nonexistent.img".into(),
+            read_only: true,
+            serial: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "cannot open disk image /nonexistent.img");
+    }
+}

@@ -245,3 +245,239 @@ impl VirtioDevice for Vsock {
         self.reset_pending = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::{Arc, Mutex};
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::test_utils::{desc, guest_memory, Harness, BUF_BASE, F_NEXT, F_WRITE};
+    use crate::virtio::vsock::packet::{op, HOST_CID, TYPE_STREAM};
+    use crate::virtio::vsock::VsockHandler;
+    use crate::VirtioMmioDevice;
+
+    type Em = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    const RX_BUFS: u64 = BUF_BASE;
+    const TX_BUF: u64 = BUF_BASE + 0x10_0000;
+
+    struct Rig<'a> {
+        h: Harness<'a, Vsock>,
+        em: Em,
+        uds: std::path::PathBuf,
+        rx_seen: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let dev = Vsock::new(&VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        })
+        .unwrap();
+        let h = Harness::new(mem, dev);
+        // Eight 4 KiB receive buffers.
+        let bufs: Vec<_> = (0..8)
+            .map(|i| desc(RX_BUFS + i * 0x1000, 4096, F_WRITE, 0))
+            .collect();
+        h.add(0, &bufs);
+        let mut em = Em::new().unwrap();
+        em.add_subscriber(Arc::new(Mutex::new(VsockHandler::new(h.transport.clone()))));
+        Rig {
+            h,
+            em,
+            uds,
+            rx_seen: 0,
+            _dir: dir,
+        }
+    }
+
+    fn pkt(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 65536,
+            fwd_cnt: 0,
+        }
+    }
+
+    impl Rig<'_> {
+        /// The guest transmits raw bytes as one packet.
+        fn send_raw(&mut self, bytes: &[u8]) {
+            self.h.mem.write_slice(bytes, GuestAddress(TX_BUF)).unwrap();
+            let len = u32::try_from(bytes.len()).unwrap();
+            self.h.add(1, &[desc(TX_BUF, len, 0, 0)]);
+            self.kick(1);
+        }
+
+        fn send(&mut self, h: Header, data: &[u8]) {
+            let mut b = h.to_bytes().to_vec();
+            b.extend_from_slice(data);
+            self.send_raw(&b);
+        }
+
+        fn kick(&mut self, q: usize) {
+            self.h.transport.lock().unwrap().queue_events()[q]
+                .write(1)
+                .unwrap();
+            self.pump();
+        }
+
+        fn pump(&mut self) {
+            for _ in 0..5 {
+                self.em.run_with_timeout(20).unwrap();
+            }
+        }
+
+        /// Next packet the device put in a receive buffer.
+        fn recv(&mut self) -> Option<(Header, Vec<u8>)> {
+            self.pump();
+            if self.h.used_idx(0) == self.rx_seen {
+                return None;
+            }
+            let (id, len) = self.h.used_elem(0, self.rx_seen);
+            self.rx_seen += 1;
+            let addr = RX_BUFS + u64::from(id) * 0x1000;
+            let mut buf = vec![0u8; usize::try_from(len).unwrap()];
+            self.h.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+            let hdr = Header::from_bytes(buf[..HDR_SIZE].try_into().unwrap());
+            Some((hdr, buf[HDR_SIZE..].to_vec()))
+        }
+    }
+
+    #[test]
+    fn guest_connects_to_a_host_unix_socket() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let listener = UnixListener::bind(format!("{}_5000", r.uds.display())).unwrap();
+        r.send(pkt(op::REQUEST, 1234, 5000, 0), &[]);
+        let (resp, _) = r.recv().expect("RESPONSE");
+        assert_eq!(
+            (resp.op, resp.src_port, resp.dst_port, resp.dst_cid),
+            (op::RESPONSE, 5000, 1234, 3)
+        );
+        let (mut host, _) = listener.accept().unwrap();
+        r.send(pkt(op::RW, 1234, 5000, 5), b"hello");
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        host.write_all(b"world").unwrap();
+        let (rw, data) = r.recv().expect("RW");
+        assert_eq!((rw.op, rw.len, data.as_slice()), (op::RW, 5, &b"world"[..]));
+        // Guest closes: the device resets and the host sees EOF.
+        let mut shut = pkt(op::SHUTDOWN, 1234, 5000, 0);
+        shut.flags = 3;
+        r.send(shut, &[]);
+        let (rst, _) = r.recv().expect("RST");
+        assert_eq!(rst.op, op::RST);
+        assert_eq!(host.read(&mut got).unwrap(), 0);
+    }
+
+    #[test]
+    fn guest_connect_without_listener_is_reset() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        r.send(pkt(op::REQUEST, 1234, 5001, 0), &[]);
+        assert_eq!(r.recv().expect("RST").0.op, op::RST);
+        // Data for an unknown connection is reset too.
+        r.send(pkt(op::RW, 1, 2, 3), b"abc");
+        assert_eq!(r.recv().expect("RST").0.op, op::RST);
+    }
+
+    #[test]
+    fn host_connects_to_a_guest_port() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let mut host = UnixStream::connect(&r.uds).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        r.pump();
+        let (req, _) = r.recv().expect("REQUEST");
+        assert_eq!(
+            (req.op, req.dst_port, req.dst_cid, req.src_cid),
+            (op::REQUEST, 52, 3, HOST_CID)
+        );
+        r.send(pkt(op::RESPONSE, 52, req.src_port, 0), &[]);
+        let mut line = [0u8; 14];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(&line, format!("OK {}\n", req.src_port).as_bytes());
+        // The handshake line is not guest data: fwd_cnt stays 0.
+        host.write_all(b"ping").unwrap();
+        let (rw, data) = r.recv().expect("RW");
+        assert_eq!((data.as_slice(), rw.fwd_cnt), (&b"ping"[..], 0));
+    }
+
+    #[test]
+    fn bad_connect_lines_are_refused() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let mut host = UnixStream::connect(&r.uds).unwrap();
+        host.write_all(b"HELLO 52\n").unwrap();
+        r.pump();
+        let mut reply = String::new();
+        host.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("ERR"), "{reply:?}");
+        assert!(r.recv().is_none());
+    }
+
+    #[test]
+    fn malicious_packets_are_dropped_without_stalling() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let mut wrong_cid = pkt(op::REQUEST, 1, 2, 0);
+        wrong_cid.src_cid = 99;
+        let mut bad_type = pkt(op::REQUEST, 1, 2, 0);
+        bad_type.type_ = 2;
+        let overlong = pkt(op::RW, 1, 2, 1000);
+        r.send_raw(&[0u8; 10]);
+        r.send(wrong_cid, &[]);
+        r.send(bad_type, &[]);
+        r.send(overlong, b"short");
+        // A chain pointing outside guest memory, and a loop.
+        let end = crate::virtio::test_utils::MEM_SIZE as u64;
+        r.h.add(1, &[desc(end + 4096, 44, 0, 0)]);
+        r.kick(1);
+        r.h.add(1, &[desc(TX_BUF, 44, F_NEXT, 0)]);
+        r.kick(1);
+        assert_eq!(r.h.used_idx(1), 6, "every bad packet is completed");
+        assert_eq!(r.h.with_device(|d| d.bad_packets()), 6);
+        assert!(r.recv().is_none(), "no reply to dropped packets");
+        // Still works.
+        r.send(pkt(op::REQUEST, 1234, 5002, 0), &[]);
+        assert_eq!(r.recv().expect("RST").0.op, op::RST);
+    }
+
+    #[test]
+    fn guest_overrunning_its_credit_is_reset() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let listener = UnixListener::bind(format!("{}_5003", r.uds.display())).unwrap();
+        r.send(pkt(op::REQUEST, 7, 5003, 0), &[]);
+        assert_eq!(r.recv().unwrap().0.op, op::RESPONSE);
+        let (_host, _) = listener.accept().unwrap(); // never reads
+        let chunk = vec![0u8; 60 * 1024];
+        let mut reset = false;
+        for _ in 0..40 {
+            r.send(pkt(op::RW, 7, 5003, 60 * 1024), &chunk);
+            if let Some((h, _)) = r.recv() {
+                if h.op == op::RST {
+                    reset = true;
+                    break;
+                }
+            }
+        }
+        assert!(reset, "a guest sending past its credit must be reset");
+    }
+}
