@@ -76,11 +76,18 @@ impl OverlayLayout {
         let check = |p: &Path| -> Result<String> {
             let s = p.to_string_lossy();
             if s.contains([',', ':', '\\']) || s.contains('\0') {
-                return Err(OverlayError::BadPath { path: p.to_path_buf() });
+                return Err(OverlayError::BadPath {
+                    path: p.to_path_buf(),
+                });
             }
             Ok(s.into_owned())
         };
-        let lowers = self.lowers.iter().map(|l| check(l)).collect::<Result<Vec<_>>>()?.join(":");
+        let lowers = self
+            .lowers
+            .iter()
+            .map(|l| check(l))
+            .collect::<Result<Vec<_>>>()?
+            .join(":");
         Ok(format!(
             "lowerdir={lowers},upperdir={},workdir={}",
             check(&self.upper)?,

@@ -42,7 +42,9 @@ pub struct Reaper {
 fn status_of(ws: WaitStatus) -> Option<(i32, ExitStatus)> {
     match ws {
         WaitStatus::Exited(pid, code) => Some((pid.as_raw(), ExitStatus::Code { code })),
-        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), ExitStatus::Signal { signal: sig as i32 })),
+        WaitStatus::Signaled(pid, sig, _) => {
+            Some((pid.as_raw(), ExitStatus::Signal { signal: sig as i32 }))
+        }
         _ => None,
     }
 }

@@ -20,8 +20,8 @@ use crate::container::{self, Container, ContainerConfig, ContainerError, Stdio};
 use crate::layers::{self, LayerError, UnpackOptions};
 use crate::overlay::{OverlayError, OverlayLayout};
 use crate::protocol::{
-    self, BlobSource, CreateRequest, Envelope, ErrorKind, ExecRequest, ImageSource, ProcessSpec, ProtocolError, Request,
-    Response, StreamHello, PROTOCOL_VERSION,
+    self, BlobSource, CreateRequest, Envelope, ErrorKind, ExecRequest, ImageSource, ProcessSpec,
+    ProtocolError, Request, Response, StreamHello, PROTOCOL_VERSION,
 };
 use crate::reaper::{ReapMode, Reaper};
 
@@ -102,9 +102,9 @@ impl ServerError {
             Self::Layer { .. } => ErrorKind::BadLayer,
             Self::Container(ContainerError::InvalidState { .. }) => ErrorKind::InvalidState,
             Self::Container(ContainerError::NoSuchExec { .. }) => ErrorKind::NotFound,
-            Self::Container(ContainerError::InvalidId { .. } | ContainerError::InvalidProcess { .. }) => {
-                ErrorKind::InvalidRequest
-            }
+            Self::Container(
+                ContainerError::InvalidId { .. } | ContainerError::InvalidProcess { .. },
+            ) => ErrorKind::InvalidRequest,
             Self::Container(_) | Self::Overlay(_) | Self::Connect { .. } => ErrorKind::Runtime,
             Self::Io { .. } => ErrorKind::Internal,
         }
@@ -226,7 +226,9 @@ impl<C: Connector> Server<C> {
             };
             let shutdown = env.body == Request::Shutdown;
             let body = if env.version != PROTOCOL_VERSION {
-                error_response(&ServerError::UnsupportedVersion { version: env.version })
+                error_response(&ServerError::UnsupportedVersion {
+                    version: env.version,
+                })
             } else {
                 self.handle(env.body).unwrap_or_else(|e| {
                     log::error!("request failed: {}", e.message());
@@ -257,7 +259,11 @@ impl<C: Connector> Server<C> {
             Request::Create(c) => self.do_create(*c),
             Request::Start { id } => self.do_start(&id),
             Request::Exec(e) => self.do_exec(e),
-            Request::Signal { id, exec_id, signal } => self.do_signal(&id, exec_id.as_deref(), signal),
+            Request::Signal {
+                id,
+                exec_id,
+                signal,
+            } => self.do_signal(&id, exec_id.as_deref(), signal),
             Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
             Request::Shutdown => self.do_shutdown(),
         }
@@ -333,7 +339,9 @@ impl<C: Connector> Server<C> {
         let tmp = images.join(format!(".tmp-{key}-{id}"));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-        let result = layers.iter().try_for_each(|l| self.apply_layer(id, &tmp, &images, l));
+        let result = layers
+            .iter()
+            .try_for_each(|l| self.apply_layer(id, &tmp, &images, l));
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
@@ -342,7 +350,13 @@ impl<C: Connector> Server<C> {
         Ok(done)
     }
 
-    fn apply_layer(&self, id: &str, root: &Path, tmp_dir: &Path, l: &protocol::Layer) -> Result<()> {
+    fn apply_layer(
+        &self,
+        id: &str,
+        root: &Path,
+        tmp_dir: &Path,
+        l: &protocol::Layer,
+    ) -> Result<()> {
         let wrap = |source| ServerError::Layer {
             digest: l.digest.clone(),
             source,
@@ -350,7 +364,8 @@ impl<C: Connector> Server<C> {
         let opts = &self.config.unpack;
         match &l.source {
             BlobSource::Path { path } => {
-                layers::apply_layer_file(root, path, &l.digest, &l.media_type, Some(l.size), opts).map_err(wrap)?;
+                layers::apply_layer_file(root, path, &l.digest, &l.media_type, Some(l.size), opts)
+                    .map_err(wrap)?;
             }
             BlobSource::Stream { port } => {
                 let hello = StreamHello {
@@ -359,7 +374,16 @@ impl<C: Connector> Server<C> {
                     stream: format!("layer {}", l.digest),
                 };
                 let s = self.open(*port, &hello)?;
-                layers::apply_layer_stream(root, s, tmp_dir, &l.digest, &l.media_type, l.size, opts).map_err(wrap)?;
+                layers::apply_layer_stream(
+                    root,
+                    s,
+                    tmp_dir,
+                    &l.digest,
+                    &l.media_type,
+                    l.size,
+                    opts,
+                )
+                .map_err(wrap)?;
             }
         }
         Ok(())
@@ -404,20 +428,27 @@ impl<C: Connector> Server<C> {
         let entry = self.entry(&req.id)?;
         let mut e = lock(&entry);
         let stdio = self.stdio(&req.id, Some(&req.exec_id), &req.process)?;
-        let pid = e.container.exec(&req.exec_id, &req.process, stdio, &self.reaper)?;
+        let pid = e
+            .container
+            .exec(&req.exec_id, &req.process, stdio, &self.reaper)?;
         Ok(Response::Started { pid })
     }
 
     fn do_signal(&self, id: &str, exec_id: Option<&str>, signal: i32) -> Result<Response> {
         let entry = self.entry(id)?;
-        lock(&entry).container.signal(exec_id, signal, &self.reaper)?;
+        lock(&entry)
+            .container
+            .signal(exec_id, signal, &self.reaper)?;
         Ok(Response::Signalled)
     }
 
     fn do_wait(&self, id: &str, exec_id: Option<&str>) -> Result<Response> {
         let entry = self.entry(id)?;
         let pid = lock(&entry).container.pid(exec_id)?;
-        let status = self.reaper.wait(pid).ok_or_else(|| ServerError::NotFound { id: id.to_string() })?;
+        let status = self
+            .reaper
+            .wait(pid)
+            .ok_or_else(|| ServerError::NotFound { id: id.to_string() })?;
         Ok(Response::Exited { status })
     }
 

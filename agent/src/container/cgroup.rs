@@ -60,7 +60,10 @@ impl Cgroup {
         }
         if let Some(millis) = limits.cpu_millis {
             let quota = millis.saturating_mul(CPU_PERIOD_US) / 1000;
-            write(&self.path.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            write(
+                &self.path.join("cpu.max"),
+                &format!("{quota} {CPU_PERIOD_US}"),
+            )?;
         }
         if let Some(p) = limits.pids {
             write(&self.path.join("pids.max"), &p.to_string())?;
@@ -108,7 +111,10 @@ mod tests {
         cg.add(42).unwrap();
         assert_eq!(rd("cgroup.procs"), "42");
         // The last controller written wins in a plain file.
-        assert_eq!(fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(), "+pids");
+        assert_eq!(
+            fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
         cg.remove();
         assert!(!cg.path().exists());
     }

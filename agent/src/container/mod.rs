@@ -120,7 +120,9 @@ pub fn validate_id(id: &str) -> Result<()> {
         && id.len() <= 64
         && id != "."
         && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -185,7 +187,10 @@ fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<C
     };
     let identity = user::resolve_user(rootfs, &p.user)?;
     let mut env: Vec<String> = p.env.clone();
-    let has = |env: &[String], k: &str| env.iter().any(|e| e.split_once('=').map(|(a, _)| a) == Some(k));
+    let has = |env: &[String], k: &str| {
+        env.iter()
+            .any(|e| e.split_once('=').map(|(a, _)| a) == Some(k))
+    };
     if !has(&env, "PATH") {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
@@ -209,7 +214,11 @@ fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<C
             .map(|d| c(&format!("{}/{arg0}", d.trim_end_matches('/'))))
             .collect::<Result<_>>()?
     };
-    let workdir = if p.workdir.is_empty() { "/" } else { &p.workdir };
+    let workdir = if p.workdir.is_empty() {
+        "/"
+    } else {
+        &p.workdir
+    };
     Ok(ChildPlan {
         mounts: Vec::new(),
         hostname: None,
@@ -232,7 +241,11 @@ fn stdio_fds(stdio: Stdio, tty: bool) -> Result<[OwnedFd; 3]> {
         return Ok([process::dup(&slave)?, process::dup(&slave)?, slave]);
     }
     let or_null = |f: Option<OwnedFd>| f.map(Ok).unwrap_or_else(process::dev_null);
-    Ok([or_null(stdio.stdin)?, or_null(stdio.stdout)?, or_null(stdio.stderr)?])
+    Ok([
+        or_null(stdio.stdin)?,
+        or_null(stdio.stdout)?,
+        or_null(stdio.stderr)?,
+    ])
 }
 
 impl Container {
@@ -276,21 +289,34 @@ impl Container {
         let fds = stdio_fds(stdio, cfg.process.tty)?;
         let mut plan = process_plan(&cfg.rootfs, &cfg.process, fds)?;
         plan.mounts = rootfs::plan(&cfg.rootfs, &cfg.mounts)?;
-        let hostname = if cfg.hostname.is_empty() { &cfg.id } else { &cfg.hostname };
+        let hostname = if cfg.hostname.is_empty() {
+            &cfg.id
+        } else {
+            &cfg.hostname
+        };
         plan.hostname = Some(c(hostname)?);
         plan.unshare_cgroup = true;
-        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        let mut flags = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC;
         if cfg.new_network {
             flags |= CloneFlags::CLONE_NEWNET;
         }
         let cgroup = &self.cgroup;
-        let pid = process::spawn(&plan, flags, reaper, |pid| cgroup.add(pid))?;
+        let pid = process::spawn(&plan, flags, None, reaper, |pid| cgroup.add(pid))?;
         self.init = Some(pid);
         Ok(pid)
     }
 
     /// Runs another process in the running container.
-    pub fn exec(&mut self, exec_id: &str, p: &ProcessSpec, stdio: Stdio, reaper: &Reaper) -> Result<i32> {
+    pub fn exec(
+        &mut self,
+        exec_id: &str,
+        p: &ProcessSpec,
+        stdio: Stdio,
+        reaper: &Reaper,
+    ) -> Result<i32> {
         validate_id(exec_id)?;
         let init = self.init_pid()?;
         if reaper.try_status(init).is_some() {
@@ -325,23 +351,8 @@ impl Container {
         let mut plan = process_plan(&root, p, fds)?;
         plan.setns = joins;
         let cgroup = &self.cgroup;
-        // setns(CLONE_NEWPID) only affects children of the calling thread,
-        // so a short-lived thread joins the pid namespace and clones.
-        let pid = std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&pidns, CloneFlags::CLONE_NEWPID).map_err(|e| ContainerError::Spawn {
-                    step: "join pid namespace".into(),
-                    source: e.into(),
-                })?;
-                process::spawn(&plan, CloneFlags::empty(), reaper, |pid| cgroup.add(pid))
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(ContainerError::Spawn {
-                    step: "exec thread".into(),
-                    source: io::Error::other("panicked"),
-                })
-            })
+        let pid = process::spawn(&plan, CloneFlags::empty(), Some(&pidns), reaper, |pid| {
+            cgroup.add(pid)
         })?;
         self.execs.insert(exec_id.to_string(), pid);
         Ok(pid)
@@ -358,10 +369,14 @@ impl Container {
     pub fn pid(&self, exec_id: Option<&str>) -> Result<i32> {
         match exec_id {
             None => self.init_pid(),
-            Some(e) => self.execs.get(e).copied().ok_or_else(|| ContainerError::NoSuchExec {
-                id: self.config.id.clone(),
-                exec_id: e.to_string(),
-            }),
+            Some(e) => self
+                .execs
+                .get(e)
+                .copied()
+                .ok_or_else(|| ContainerError::NoSuchExec {
+                    id: self.config.id.clone(),
+                    exec_id: e.to_string(),
+                }),
         }
     }
 
@@ -374,8 +389,10 @@ impl Container {
                 reason: "process has exited",
             });
         }
-        let sig = Signal::try_from(signal).map_err(|source| ContainerError::Signal { signal, source })?;
-        nix::sys::signal::kill(Pid::from_raw(pid), sig).map_err(|source| ContainerError::Signal { signal, source })
+        let sig =
+            Signal::try_from(signal).map_err(|source| ContainerError::Signal { signal, source })?;
+        nix::sys::signal::kill(Pid::from_raw(pid), sig)
+            .map_err(|source| ContainerError::Signal { signal, source })
     }
 
     /// Kills every process of the container (SIGKILL to its init, whose
@@ -417,7 +434,10 @@ mod tests {
         };
         let null = || process::dev_null().unwrap();
         let plan = process_plan(d.path(), &p, [null(), null(), null()]).unwrap();
-        assert_eq!(plan.candidates, vec![c("/bin/sh").unwrap(), c("/usr/bin/sh").unwrap()]);
+        assert_eq!(
+            plan.candidates,
+            vec![c("/bin/sh").unwrap(), c("/usr/bin/sh").unwrap()]
+        );
         assert_eq!(plan.argv.len(), 3);
         assert!(plan.envp.contains(&c("HOME=/").unwrap()));
         assert_eq!((plan.identity.uid, plan.identity.gid), (7, 8));

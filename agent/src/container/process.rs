@@ -71,13 +71,25 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
-    v.iter().map(|c| c.as_ptr()).chain(std::iter::once(ptr::null())).collect()
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect()
 }
 
 /// Clones a child with `flags` (namespaces to create), runs the plan in it
-/// and execs. `place` runs in the agent once the child exists, before it
+/// and execs. With `pidns`, the child is born in that PID namespace: the
+/// calling thread joins it just around the clone (setns of a PID namespace
+/// only affects the caller's future children, and no thread can be created
+/// meanwhile). `place` runs in the agent once the child exists, before it
 /// may go on (put it in its cgroup). Returns the child's pid.
-pub fn spawn(plan: &ChildPlan, flags: CloneFlags, reaper: &Reaper, place: impl FnOnce(i32) -> Result<()>) -> Result<i32> {
+pub fn spawn(
+    plan: &ChildPlan,
+    flags: CloneFlags,
+    pidns: Option<&OwnedFd>,
+    reaper: &Reaper,
+    place: impl FnOnce(i32) -> Result<()>,
+) -> Result<i32> {
     let argv = null_terminated(&plan.argv);
     let envp = null_terminated(&plan.envp);
     let groups: Vec<libc::gid_t> = plan.identity.groups.clone();
@@ -88,7 +100,25 @@ pub fn spawn(plan: &ChildPlan, flags: CloneFlags, reaper: &Reaper, place: impl F
         sync_w: sync_w.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
     };
+    let join = |fd: &OwnedFd, step: &str| {
+        nix::sched::setns(fd, CloneFlags::CLONE_NEWPID).map_err(|e| ContainerError::Spawn {
+            step: step.into(),
+            source: e.into(),
+        })
+    };
+    let own = match pidns {
+        Some(_) => Some(OwnedFd::from(
+            File::open("/proc/thread-self/ns/pid").map_err(|source| ContainerError::Io {
+                path: "/proc/thread-self/ns/pid".into(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
     let pid = reaper.spawn(|| {
+        if let Some(ns) = pidns {
+            join(ns, "join pid namespace")?;
+        }
         // SAFETY: a raw clone without CLONE_VM behaves like fork(2): the
         // child gets a copy of this thread's memory and stack. It only runs
         // `child_main`, which makes raw syscalls on data prepared above and
@@ -103,6 +133,11 @@ pub fn spawn(plan: &ChildPlan, flags: CloneFlags, reaper: &Reaper, place: impl F
                 0usize,
             )
         };
+        if rc != 0 {
+            if let Some(own) = &own {
+                join(own, "leave pid namespace")?;
+            }
+        }
         match rc {
             -1 => Err(ContainerError::Spawn {
                 step: "clone".into(),
@@ -183,11 +218,19 @@ fn fail(fds: &ChildFds, step: u32, errno: i32) -> ! {
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// The child, between clone and execve: raw syscalls only.
-fn child_main(plan: &ChildPlan, fds: &ChildFds, argv: &[*const c_char], envp: &[*const c_char], groups: &[libc::gid_t]) -> ! {
+fn child_main(
+    plan: &ChildPlan,
+    fds: &ChildFds,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+    groups: &[libc::gid_t],
+) -> ! {
     // SAFETY: every call below is a raw syscall wrapper on descriptors the
     // child owns and on NUL-terminated strings and arrays prepared before
     // the clone, which stay alive (the child never returns).
@@ -242,7 +285,13 @@ fn child_main(plan: &ChildPlan, fds: &ChildFds, argv: &[*const c_char], envp: &[
             fail(fds, STEP_STDIO, errno());
         }
         let id = &plan.identity;
-        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(id.gid) != 0 || libc::setuid(id.uid) != 0 {
+        // Raw syscalls: glibc's wrappers would try to broadcast the change
+        // to the agent's other threads, which do not exist in this child.
+        let (gid, uid) = (libc::c_long::from(id.gid), libc::c_long::from(id.uid));
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        {
             fail(fds, STEP_IDENTITY, errno());
         }
         if libc::chdir(plan.workdir.as_ptr()) != 0 {

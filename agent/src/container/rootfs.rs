@@ -45,6 +45,11 @@ pub enum MountOp {
         /// Minor.
         minor: u64,
     },
+    /// mkdir(2), mode 0755.
+    Mkdir {
+        /// Path.
+        path: CString,
+    },
     /// symlink(2).
     Symlink {
         /// Link target.
@@ -73,7 +78,13 @@ fn c(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> MountOp {
+fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> MountOp {
     MountOp::Mount {
         source: source.map(c),
         target: cstring(target),
@@ -95,7 +106,9 @@ fn target(rootfs: &Path, rel: &Path, file: bool) -> Result<PathBuf> {
         source,
     };
     match fs::symlink_metadata(&host) {
-        Ok(m) if m.file_type().is_symlink() => Err(ContainerError::MountTargetSymlink { path: rel.to_path_buf() }),
+        Ok(m) if m.file_type().is_symlink() => Err(ContainerError::MountTargetSymlink {
+            path: rel.to_path_buf(),
+        }),
         Ok(_) => Ok(host),
         Err(_) if file => {
             fs::write(&host, b"").map_err(io)?;
@@ -112,11 +125,29 @@ fn target(rootfs: &Path, rel: &Path, file: bool) -> Result<PathBuf> {
 pub fn plan(rootfs: &Path, mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mut ops = vec![
-        mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
-        mount(Some(&rootfs.to_string_lossy()), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None,
+        ),
+        mount(
+            Some(&rootfs.to_string_lossy()),
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        ),
     ];
     let proc_ = target(rootfs, Path::new("proc"), false)?;
-    ops.push(mount(Some("proc"), &proc_, Some("proc"), nosuid_nodev_noexec, None));
+    ops.push(mount(
+        Some("proc"),
+        &proc_,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    ));
     let dev = target(rootfs, Path::new("dev"), false)?;
     ops.push(mount(
         Some("tmpfs"),
@@ -134,10 +165,24 @@ pub fn plan(rootfs: &Path, mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
         });
     }
     for (dir, fstype, flags, data) in [
-        ("pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+        (
+            "pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        ),
         ("shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k"),
     ] {
-        ops.push(mount(Some(fstype), &dev.join(dir), Some(fstype), flags, Some(data)));
+        ops.push(MountOp::Mkdir {
+            path: cstring(&dev.join(dir)),
+        });
+        ops.push(mount(
+            Some(fstype),
+            &dev.join(dir),
+            Some(fstype),
+            flags,
+            Some(data),
+        ));
     }
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -152,11 +197,25 @@ pub fn plan(rootfs: &Path, mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
         });
     }
     let sys = target(rootfs, Path::new("sys"), false)?;
-    ops.push(mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None));
+    ops.push(mount(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+    ));
     for m in mounts {
-        let file = fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false);
+        let file = fs::metadata(&m.source)
+            .map(|md| !md.is_dir())
+            .unwrap_or(false);
         let t = target(rootfs, &m.destination, file)?;
-        ops.push(mount(Some(&m.source.to_string_lossy()), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None));
+        ops.push(mount(
+            Some(&m.source.to_string_lossy()),
+            &t,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        ));
         if m.readonly {
             ops.push(mount(
                 None,
@@ -184,7 +243,13 @@ pub fn execute(sys: &dyn Sys, ops: &[MountOp]) -> std::result::Result<(), (usize
                 fstype,
                 flags,
                 data,
-            } => sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref()),
+            } => sys.mount(
+                source.as_deref(),
+                target,
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            ),
             MountOp::CharDev { path, major, minor } => sys.mknod(
                 path,
                 SFlag::S_IFCHR,
@@ -192,6 +257,7 @@ pub fn execute(sys: &dyn Sys, ops: &[MountOp]) -> std::result::Result<(), (usize
                 nix::sys::stat::makedev(*major, *minor),
             ),
             MountOp::Symlink { target, link } => sys.symlink(target, link),
+            MountOp::Mkdir { path } => sys.mkdir(path, Mode::from_bits_truncate(0o755)),
             MountOp::PivotRoot { new_root } => sys.pivot_root(new_root),
         };
         r.map_err(|e| (i, e))?;
@@ -223,17 +289,38 @@ mod tests {
         execute(&sys, &plan).unwrap();
         let calls = sys.calls();
         let r = root.display();
-        assert!(calls[0].starts_with("mount - / - MS_REC|MS_PRIVATE"), "{}", calls[0]);
-        assert!(calls[1].starts_with(&format!("mount {r} {r} - MS_BIND|MS_REC")), "{}", calls[1]);
-        assert!(calls[2].starts_with(&format!("mount proc {r}/proc proc")), "{}", calls[2]);
-        assert!(calls.iter().any(|c| c == &format!("mknod {r}/dev/null 20000 666 259")));
-        assert!(calls.iter().any(|c| c.starts_with(&format!("mount devpts {r}/dev/pts devpts"))));
-        assert!(calls.iter().any(|c| c == &format!("symlink pts/ptmx {r}/dev/ptmx")));
+        assert!(
+            calls[0].starts_with("mount - / - MS_REC|MS_PRIVATE"),
+            "{}",
+            calls[0]
+        );
+        assert!(
+            calls[1].starts_with(&format!("mount {r} {r} - MS_BIND|MS_REC")),
+            "{}",
+            calls[1]
+        );
+        assert!(
+            calls[2].starts_with(&format!("mount proc {r}/proc proc")),
+            "{}",
+            calls[2]
+        );
         assert!(calls
             .iter()
-            .any(|c| c.starts_with(&format!("mount sysfs {r}/sys sysfs")) && c.contains("MS_RDONLY")));
+            .any(|c| c == &format!("mknod {r}/dev/null 20000 666 259")));
+        assert!(calls.iter().any(|c| c == &format!("mkdir {r}/dev/pts 755")));
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with(&format!("mount devpts {r}/dev/pts devpts"))));
+        assert!(calls
+            .iter()
+            .any(|c| c == &format!("symlink pts/ptmx {r}/dev/ptmx")));
+        assert!(calls.iter().any(
+            |c| c.starts_with(&format!("mount sysfs {r}/sys sysfs")) && c.contains("MS_RDONLY")
+        ));
         let n = calls.len();
-        assert!(calls[n - 2].contains("MS_REMOUNT") && calls[n - 2].contains(&format!("{r}/data/in")));
+        assert!(
+            calls[n - 2].contains("MS_REMOUNT") && calls[n - 2].contains(&format!("{r}/data/in"))
+        );
         assert_eq!(calls[n - 1], format!("pivot_root {r}"));
         assert!(root.join("data/in").is_dir() && root.join("proc").is_dir());
     }
@@ -255,7 +342,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         symlink("/etc", d.path().join("proc")).unwrap();
         let e = plan(d.path(), &[]).unwrap_err();
-        assert!(matches!(e, ContainerError::MountTargetSymlink { .. }), "{e}");
+        assert!(
+            matches!(e, ContainerError::MountTargetSymlink { .. }),
+            "{e}"
+        );
         let d = tempfile::tempdir().unwrap();
         let m = MountSpec {
             source: "/tmp".into(),

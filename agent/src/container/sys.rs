@@ -13,11 +13,20 @@ use nix::sys::stat::{Mode, SFlag};
 /// The syscalls the rootfs set-up needs.
 pub trait Sys {
     /// mount(2).
-    fn mount(&self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: MsFlags, data: Option<&CStr>) -> nix::Result<()>;
+    fn mount(
+        &self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: MsFlags,
+        data: Option<&CStr>,
+    ) -> nix::Result<()>;
     /// mknod(2).
     fn mknod(&self, path: &CStr, kind: SFlag, perm: Mode, dev: u64) -> nix::Result<()>;
     /// symlink(2).
     fn symlink(&self, target: &CStr, link: &CStr) -> nix::Result<()>;
+    /// mkdir(2).
+    fn mkdir(&self, path: &CStr, perm: Mode) -> nix::Result<()>;
     /// `chdir(new_root); pivot_root(".", "."); umount2(".", MNT_DETACH); chdir("/")`.
     fn pivot_root(&self, new_root: &CStr) -> nix::Result<()>;
 }
@@ -27,7 +36,14 @@ pub trait Sys {
 pub struct RealSys;
 
 impl Sys for RealSys {
-    fn mount(&self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: MsFlags, data: Option<&CStr>) -> nix::Result<()> {
+    fn mount(
+        &self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: MsFlags,
+        data: Option<&CStr>,
+    ) -> nix::Result<()> {
         nix::mount::mount(source, target, fstype, flags, data)
     }
 
@@ -37,6 +53,10 @@ impl Sys for RealSys {
 
     fn symlink(&self, target: &CStr, link: &CStr) -> nix::Result<()> {
         nix::unistd::symlinkat(target, nix::fcntl::AT_FDCWD, link)
+    }
+
+    fn mkdir(&self, path: &CStr, perm: Mode) -> nix::Result<()> {
+        nix::unistd::mkdir(path, perm)
     }
 
     fn pivot_root(&self, new_root: &CStr) -> nix::Result<()> {
@@ -75,7 +95,8 @@ impl RecordingSys {
 }
 
 fn s(c: Option<&CStr>) -> String {
-    c.map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "-".into())
+    c.map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn flag_names(flags: MsFlags) -> String {
@@ -88,7 +109,14 @@ fn flag_names(flags: MsFlags) -> String {
 }
 
 impl Sys for RecordingSys {
-    fn mount(&self, source: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: MsFlags, data: Option<&CStr>) -> nix::Result<()> {
+    fn mount(
+        &self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: MsFlags,
+        data: Option<&CStr>,
+    ) -> nix::Result<()> {
         self.push(format!(
             "mount {} {} {} {} {}",
             s(source),
@@ -100,11 +128,20 @@ impl Sys for RecordingSys {
     }
 
     fn mknod(&self, path: &CStr, kind: SFlag, perm: Mode, dev: u64) -> nix::Result<()> {
-        self.push(format!("mknod {} {:o} {:o} {dev}", s(Some(path)), kind.bits(), perm.bits()))
+        self.push(format!(
+            "mknod {} {:o} {:o} {dev}",
+            s(Some(path)),
+            kind.bits(),
+            perm.bits()
+        ))
     }
 
     fn symlink(&self, target: &CStr, link: &CStr) -> nix::Result<()> {
         self.push(format!("symlink {} {}", s(Some(target)), s(Some(link))))
+    }
+
+    fn mkdir(&self, path: &CStr, perm: Mode) -> nix::Result<()> {
+        self.push(format!("mkdir {} {:o}", s(Some(path)), perm.bits()))
     }
 
     fn pivot_root(&self, new_root: &CStr) -> nix::Result<()> {

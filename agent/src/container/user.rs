@@ -65,7 +65,11 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
             Some(GroupEntry {
                 name: f[0].to_string(),
                 gid: f[2].parse().ok()?,
-                members: f[3].split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
+                members: f[3]
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect(),
             })
         })
         .collect()
@@ -73,11 +77,15 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
 
 /// Reads a file of the rootfs through a scoped path; missing means empty.
 fn read_in_root(root: &Path, rel: &str) -> Result<String> {
-    let host = scope::resolve(root, Path::new(rel), false).map_err(|source| ContainerError::Scope {
-        path: rel.into(),
-        source,
-    })?;
-    if fs::symlink_metadata(&host).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+    let host =
+        scope::resolve(root, Path::new(rel), false).map_err(|source| ContainerError::Scope {
+            path: rel.into(),
+            source,
+        })?;
+    if fs::symlink_metadata(&host)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
         return Ok(String::new());
     }
     match fs::read(&host) {
@@ -89,7 +97,11 @@ fn read_in_root(root: &Path, rel: &str) -> Result<String> {
 
 /// Resolves `spec` against the rootfs at `root`.
 pub fn resolve_user(root: &Path, spec: &str) -> Result<Identity> {
-    resolve_from(&read_in_root(root, "etc/passwd")?, &read_in_root(root, "etc/group")?, spec)
+    resolve_from(
+        &read_in_root(root, "etc/passwd")?,
+        &read_in_root(root, "etc/group")?,
+        spec,
+    )
 }
 
 fn resolve_from(passwd: &str, group: &str, spec: &str) -> Result<Identity> {

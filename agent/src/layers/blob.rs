@@ -26,15 +26,42 @@ pub enum Compression {
 /// Known layer media types and the compression they announce.
 const MEDIA_TYPES: &[(&str, Compression)] = &[
     ("application/vnd.oci.image.layer.v1.tar", Compression::None),
-    ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
-    ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
-    ("application/vnd.oci.image.layer.nondistributable.v1.tar", Compression::None),
-    ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Compression::Gzip),
-    ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", Compression::Zstd),
-    ("application/vnd.docker.image.rootfs.diff.tar", Compression::None),
-    ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
-    ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", Compression::Gzip),
-    ("application/vnd.docker.image.rootfs.diff.tar.zstd", Compression::Zstd),
+    (
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Gzip,
+    ),
+    (
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::Zstd,
+    ),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        Compression::None,
+    ),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        Compression::Gzip,
+    ),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        Compression::Zstd,
+    ),
+    (
+        "application/vnd.docker.image.rootfs.diff.tar",
+        Compression::None,
+    ),
+    (
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        Compression::Gzip,
+    ),
+    (
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        Compression::Gzip,
+    ),
+    (
+        "application/vnd.docker.image.rootfs.diff.tar.zstd",
+        Compression::Zstd,
+    ),
 ];
 
 /// The compression a media type announces.
@@ -92,7 +119,12 @@ impl std::fmt::Display for Digest {
 
 /// Hashes everything from `r`, writing it to `sink` too; returns the digest
 /// and the byte count. Stops with an error past `cap` bytes.
-fn hash_copy<R: Read, W: Write>(mut r: R, mut sink: W, cap: u64, what: &Path) -> Result<(Digest, u64)> {
+fn hash_copy<R: Read, W: Write>(
+    mut r: R,
+    mut sink: W,
+    cap: u64,
+    what: &Path,
+) -> Result<(Digest, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut total: u64 = 0;
@@ -109,10 +141,11 @@ fn hash_copy<R: Read, W: Write>(mut r: R, mut sink: W, cap: u64, what: &Path) ->
             return Err(LayerError::BlobTooLarge { limit: cap });
         }
         h.update(&buf[..n]);
-        sink.write_all(&buf[..n]).map_err(|source| LayerError::Write {
-            path: what.to_path_buf(),
-            source,
-        })?;
+        sink.write_all(&buf[..n])
+            .map_err(|source| LayerError::Write {
+                path: what.to_path_buf(),
+                source,
+            })?;
     }
     Ok((Digest(h.finalize().into()), total))
 }
@@ -144,16 +177,23 @@ pub fn verify_file(path: &Path, digest: &Digest, size: Option<u64>, cap: u64) ->
     })?;
     let (actual, n) = hash_copy(BufReader::new(&mut f), io::sink(), cap, path)?;
     check(digest, &actual, n, size)?;
-    f.seek(SeekFrom::Start(0)).map_err(|source| LayerError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    f.seek(SeekFrom::Start(0))
+        .map_err(|source| LayerError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(f)
 }
 
 /// Copies a streamed blob into an anonymous temporary file in `tmp_dir`
 /// while hashing it, checks it, and returns the file rewound.
-pub fn receive_stream<R: Read>(r: R, tmp_dir: &Path, digest: &Digest, size: u64, cap: u64) -> Result<File> {
+pub fn receive_stream<R: Read>(
+    r: R,
+    tmp_dir: &Path,
+    digest: &Digest,
+    size: u64,
+    cap: u64,
+) -> Result<File> {
     let what = PathBuf::from(format!("<stream {digest}>"));
     let mut f = tempfile::tempfile_in(tmp_dir).map_err(|source| LayerError::Write {
         path: tmp_dir.to_path_buf(),
@@ -164,7 +204,8 @@ pub fn receive_stream<R: Read>(r: R, tmp_dir: &Path, digest: &Digest, size: u64,
     let limited = r.take(size.saturating_add(1));
     let (actual, n) = hash_copy(limited, io::BufWriter::new(&mut f), cap, &what)?;
     check(digest, &actual, n, Some(size))?;
-    f.seek(SeekFrom::Start(0)).map_err(|source| LayerError::Read { path: what, source })?;
+    f.seek(SeekFrom::Start(0))
+        .map_err(|source| LayerError::Read { path: what, source })?;
     Ok(f)
 }
 
@@ -177,8 +218,16 @@ mod tests {
     #[test]
     fn digest_parse() {
         assert!(Digest::parse(EMPTY).is_ok());
-        for bad in ["sha512:00", "sha256:xyz", "e3b0", &EMPTY.to_uppercase().replace("SHA", "sha")] {
-            assert!(matches!(Digest::parse(bad), Err(LayerError::InvalidDigest { .. })), "{bad}");
+        for bad in [
+            "sha512:00",
+            "sha256:xyz",
+            "e3b0",
+            &EMPTY.to_uppercase().replace("SHA", "sha"),
+        ] {
+            assert!(
+                matches!(Digest::parse(bad), Err(LayerError::InvalidDigest { .. })),
+                "{bad}"
+            );
         }
     }
 

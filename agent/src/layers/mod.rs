@@ -147,7 +147,9 @@ pub fn decompressor<'a, R: Read + 'a>(blob: R, media_type: &str) -> Result<Box<d
     Ok(match found {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(LayerError::Tar)?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(LayerError::Tar)?)
+        }
     })
 }
 

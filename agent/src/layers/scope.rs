@@ -111,11 +111,12 @@ pub fn resolve(root: &Path, path: &Path, create_dirs: bool) -> Result<PathBuf> {
                     path: host.clone(),
                     source,
                 })?;
-                let joined = lexical_join(&cur, &target).ok_or_else(|| ScopeError::SymlinkEscape {
-                    path: path.to_path_buf(),
-                    link: candidate.clone(),
-                    target: target.clone(),
-                })?;
+                let joined =
+                    lexical_join(&cur, &target).ok_or_else(|| ScopeError::SymlinkEscape {
+                        path: path.to_path_buf(),
+                        link: candidate.clone(),
+                        target: target.clone(),
+                    })?;
                 // Restart from the root with the link's resolution.
                 for c in joined.iter().rev() {
                     pending.push(PathBuf::from(c));
@@ -173,7 +174,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         assert_eq!(resolve(r, Path::new("/a/b"), false).unwrap(), r.join("a/b"));
-        assert_eq!(resolve(r, Path::new("./a/./b"), false).unwrap(), r.join("a/b"));
+        assert_eq!(
+            resolve(r, Path::new("./a/./b"), false).unwrap(),
+            r.join("a/b")
+        );
         assert_eq!(resolve(r, Path::new("/"), false).unwrap(), r.to_path_buf());
     }
 
@@ -190,7 +194,10 @@ mod tests {
         let r = d.path();
         fs::create_dir_all(r.join("usr/lib")).unwrap();
         symlink("usr/lib", r.join("lib")).unwrap();
-        assert_eq!(resolve(r, Path::new("lib/x"), false).unwrap(), r.join("usr/lib/x"));
+        assert_eq!(
+            resolve(r, Path::new("lib/x"), false).unwrap(),
+            r.join("usr/lib/x")
+        );
         // The last component is never followed.
         assert_eq!(resolve(r, Path::new("lib"), false).unwrap(), r.join("lib"));
     }
@@ -204,7 +211,10 @@ mod tests {
         symlink("/etc", r.join("abs")).unwrap();
         for p in ["a/up/x", "abs/passwd"] {
             let err = resolve(r, Path::new(p), true).unwrap_err();
-            assert!(matches!(err, ScopeError::SymlinkEscape { .. }), "{p}: {err}");
+            assert!(
+                matches!(err, ScopeError::SymlinkEscape { .. }),
+                "{p}: {err}"
+            );
         }
     }
 

@@ -15,10 +15,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{self, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, FchownatFlags, Gid, Uid};
-use nix::fcntl::AT_FDCWD;
 use tar::EntryType;
 
 use super::scope::{self, ScopeError};
@@ -128,7 +128,9 @@ pub fn unpack_tar<R: Read>(root: &Path, r: R, opts: &UnpackOptions) -> Result<Un
         let kind = entry.header().entry_type();
         match kind {
             EntryType::Directory => {
-                let is_dir = fs::symlink_metadata(&host).map(|m| m.is_dir()).unwrap_or(false);
+                let is_dir = fs::symlink_metadata(&host)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
                 if !is_dir {
                     remove_existing(&host)?;
                     fs::create_dir(&host).map_err(|source| write_err(&host, source))?;
@@ -156,7 +158,8 @@ pub fn unpack_tar<R: Read>(root: &Path, r: R, opts: &UnpackOptions) -> Result<Un
                     .map_err(LayerError::Tar)?
                     .ok_or_else(|| LayerError::Tar(io::Error::other("symlink without target")))?;
                 remove_existing(&host)?;
-                std::os::unix::fs::symlink(&target, &host).map_err(|source| write_err(&host, source))?;
+                std::os::unix::fs::symlink(&target, &host)
+                    .map_err(|source| write_err(&host, source))?;
                 set_meta(&host, &meta, true, opts, &mut stats)?;
                 set_mtime(&host, meta.mtime)?;
             }
@@ -250,7 +253,10 @@ fn clear_except(dir: &Path, rel: &Path, created: &HashSet<PathBuf>) -> Result<()
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(write_err(dir, e)),
     };
-    if !fs::symlink_metadata(dir).map_err(|e| write_err(dir, e))?.is_dir() {
+    if !fs::symlink_metadata(dir)
+        .map_err(|e| write_err(dir, e))?
+        .is_dir()
+    {
         return Ok(());
     }
     for child in rd {
@@ -342,7 +348,13 @@ fn make_node<R: Read>(
     }
 }
 
-fn set_meta(host: &Path, meta: &Meta, symlink: bool, opts: &UnpackOptions, stats: &mut UnpackStats) -> Result<()> {
+fn set_meta(
+    host: &Path,
+    meta: &Meta,
+    symlink: bool,
+    opts: &UnpackOptions,
+    stats: &mut UnpackStats,
+) -> Result<()> {
     if opts.preserve_owners {
         fchownat(
             AT_FDCWD,
@@ -360,7 +372,8 @@ fn set_meta(host: &Path, meta: &Meta, symlink: bool, opts: &UnpackOptions, stats
     }
     if !symlink {
         // After chown, which clears set-id bits.
-        fs::set_permissions(host, fs::Permissions::from_mode(meta.mode & 0o7777)).map_err(|e| write_err(host, e))?;
+        fs::set_permissions(host, fs::Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(|e| write_err(host, e))?;
     }
     Ok(())
 }
@@ -372,7 +385,15 @@ fn set_xattr(host: &Path, name: &CString, value: &[u8]) -> bool {
     };
     // SAFETY: `path` and `name` are NUL-terminated C strings that outlive the
     // call; `value` is a valid buffer of `value.len()` bytes.
-    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
     if rc != 0 {
         log::warn!(
             "cannot set xattr {:?} on {}: {}",
@@ -386,5 +407,6 @@ fn set_xattr(host: &Path, name: &CString, value: &[u8]) -> bool {
 
 fn set_mtime(host: &Path, mtime: i64) -> Result<()> {
     let t = TimeSpec::new(mtime, 0);
-    stat::utimensat(AT_FDCWD, host, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| write_err(host, e.into()))
+    stat::utimensat(AT_FDCWD, host, &t, &t, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| write_err(host, e.into()))
 }

@@ -28,7 +28,10 @@ fn header(name: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header
     // Write the name bytes directly: set_path would refuse `..`.
     let raw = name.as_bytes();
     let gnu = h.as_gnu_mut().expect("gnu header");
-    assert!(raw.len() < gnu.name.len(), "name too long for the test builder");
+    assert!(
+        raw.len() < gnu.name.len(),
+        "name too long for the test builder"
+    );
     gnu.name[..raw.len()].copy_from_slice(raw);
     h.set_entry_type(kind);
     h.set_mode(mode);
