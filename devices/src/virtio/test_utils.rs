@@ -4,7 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+pub use virtio_queue::desc::RawDescriptor;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -87,6 +88,12 @@ impl<'a, D: VirtioDevice> Harness<'a, D> {
     pub fn used_idx(&self, q: usize) -> u16 {
         let addr = self.queues[q].used_addr().unchecked_add(2);
         self.mem.read_obj::<u16>(addr).expect("used idx")
+    }
+
+    /// The available ring's index of queue `q` (chains the driver offered).
+    pub fn avail_idx(&self, q: usize) -> u16 {
+        let addr = self.queues[q].avail_addr().unchecked_add(2);
+        self.mem.read_obj::<u16>(addr).expect("avail idx")
     }
 
     /// Used element `i` of queue `q`: (descriptor id, length).
