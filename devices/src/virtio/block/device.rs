@@ -287,7 +287,9 @@ mod tests {
 
     fn disk(sectors: usize, read_only: bool) -> (tempfile::NamedTempFile, Block) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let content: Vec<u8> = (0..sectors * 512).map(|i| u8::try_from(i / 512).unwrap()).collect();
+        let content: Vec<u8> = (0..sectors * 512)
+            .map(|i| u8::try_from(i / 512).unwrap())
+            .collect();
         f.write_all(&content).unwrap();
         let b = Block::new(&BlockConfig {
             path: f.path().to_path_buf(),
