@@ -61,7 +61,8 @@ fn make_layer(files: u32) -> Layer {
             l.set_gid(0);
             l.set_mtime(1_700_000_000);
             l.set_size(0);
-            b.append_link(&mut l, format!("links/s{i}"), format!("../{path}")).unwrap();
+            b.append_link(&mut l, format!("links/s{i}"), format!("../{path}"))
+                .unwrap();
         }
     }
     let tar = b.into_inner().unwrap();
@@ -79,11 +80,25 @@ fn make_layer(files: u32) -> Layer {
 }
 
 fn husk_unpack(l: &Layer, into: &Path) {
-    layers::apply_layer_file(into, &l.blob, &l.digest, MEDIA_TYPE, None, &UnpackOptions::default()).unwrap();
+    layers::apply_layer_file(
+        into,
+        &l.blob,
+        &l.digest,
+        MEDIA_TYPE,
+        None,
+        &UnpackOptions::default(),
+    )
+    .unwrap();
 }
 
 fn tar_unpack(l: &Layer, into: &Path) {
-    let st = Command::new("tar").arg("-xzf").arg(&l.blob).arg("-C").arg(into).status().unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(&l.blob)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
     assert!(st.success(), "tar -xzf failed");
 }
 
@@ -120,7 +135,10 @@ fn main() {
         "unpack {files} files, {mib:.1} MiB ({blob_mib:.1} MiB gzip), median of {rounds}: \
          husk-agent {h:?} ({h_tp:.1} MiB/s, sha256 included), tar -xzf {t:?} ({t_tp:.1} MiB/s)"
     );
-    println!("unpack throughput ratio husk-agent / tar -xzf: {:.2}", h_tp / t_tp);
+    println!(
+        "unpack throughput ratio husk-agent / tar -xzf: {:.2}",
+        h_tp / t_tp
+    );
 
     let mut c = Criterion::default()
         .sample_size(10)
@@ -129,7 +147,10 @@ fn main() {
         .configure_from_args();
     let mut g = c.benchmark_group("unpack_gzip_layer");
     g.throughput(Throughput::Bytes(layer.unpacked_bytes));
-    for (name, f) in [("husk-agent", husk_unpack as fn(&Layer, &Path)), ("tar -xzf", tar_unpack)] {
+    for (name, f) in [
+        ("husk-agent", husk_unpack as fn(&Layer, &Path)),
+        ("tar -xzf", tar_unpack),
+    ] {
         g.bench_with_input(BenchmarkId::from_parameter(name), &layer, |b, l| {
             b.iter_custom(|iters| (0..iters).map(|_| timed(l, f)).sum())
         });

@@ -395,7 +395,10 @@ mod tests {
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &msg).unwrap();
-        assert_eq!(&buf[..4], &((buf.len() - 4) as u32).to_be_bytes());
+        assert_eq!(
+            &buf[..4],
+            &u32::try_from(buf.len() - 4).unwrap().to_be_bytes()
+        );
         let back: Envelope<Request> = read_frame(&mut buf.as_slice()).unwrap();
         assert_eq!(back, msg);
     }
@@ -416,7 +419,7 @@ mod tests {
     #[test]
     fn unknown_fields_refused() {
         let json = br#"{"version":1,"seq":1,"body":{"type":"health"},"x":1}"#;
-        let mut buf = (json.len() as u32).to_be_bytes().to_vec();
+        let mut buf = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
         buf.extend_from_slice(json);
         let err = read_frame::<_, Envelope<Request>>(&mut buf.as_slice()).unwrap_err();
         assert!(matches!(err, ProtocolError::Json(_)));

@@ -148,6 +148,11 @@ impl Connector for UnixConnector {
     }
 }
 
+/// The guest's run directory (on tmpfs: the overlay uppers live there).
+pub const GUEST_RUN_DIR: &str = "/run/husk";
+/// The guest's cgroup v2 mount.
+pub const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Server settings; directories are injected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -162,6 +167,19 @@ pub struct ServerConfig {
     pub reap: ReapMode,
     /// The agent's version string.
     pub agent_version: String,
+}
+
+impl ServerConfig {
+    /// The settings for PID 1 in a husk guest.
+    pub fn guest(agent_version: &str) -> Self {
+        Self {
+            run_dir: GUEST_RUN_DIR.into(),
+            cgroup_root: GUEST_CGROUP_ROOT.into(),
+            unpack: UnpackOptions::default(),
+            reap: ReapMode::All,
+            agent_version: agent_version.to_string(),
+        }
+    }
 }
 
 /// What ended a [`Server::serve`] loop.
@@ -209,6 +227,37 @@ impl<C: Connector> Server<C> {
             reaper,
             containers: Mutex::default(),
         }
+    }
+
+    /// Accepts control connections with `accept` and serves each on its own
+    /// thread; returns once one of them has handled `Shutdown`.
+    pub fn serve_all<S, A>(self: Arc<Self>, mut accept: A)
+    where
+        S: Read + Write + Send + 'static,
+        A: FnMut() -> io::Result<S> + Send + 'static,
+        C: 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || loop {
+            let conn = match accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("accepting a control connection failed: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let server = self.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || match server.serve(conn) {
+                Ok(Outcome::Shutdown) => {
+                    let _ = tx.send(());
+                }
+                Ok(Outcome::Closed) => {}
+                Err(e) => log::error!("control connection failed: {}", e.message()),
+            });
+        });
+        let _ = rx.recv();
     }
 
     /// Serves one control connection until it closes or `Shutdown`.
@@ -473,5 +522,101 @@ fn error_response(e: &ServerError) -> Response {
     Response::Error {
         kind: e.kind(),
         message: e.message(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    fn server(dir: &Path) -> Server<UnixConnector> {
+        let cfg = ServerConfig {
+            run_dir: dir.join("run"),
+            cgroup_root: dir.join("cg"),
+            unpack: UnpackOptions::default(),
+            reap: ReapMode::Tracked,
+            agent_version: "t".into(),
+        };
+        Server::new(
+            cfg,
+            UnixConnector {
+                prefix: dir.join("v"),
+            },
+        )
+    }
+
+    fn call(s: &mut UnixStream, version: u32, body: Request) -> Envelope<Response> {
+        protocol::write_frame(
+            s,
+            &Envelope {
+                version,
+                seq: 9,
+                body,
+            },
+        )
+        .unwrap();
+        protocol::read_frame(s).unwrap()
+    }
+
+    #[test]
+    fn serve_all_until_shutdown() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("ctl");
+        let l = UnixListener::bind(&sock).unwrap();
+        let srv = Arc::new(server(d.path()));
+        let t = std::thread::spawn(move || srv.serve_all(move || l.accept().map(|(s, _)| s)));
+        let mut a = UnixStream::connect(&sock).unwrap();
+        let mut b = UnixStream::connect(&sock).unwrap();
+        let r = call(
+            &mut a,
+            PROTOCOL_VERSION,
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        );
+        assert_eq!(r.seq, 9);
+        assert!(matches!(r.body, Response::Ready { healthy: true, .. }));
+        let r = call(&mut b, 7, Request::Health);
+        assert!(matches!(
+            r.body,
+            Response::Error {
+                kind: ErrorKind::UnsupportedVersion,
+                ..
+            }
+        ));
+        // Malformed JSON gets an error and the connection stays usable.
+        let junk = b"{not json";
+        a.write_all(&u32::try_from(junk.len()).unwrap().to_be_bytes())
+            .unwrap();
+        a.write_all(junk).unwrap();
+        let r: Envelope<Response> = protocol::read_frame(&mut a).unwrap();
+        assert!(matches!(
+            r.body,
+            Response::Error {
+                kind: ErrorKind::InvalidRequest,
+                ..
+            }
+        ));
+        let r = call(
+            &mut b,
+            PROTOCOL_VERSION,
+            Request::Wait {
+                id: "x".into(),
+                exec_id: None,
+            },
+        );
+        assert!(matches!(
+            r.body,
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+        assert_eq!(
+            call(&mut a, PROTOCOL_VERSION, Request::Shutdown).body,
+            Response::ShuttingDown
+        );
+        t.join().unwrap();
     }
 }

@@ -21,7 +21,11 @@ fn umoci(dir: &Path, args: &[&str]) {
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap_or_else(|e| panic!("umoci is missing ({e}): apt-get install umoci (listed in tests/apt-packages.txt)"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "umoci is missing ({e}): apt-get install umoci (listed in tests/apt-packages.txt)"
+            )
+        });
     assert!(
         out.status.success(),
         "umoci {args:?} failed: {}",
@@ -40,7 +44,16 @@ fn mode(p: &Path, m: u32) {
 
 /// First layer's content.
 fn populate_base(r: &Path) {
-    for d in ["etc", "bin", "dir/sub", "gone/deeper", "run", "dev", "tmp", "home/u"] {
+    for d in [
+        "etc",
+        "bin",
+        "dir/sub",
+        "gone/deeper",
+        "run",
+        "dev",
+        "tmp",
+        "home/u",
+    ] {
         fs::create_dir_all(r.join(d)).unwrap();
     }
     mode(&r.join("tmp"), 0o1777);
@@ -53,7 +66,9 @@ fn populate_base(r: &Path) {
     fs::write(r.join("bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
     mode(&r.join("bin/tool"), 0o4755);
     fs::hard_link(r.join("bin/tool"), r.join("bin/tool2")).unwrap();
-    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     fs::write(r.join("home/u/big"), big).unwrap();
     fs::write(r.join("home/u/secret"), b"s").unwrap();
     mode(&r.join("home/u/secret"), 0o600);
@@ -63,7 +78,11 @@ fn populate_base(r: &Path) {
     symlink("/etc/f", r.join("abs")).unwrap();
     symlink("nowhere", r.join("dangling")).unwrap();
     chown(&r.join("dangling"), 7, 8);
-    nix::unistd::mkfifo(&r.join("run/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(
+        &r.join("run/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     nix::sys::stat::mknod(
         &r.join("dev/null"),
         nix::sys::stat::SFlag::S_IFCHR,
@@ -177,7 +196,10 @@ fn blob_path(layout: &Path, digest: &str) -> PathBuf {
 
 #[test]
 fn husk_unpack_matches_umoci_unpack() {
-    assert!(nix::unistd::geteuid().is_root(), "the umoci peer check needs root (owners, device nodes)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the umoci peer check needs root (owners, device nodes)"
+    );
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     umoci(d, &["init", "--layout", "img"]);
@@ -215,7 +237,10 @@ fn husk_unpack_matches_umoci_unpack() {
         .unwrap_or_else(|e| panic!("layer {digest}: {e}"));
         whiteouts += stats.whiteouts;
     }
-    assert!(whiteouts >= 3, "umoci's second layer carries whiteouts (got {whiteouts})");
+    assert!(
+        whiteouts >= 3,
+        "umoci's second layer carries whiteouts (got {whiteouts})"
+    );
 
     let (want, want_links) = snapshot(&d.join("reference/rootfs"));
     let (got, got_links) = snapshot(&husk);
@@ -230,11 +255,26 @@ fn husk_unpack_matches_umoci_unpack() {
     for p in got.keys().filter(|p| !want.contains_key(*p)) {
         diffs.push(format!("extra in husk: {p:?}"));
     }
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
     assert_eq!(want_links, got_links, "hard-link groups");
-    assert_eq!(want_links, vec![vec![PathBuf::from("bin/tool"), PathBuf::from("bin/tool2")]]);
+    assert_eq!(
+        want_links,
+        vec![vec![PathBuf::from("bin/tool"), PathBuf::from("bin/tool2")]]
+    );
     // Sanity: the comparison saw the interesting entries.
-    for p in ["etc/new", "dir/sub/upper", "dev/null", "run/fifo", "abs", "home/u/secret"] {
+    for p in [
+        "etc/new",
+        "dir/sub/upper",
+        "dev/null",
+        "run/fifo",
+        "abs",
+        "home/u/secret",
+    ] {
         assert!(want.contains_key(Path::new(p)), "{p}");
     }
     for p in ["etc/old", "gone", "dir/sub/lower"] {

@@ -269,8 +269,7 @@ fn child_main(
         if libc::setsid() < 0 {
             fail(fds, STEP_SETSID, errno());
         }
-        for (i, fd) in plan.stdio.iter().enumerate() {
-            let target = i as RawFd;
+        for (target, fd) in (0 as RawFd..).zip(plan.stdio.iter()) {
             let fd = fd.as_raw_fd();
             let ok = if fd == target {
                 libc::fcntl(fd, libc::F_SETFD, 0) == 0

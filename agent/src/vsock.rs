@@ -1,0 +1,72 @@
+//! The guest transport: AF_VSOCK streams. The agent listens for control
+//! connections on a port and connects to the host (CID 2) for data
+//! connections; [`serve`] ties that to a [`Server`].
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
+
+use crate::server::{Connector, Server, ServerConfig};
+
+/// The host's context id.
+pub const HOST_CID: u32 = 2;
+/// The default control port.
+pub const CONTROL_PORT: u32 = 1024;
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Connects to ports on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct VsockConnector {
+    /// Peer CID ([`HOST_CID`]).
+    pub cid: u32,
+}
+
+impl Connector for VsockConnector {
+    type Stream = File;
+    fn connect(&self, port: u32) -> io::Result<File> {
+        let fd = vsock_socket()?;
+        socket::connect(fd.as_raw_fd(), &VsockAddr::new(self.cid, port))
+            .map_err(io::Error::from)?;
+        Ok(File::from(fd))
+    }
+}
+
+/// Listens on `port` for connections from any CID.
+pub fn listen(port: u32) -> io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    socket::bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))
+        .map_err(io::Error::from)?;
+    socket::listen(&fd, socket::Backlog::new(16).map_err(io::Error::from)?)
+        .map_err(io::Error::from)?;
+    Ok(fd)
+}
+
+/// Accepts one connection.
+pub fn accept(listener: &OwnedFd) -> io::Result<File> {
+    let fd =
+        socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Serves control connections on vsock `port`, each on its own thread,
+/// until one of them receives `Shutdown` (every container is then killed).
+/// Returns so that PID 1 can sync and power off.
+pub fn serve(config: ServerConfig, port: u32) -> io::Result<()> {
+    let listener = listen(port)?;
+    let server = Arc::new(Server::new(config, VsockConnector { cid: HOST_CID }));
+    server.serve_all(move || accept(&listener));
+    Ok(())
+}
