@@ -96,11 +96,15 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_cgroup_root(None)
+    }
+
+    fn with_cgroup_root(cgroup_root: Option<PathBuf>) -> Self {
         require_root_and_busybox();
         let dir = tempfile::tempdir().unwrap();
         let cfg = ServerConfig {
             run_dir: dir.path().join("run"),
-            cgroup_root: dir.path().join("cgroup"),
+            cgroup_root: cgroup_root.unwrap_or_else(|| dir.path().join("cgroup")),
             unpack: UnpackOptions::default(),
             reap: ReapMode::Tracked,
             agent_version: "test".into(),
@@ -538,4 +542,101 @@ fn errors_are_typed() {
         h.create("again", &layer, cmd("true"), "", Limits::default()),
         Response::Created { .. }
     ));
+}
+
+/// With a real cgroup v2 hierarchy: the init is moved into the container's
+/// cgroup before it runs, and sees it as the root of its cgroup namespace.
+/// (This host's cgroup2 has no memory/cpu/pids controllers, so limits are
+/// checked as files above and enforced in the guest.)
+#[test]
+fn real_cgroup2_membership_and_cgroup_namespace() {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let root = if unified.join("cgroup.procs").exists() {
+        unified.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    assert!(
+        root.join("cgroup.procs").exists(),
+        "no cgroup v2 hierarchy at {}",
+        root.display()
+    );
+    let parent = root.join(format!("husk-test-{}", std::process::id()));
+    std::fs::create_dir_all(&parent).unwrap();
+    let mut h = Harness::with_cgroup_root(Some(parent.clone()));
+    let layer = busybox_layer(h.dir.path());
+    let (out_port, out) = h.port(None);
+    let process = ProcessSpec {
+        cmd: sh("cat /proc/self/cgroup | grep '^0::'; sleep 1000"),
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("cg", &layer, process, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    let Response::Started { pid } = h.call(Request::Start { id: "cg".into() }) else {
+        panic!("start failed")
+    };
+    let host_view = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = parent.strip_prefix(&root).unwrap().join("cg");
+    assert!(
+        host_view
+            .lines()
+            .any(|l| l == format!("0::/{}", rel.display())),
+        "host sees {host_view:?}"
+    );
+    // With a pty too: an exec whose stdin is a terminal.
+    let (tty_port, tty_out) = h.port(None);
+    let r = h.call(Request::Exec(ExecRequest {
+        id: "cg".into(),
+        exec_id: "t".into(),
+        process: ProcessSpec {
+            cmd: sh("test -t 0 && test -t 1 && echo is-a-tty; exit 4"),
+            tty: true,
+            stdio: StdioPorts {
+                stdout: Some(tty_port),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    }));
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
+    let w = h.call(Request::Wait {
+        id: "cg".into(),
+        exec_id: Some("t".into()),
+    });
+    assert_eq!(
+        w,
+        Response::Exited {
+            status: ExitStatus::Code { code: 4 }
+        }
+    );
+    assert_eq!(text(tty_out).1, "is-a-tty\r\n");
+    assert_eq!(
+        h.call(Request::Signal {
+            id: "cg".into(),
+            exec_id: None,
+            signal: 9
+        }),
+        Response::Signalled
+    );
+    assert!(matches!(
+        h.call(Request::Wait {
+            id: "cg".into(),
+            exec_id: None
+        }),
+        Response::Exited { .. }
+    ));
+    assert_eq!(
+        text(out).1,
+        "0::/\n",
+        "the container sees its cgroup as its namespace's root"
+    );
+    drop(h);
+    let _ = std::fs::remove_dir(parent.join("cg"));
+    std::fs::remove_dir(&parent).unwrap();
 }
