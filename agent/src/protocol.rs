@@ -33,6 +33,12 @@ pub enum ProtocolError {
     /// The peer closed the stream between frames.
     #[error("peer closed the connection")]
     Closed,
+    /// A request is well-formed JSON but invalid.
+    #[error("invalid request: {reason}")]
+    Invalid {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// `Result` for this module.
@@ -281,6 +287,59 @@ pub struct CreateRequest {
     pub new_network: bool,
 }
 
+impl CreateRequest {
+    /// Checks what can be checked without the image: the id, a non-empty
+    /// argv, at least one layer, relative-or-absolute mount destinations
+    /// without `..`, and absolute bind sources.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Err(ProtocolError::Invalid { reason });
+        if !valid_id(&self.id) {
+            return invalid(format!(
+                "container id {:?} is not [A-Za-z0-9_.-]{{1,64}}",
+                self.id
+            ));
+        }
+        if self.process.entrypoint.is_empty() && self.process.cmd.is_empty() {
+            return invalid("empty entrypoint and cmd".into());
+        }
+        match &self.image {
+            ImageSource::Layers { layers } if layers.is_empty() => {
+                return invalid("no layers".into())
+            }
+            ImageSource::Unpacked { path } if !path.is_absolute() => {
+                return invalid(format!("unpacked image path {path:?} is not absolute"))
+            }
+            _ => {}
+        }
+        for m in &self.mounts {
+            if !m.source.is_absolute() {
+                return invalid(format!("mount source {:?} is not absolute", m.source));
+            }
+            if m.destination
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return invalid(format!(
+                    "mount destination {:?} contains '..'",
+                    m.destination
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A container or exec id: `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 fn default_true() -> bool {
     true
 }
@@ -423,6 +482,64 @@ mod tests {
         buf.extend_from_slice(json);
         let err = read_frame::<_, Envelope<Request>>(&mut buf.as_slice()).unwrap_err();
         assert!(matches!(err, ProtocolError::Json(_)));
+    }
+
+    #[test]
+    fn create_validate() {
+        let ok = CreateRequest {
+            id: "c".into(),
+            image: ImageSource::Unpacked {
+                path: "/img".into(),
+            },
+            process: ProcessSpec {
+                cmd: vec!["sh".into()],
+                ..Default::default()
+            },
+            hostname: String::new(),
+            mounts: vec![],
+            limits: Limits::default(),
+            new_network: true,
+        };
+        ok.validate().unwrap();
+        let mut bad = ok.clone();
+        bad.id = "../x".into();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("container id"));
+        let mut bad = ok.clone();
+        bad.process.cmd.clear();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("empty entrypoint"));
+        let mut bad = ok.clone();
+        bad.image = ImageSource::Layers { layers: vec![] };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no layers"));
+        let mut bad = ok.clone();
+        bad.mounts.push(MountSpec {
+            source: "/d".into(),
+            destination: "/a/../../b".into(),
+            readonly: false,
+        });
+        assert!(bad.validate().unwrap_err().to_string().contains("'..'"));
+        let mut bad = ok;
+        bad.mounts.push(MountSpec {
+            source: "rel".into(),
+            destination: "/b".into(),
+            readonly: false,
+        });
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not absolute"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::container::sys::RealSys;
-use crate::container::{self, Container, ContainerConfig, ContainerError, Stdio};
+use crate::container::{Container, ContainerConfig, ContainerError, Stdio};
 use crate::layers::{self, LayerError, UnpackOptions};
 use crate::overlay::{OverlayError, OverlayLayout};
 use crate::protocol::{
@@ -91,6 +91,7 @@ impl ServerError {
     /// The class sent to the host.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::Protocol(ProtocolError::Io(_)) => ErrorKind::Internal,
             Self::Protocol(_) => ErrorKind::InvalidRequest,
             Self::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
             Self::NotFound { .. } => ErrorKind::NotFound,
@@ -337,7 +338,7 @@ impl<C: Connector> Server<C> {
     }
 
     fn do_create(&self, req: CreateRequest) -> Result<Response> {
-        container::validate_id(&req.id)?;
+        req.validate()?;
         if lock(&self.containers).contains_key(&req.id) {
             return Err(ServerError::AlreadyExists { id: req.id });
         }
@@ -395,7 +396,13 @@ impl<C: Connector> Server<C> {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &done).map_err(io_err(&done))?;
+        if let Err(e) = fs::rename(&tmp, &done) {
+            // Another create of the same image won the race.
+            let _ = fs::remove_dir_all(&tmp);
+            if !done.is_dir() {
+                return Err(io_err(&done)(e));
+            }
+        }
         Ok(done)
     }
 

@@ -116,14 +116,7 @@ pub type Result<T> = std::result::Result<T, ContainerError>;
 
 /// Checks a container or exec id: `[A-Za-z0-9_.-]{1,64}`, not `.`/`..`.
 pub fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if crate::protocol::valid_id(id) {
         Ok(())
     } else {
         Err(ContainerError::InvalidId { id: id.to_string() })
