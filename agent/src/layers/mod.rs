@@ -129,7 +129,10 @@ pub type Result<T> = std::result::Result<T, LayerError>;
 
 /// Wraps a verified blob in the right decompressor, checking the media type
 /// against the magic bytes.
-pub fn decompressor<'a, R: Read + 'a>(blob: R, media_type: &str) -> Result<Box<dyn Read + 'a>> {
+pub fn decompressor<'a, R: Read + Send + 'a>(
+    blob: R,
+    media_type: &str,
+) -> Result<Box<dyn Read + Send + 'a>> {
     let announced = blob::media_type_compression(media_type)?;
     let mut r = BufReader::with_capacity(256 << 10, blob);
     let magic = r.fill_buf().map_err(|source| LayerError::Read {
@@ -153,6 +156,79 @@ pub fn decompressor<'a, R: Read + 'a>(blob: R, media_type: &str) -> Result<Box<d
     })
 }
 
+/// Runs a reader (the decompressor) on its own thread, handing over 256 KiB
+/// chunks through a small bounded queue, so decompression and placing
+/// entries use two cores (as `tar -xzf` does with its gzip child).
+#[derive(Debug)]
+pub struct Pipelined {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Pipelined {
+    const CHUNK: usize = 256 << 10;
+
+    /// Starts the reading thread.
+    pub fn new(mut inner: Box<dyn Read + Send + 'static>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        std::thread::spawn(move || loop {
+            let mut chunk = vec![0u8; Self::CHUNK];
+            let mut n = 0;
+            // Fill the chunk (decoders return short reads).
+            let res = loop {
+                match inner.read(&mut chunk[n..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(k) => {
+                        n += k;
+                        if n == chunk.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            chunk.truncate(n);
+            let done = n < Self::CHUNK;
+            if n > 0 && tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+            if let Err(e) = res {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if done {
+                return;
+            }
+        });
+        Self {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Pipelined {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Verifies the blob at `path` against `digest` and unpacks it into `root`.
 pub fn apply_layer_file(
     root: &Path,
@@ -165,7 +241,7 @@ pub fn apply_layer_file(
     let digest = Digest::parse(digest)?;
     blob::media_type_compression(media_type)?;
     let f: File = blob::verify_file(path, &digest, size, opts.max_blob_bytes)?;
-    unpack_tar(root, decompressor(f, media_type)?, opts)
+    unpack_tar(root, Pipelined::new(decompressor(f, media_type)?), opts)
 }
 
 /// Receives a streamed blob into `tmp_dir`, verifies it and unpacks it.
@@ -181,7 +257,7 @@ pub fn apply_layer_stream<R: Read>(
     let digest = Digest::parse(digest)?;
     blob::media_type_compression(media_type)?;
     let f = blob::receive_stream(stream, tmp_dir, &digest, size, opts.max_blob_bytes)?;
-    unpack_tar(root, decompressor(f, media_type)?, opts)
+    unpack_tar(root, Pipelined::new(decompressor(f, media_type)?), opts)
 }
 
 /// The cache key of an unpacked image: sha256 over the layer digests in
@@ -194,4 +270,39 @@ pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
         h.update(b"\n");
     }
     hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flaky(Vec<u8>, usize);
+    impl Read for Flaky {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.1 >= self.0.len() {
+                return Err(io::Error::other("broken blob"));
+            }
+            // Short reads of at most 1000 bytes.
+            let n = out.len().min(1000).min(self.0.len() - self.1);
+            out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn pipelined_passes_bytes_and_errors_through() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        Pipelined::new(Box::new(io::Cursor::new(data.clone())))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        let mut out = Vec::new();
+        let err = Pipelined::new(Box::new(Flaky(data.clone(), 0)))
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "broken blob");
+        assert_eq!(out, data, "everything before the error arrives");
+    }
 }
