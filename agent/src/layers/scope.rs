@@ -238,4 +238,46 @@ mod tests {
         resolve(r, Path::new("n/m/x"), true).unwrap();
         assert!(r.join("n/m").is_dir());
     }
+
+    /// Random trees of directories and symlinks (relative, climbing,
+    /// absolute) and random paths: whatever resolves must have its parent
+    /// inside the root once every symlink is followed by the kernel.
+    #[test]
+    fn randomized_resolution_stays_inside() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n as u64).unwrap()
+        };
+        let names = ["a", "b", "c", "..", "."];
+        let targets = ["a", "../b", "../../..", "/", "/etc", "b/../a", "c/.."];
+        for _ in 0..200 {
+            let d = tempfile::tempdir().unwrap();
+            let r = d.path();
+            for _ in 0..6 {
+                let dir: PathBuf = (0..next(3)).map(|_| names[next(3)]).collect();
+                let _ = fs::create_dir_all(r.join(&dir));
+                let _ = symlink(
+                    targets[next(targets.len())],
+                    r.join(&dir).join(names[next(3)]),
+                );
+            }
+            let canon_root = r.canonicalize().unwrap();
+            for _ in 0..10 {
+                let p: PathBuf = (0..1 + next(4)).map(|_| names[next(names.len())]).collect();
+                if let Ok(host) = resolve(r, &p, true) {
+                    if host == r {
+                        continue; // the root itself
+                    }
+                    let parent = host.parent().unwrap().canonicalize().unwrap();
+                    assert!(
+                        parent.starts_with(&canon_root),
+                        "{p:?} -> {host:?} ({parent:?})"
+                    );
+                }
+            }
+        }
+    }
 }
