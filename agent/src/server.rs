@@ -149,6 +149,10 @@ impl Connector for UnixConnector {
     }
 }
 
+/// Run-once mode: how long an exited init's status may stay unclaimed by a
+/// `wait` before the agent ends anyway.
+pub const RUN_ONCE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The guest's run directory (on tmpfs: the overlay uppers live there).
 pub const GUEST_RUN_DIR: &str = "/run/husk";
 /// The guest's cgroup v2 mount.
@@ -164,6 +168,10 @@ pub struct ServerConfig {
     pub cgroup_root: PathBuf,
     /// Unpack limits.
     pub unpack: UnpackOptions,
+    /// Run-once mode: [`Server::serve_all`] returns (and PID 1 powers off)
+    /// once every started container's init has exited and its exit status
+    /// was sent to the host (or [`RUN_ONCE_GRACE`] passed).
+    pub run_once: bool,
     /// How children are reaped: `All` as PID 1.
     pub reap: ReapMode,
     /// The agent's version string.
@@ -177,6 +185,7 @@ impl ServerConfig {
             run_dir: GUEST_RUN_DIR.into(),
             cgroup_root: GUEST_CGROUP_ROOT.into(),
             unpack: UnpackOptions::default(),
+            run_once: false,
             reap: ReapMode::All,
             agent_version: agent_version.to_string(),
         }
@@ -205,6 +214,8 @@ pub struct Server<C> {
     connector: C,
     reaper: Reaper,
     containers: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    /// Containers whose init's exit status reached the host.
+    reported: Mutex<std::collections::HashSet<String>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ServerError + '_ {
@@ -227,7 +238,28 @@ impl<C: Connector> Server<C> {
             connector,
             reaper,
             containers: Mutex::default(),
+            reported: Mutex::default(),
         }
+    }
+
+    /// Run-once state: `None` while a started init runs (or none started),
+    /// else whether every exit status was reported to the host.
+    fn run_once_state(&self) -> Option<bool> {
+        let entries: Vec<(String, Arc<Mutex<Entry>>)> = lock(&self.containers)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut started = 0;
+        let mut all_reported = true;
+        for (id, e) in entries {
+            let Ok(pid) = lock(&e).container.pid(None) else {
+                continue;
+            };
+            started += 1;
+            self.reaper.try_status(pid)?;
+            all_reported &= lock(&self.reported).contains(&id);
+        }
+        (started > 0).then_some(all_reported)
     }
 
     /// Accepts control connections with `accept` and serves each on its own
@@ -239,6 +271,9 @@ impl<C: Connector> Server<C> {
         C: 'static,
     {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let watch_tx = tx.clone();
+        let self_run_once = self.config.run_once;
+        let self_for_watch = self.clone();
         std::thread::spawn(move || loop {
             let conn = match accept() {
                 Ok(c) => c,
@@ -258,6 +293,27 @@ impl<C: Connector> Server<C> {
                 Err(e) => log::error!("control connection failed: {}", e.message()),
             });
         });
+        if self_run_once {
+            let server = self_for_watch;
+            std::thread::spawn(move || {
+                let mut exited_since: Option<std::time::Instant> = None;
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    match server.run_once_state() {
+                        None => exited_since = None,
+                        Some(true) => break,
+                        Some(false) => {
+                            let t = *exited_since.get_or_insert_with(std::time::Instant::now);
+                            if t.elapsed() >= RUN_ONCE_GRACE {
+                                break;
+                            }
+                        }
+                    }
+                }
+                log::info!("run-once: every container has exited");
+                let _ = watch_tx.send(());
+            });
+        }
         let _ = rx.recv();
     }
 
@@ -275,6 +331,10 @@ impl<C: Connector> Server<C> {
                 Err(e) => return Err(e.into()),
             };
             let shutdown = env.body == Request::Shutdown;
+            let init_wait = match &env.body {
+                Request::Wait { id, exec_id: None } => Some(id.clone()),
+                _ => None,
+            };
             let body = if env.version != PROTOCOL_VERSION {
                 error_response(&ServerError::UnsupportedVersion {
                     version: env.version,
@@ -285,7 +345,11 @@ impl<C: Connector> Server<C> {
                     error_response(&e)
                 })
             };
+            let exited = matches!(body, Response::Exited { .. });
             self.reply(&mut stream, env.seq, body)?;
+            if let (Some(id), true) = (init_wait, exited) {
+                lock(&self.reported).insert(id);
+            }
             if shutdown {
                 return Ok(Outcome::Shutdown);
             }
@@ -542,6 +606,7 @@ mod tests {
             run_dir: dir.join("run"),
             cgroup_root: dir.join("cg"),
             unpack: UnpackOptions::default(),
+            run_once: false,
             reap: ReapMode::Tracked,
             agent_version: "t".into(),
         };

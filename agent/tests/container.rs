@@ -106,6 +106,7 @@ impl Harness {
             run_dir: dir.path().join("run"),
             cgroup_root: cgroup_root.unwrap_or_else(|| dir.path().join("cgroup")),
             unpack: UnpackOptions::default(),
+            run_once: false,
             reap: ReapMode::Tracked,
             agent_version: "test".into(),
         };
@@ -639,4 +640,95 @@ fn real_cgroup2_membership_and_cgroup_namespace() {
     drop(h);
     let _ = std::fs::remove_dir(parent.join("cg"));
     std::fs::remove_dir(&parent).unwrap();
+}
+
+/// Run-once mode: `serve_all` returns once the only container's init has
+/// exited and its status was sent to the host.
+#[test]
+fn run_once_ends_after_the_last_exit_is_reported() {
+    require_root_and_busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path());
+    let cfg = ServerConfig {
+        run_dir: dir.path().join("run"),
+        cgroup_root: dir.path().join("cgroup"),
+        unpack: UnpackOptions::default(),
+        run_once: true,
+        reap: ReapMode::Tracked,
+        agent_version: "test".into(),
+    };
+    std::fs::create_dir_all(&cfg.cgroup_root).unwrap();
+    let sock = dir.path().join("ctl");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let server = std::sync::Arc::new(Server::new(
+        cfg,
+        UnixConnector {
+            prefix: dir.path().join("v.sock"),
+        },
+    ));
+    let done =
+        std::thread::spawn(move || server.serve_all(move || listener.accept().map(|(s, _)| s)));
+    let mut c = UnixStream::connect(&sock).unwrap();
+    let mut call = |body: Request| {
+        protocol::write_frame(
+            &mut c,
+            &Envelope {
+                version: PROTOCOL_VERSION,
+                seq: 1,
+                body,
+            },
+        )
+        .unwrap();
+        protocol::read_frame::<_, Envelope<Response>>(&mut c)
+            .unwrap()
+            .body
+    };
+    let create = CreateRequest {
+        id: "once".into(),
+        image: ImageSource::Layers {
+            layers: vec![layer],
+        },
+        process: ProcessSpec {
+            cmd: sh("sleep 0.3; exit 0"),
+            ..Default::default()
+        },
+        hostname: String::new(),
+        mounts: vec![],
+        limits: Limits::default(),
+        new_network: true,
+    };
+    assert!(matches!(
+        call(Request::Create(Box::new(create))),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        call(Request::Start { id: "once".into() }),
+        Response::Started { .. }
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !done.is_finished(),
+        "still running while the container runs"
+    );
+    let w = call(Request::Wait {
+        id: "once".into(),
+        exec_id: None,
+    });
+    assert_eq!(
+        w,
+        Response::Exited {
+            status: ExitStatus::Code { code: 0 }
+        }
+    );
+    let t = std::time::Instant::now();
+    while !done.is_finished() && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        done.is_finished(),
+        "serve_all returned after the reported exit"
+    );
+    done.join().unwrap();
+    // Clean up (unmount) through a fresh connection.
+    assert_eq!(call(Request::Shutdown), Response::ShuttingDown);
 }
