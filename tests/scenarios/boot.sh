@@ -62,14 +62,17 @@ grep -q 'Kernel panic' "$WORK/panic.log" || { show_tail "$WORK/panic.log"; fail 
 [ "$RC" = 3 ] || fail "guest reset: status $RC, want 3"
 pass "guest reset after panic gives status 3"
 
-# SIGTERM stops a running VM (here one that waits forever after its panic): 143.
+# SIGTERM stops a running VM (here one that would wait forever after its
+# panic), whatever the guest is doing at that moment: status 143.
 "$HUSK_VMM" --kernel "$GUEST_KERNEL" --mem-mib 64 --cmdline "console=ttyS0 reboot=k panic=0" \
   > "$WORK/term.log" 2>&1 &
 vmm=$!
-i=0
-until grep -q 'Kernel panic' "$WORK/term.log" || [ $i -ge 120 ]; do sleep 1; i=$((i + 1)); done
-grep -q 'Kernel panic' "$WORK/term.log" || { kill -KILL $vmm; show_tail "$WORK/term.log"; fail "guest did not reach its panic within 120 s"; }
+sleep 3
+kill -0 $vmm 2>/dev/null || { show_tail "$WORK/term.log"; fail "husk-vmm exited before SIGTERM"; }
 kill -TERM $vmm
+i=0
+while kill -0 $vmm 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
+kill -0 $vmm 2>/dev/null && { kill -KILL $vmm; fail "husk-vmm still running 30 s after SIGTERM"; }
 wait $vmm
 RC=$?
 [ "$RC" = 143 ] || fail "SIGTERM: status $RC, want 143"
