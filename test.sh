@@ -10,4 +10,4 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
-tests/e2e.sh boot devices
+tests/e2e.sh boot devices container

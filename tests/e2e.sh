@@ -12,7 +12,7 @@ HUSK_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/nested.sh
 . "$HUSK_ROOT/tests/lib/nested.sh"
 
-[ $# -ge 1 ] || { echo "usage: tests/e2e.sh SCENARIO... (one of: $(cd "$HUSK_ROOT/tests/scenarios" && ls | sed 's/\.sh$//' | tr '\n' ' '))" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: tests/e2e.sh SCENARIO... (one of: $(cd "$HUSK_ROOT/tests/scenarios" && ls *.sh | sed 's/\.sh$//' | tr '\n' ' '))" >&2; exit 2; }
 for s in "$@"; do
   [ -f "$HUSK_ROOT/tests/scenarios/$s.sh" ] || { echo "e2e: unknown scenario $s" >&2; exit 2; }
 done
@@ -21,6 +21,13 @@ build_all
 failed=0
 for s in "$@"; do
   start=$(date +%s)
+  # A scenario's NAME.prep.sh runs here, on the machine running e2e.sh, and
+  # leaves files in DATA_DIR (copied into the nested test host).
+  DATA_DIR=$(mktemp -d)
+  export DATA_DIR
+  if [ -f "$HUSK_ROOT/tests/scenarios/$s.prep" ]; then
+    bash "$HUSK_ROOT/tests/scenarios/$s.prep" || { say "scenario $s: preparation failed"; failed=$((failed + 1)); continue; }
+  fi
   if have_hw_kvm; then
     say "scenario $s on this host's /dev/kvm"
     work=$(mktemp -d)
@@ -35,6 +42,7 @@ for s in "$@"; do
     rc=$?
     set -e
   fi
+  rm -rf "$DATA_DIR"
   took=$(( $(date +%s) - start ))
   if [ "$rc" = 0 ]; then say "scenario $s: PASS (${took}s)"; else say "scenario $s: FAIL, status $rc (${took}s)"; failed=$((failed + 1)); fi
 done

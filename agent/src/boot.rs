@@ -224,3 +224,107 @@ mod tests {
         assert_eq!(err, "cannot read /nonexistent/uptime");
     }
 }
+
+/// Whether the VM has a virtio-vsock device (virtio device id 19), i.e. a
+/// host to take requests from.
+pub fn has_vsock_device(sys: &Path) -> bool {
+    let Ok(devices) = fs::read_dir(sys.join("bus/virtio/devices")) else {
+        return false;
+    };
+    devices
+        .flatten()
+        .any(|d| fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == "0x0013"))
+}
+
+/// A disk the host asks PID 1 to mount: `husk.disk=DEV:PATH[:ro]` on the
+/// kernel command line (`DEV` under /dev, an ext4 filesystem).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskMount {
+    /// Device name under /dev, e.g. `vdb`.
+    pub device: String,
+    /// Absolute mount point.
+    pub path: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Parses every `husk.disk=` parameter of a kernel command line.
+pub fn disk_mounts(cmdline: &str) -> Vec<DiskMount> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|p| p.strip_prefix("husk.disk="))
+        .filter_map(|spec| {
+            let mut parts = spec.split(':');
+            let device = parts.next().filter(|d| !d.is_empty() && !d.contains('/'))?;
+            let path = parts.next().filter(|p| p.starts_with('/'))?;
+            let read_only = match parts.next() {
+                None | Some("rw") => false,
+                Some("ro") => true,
+                Some(_) => return None,
+            };
+            Some(DiskMount {
+                device: device.to_string(),
+                path: path.to_string(),
+                read_only,
+            })
+        })
+        .collect()
+}
+
+/// Mounts one requested disk.
+pub fn mount_disk(d: &DiskMount) -> Result<()> {
+    let _ = fs::create_dir_all(&d.path);
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if d.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(
+        Some(format!("/dev/{}", d.device).as_str()),
+        d.path.as_str(),
+        Some("ext4"),
+        flags,
+        None::<&str>,
+    )
+    .map_err(|source| BootError::Mount {
+        fstype: "ext4",
+        target: "a husk.disk mount point",
+        source,
+    })
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn disk_parameters() {
+        let m = disk_mounts("console=ttyS0 husk.disk=vdb:/mnt/blobs:ro husk.disk=vdc:/data husk.disk=../x:/y husk.disk=vdd:rel husk.disk=vde:/z:bogus");
+        assert_eq!(
+            m,
+            vec![
+                DiskMount {
+                    device: "vdb".into(),
+                    path: "/mnt/blobs".into(),
+                    read_only: true
+                },
+                DiskMount {
+                    device: "vdc".into(),
+                    path: "/data".into(),
+                    read_only: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn no_vsock_in_an_empty_sysfs() {
+        let dir = std::env::temp_dir().join(format!("husk-vsock-{}", std::process::id()));
+        let dev = dir.join("bus/virtio/devices/virtio0");
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("device"), "0x0002\n").unwrap();
+        assert!(!has_vsock_device(&dir));
+        fs::write(dev.join("device"), "0x0013\n").unwrap();
+        assert!(has_vsock_device(&dir));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

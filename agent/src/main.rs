@@ -1,9 +1,13 @@
 //! `husk-agent`: PID 1 of a husk guest.
 //!
-//! It mounts the guest's pseudo filesystems, prints its ready line (online
-//! CPUs and kernel uptime), writes the boot-time marker to husk's debug port
-//! and powers the VM off. As PID 1 it never unwinds out of `main`: any error
-//! is logged and the VM powered off.
+//! It leaves the initramfs for a tmpfs root, mounts the guest's pseudo
+//! filesystems, writes the boot-time marker to husk's debug port, prints its
+//! ready line (online CPUs and kernel uptime) and mounts the disks named by
+//! `husk.disk=DEV:PATH[:ro]`. With a vsock device it then serves the control
+//! protocol (agent/PROTOCOL.md) on vsock port 1024 until told to shut down
+//! (or, with `husk.run_once`, until its containers have exited); without
+//! one (or with `husk.no_serve`) it has nothing to do. Either way it then powers the VM off. As PID 1
+//! it never unwinds out of `main`: any error is logged and the VM powered off.
 
 mod boot;
 
@@ -30,5 +34,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     boot::ensure_console();
     boot::debug_port_write(boot::DEBUG_PORT_BOOT_MARKER);
     boot::print_ready(VERSION)?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for disk in boot::disk_mounts(&cmdline) {
+        boot::mount_disk(&disk)?;
+    }
+    let no_serve = cmdline.split_whitespace().any(|p| p == "husk.no_serve");
+    if !no_serve && boot::has_vsock_device(std::path::Path::new("/sys")) {
+        let mut config = husk_agent::server::ServerConfig::guest(VERSION);
+        config.run_once = cmdline.split_whitespace().any(|p| p == "husk.run_once");
+        husk_agent::vsock::serve(config, husk_agent::vsock::CONTROL_PORT)?;
+    }
     Ok(())
 }

@@ -34,6 +34,7 @@ build_all() {
   HUSK_VMM=$CARGO_TARGET_DIR/release/husk-vmm
   HUSK_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent
   HUSK_VSOCK=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-vsock
+  HUSK_AGENT_CLIENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent-client
   mkdir -p "$HUSK_CACHE_DIR/initramfs"
   GUEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-initramfs.cpio.gz
   "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_INITRD" >/dev/null
@@ -47,7 +48,7 @@ build_all() {
   GUEST_TEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-test-initramfs.cpio.gz
   "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_TEST_INITRD" "$extra" >/dev/null
   rm -rf "$extra"
-  export HUSK_VMM HUSK_AGENT HUSK_VSOCK GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
+  export HUSK_VMM HUSK_AGENT HUSK_VSOCK HUSK_AGENT_CLIENT GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
 }
 
 # True when this machine's CPU has hardware virtualization for /dev/kvm.

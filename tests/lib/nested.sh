@@ -45,6 +45,9 @@ nested_run() {
   cp "$kernel" "$l1/husk/guest/bzImage"
   cp "$GUEST_TEST_INITRD" "$l1/husk/guest/test-initramfs.cpio.gz"
   cp "$HUSK_VSOCK" "$l1/husk/bin/husk-vsock"
+  cp "$HUSK_AGENT_CLIENT" "$l1/husk/bin/husk-agent-client"
+  mkdir -p "$l1/husk/data"
+  [ -z "${DATA_DIR:-}" ] || cp -a "$DATA_DIR"/. "$l1/husk/data/"
   cp -a "$HUSK_ROOT/tests/scenarios" "$HUSK_ROOT/tests/lib" "$l1/husk/"
   if [ -n "${HUSK_E2E_WITH_QEMU:-}" ]; then
     copy_with_libs "$l1" "$(command -v qemu-system-x86_64)"
@@ -68,7 +71,7 @@ for m in irqbypass kvm kvm-amd tun; do insmod /lib/modules/$m.ko || echo "nested
 ip link set lo up 2>/dev/null
 export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz
 export GUEST_BZIMAGE=/husk/guest/bzImage GUEST_TEST_INITRD=/husk/guest/test-initramfs.cpio.gz
-export HUSK_VSOCK=/husk/bin/husk-vsock
+export HUSK_VSOCK=/husk/bin/husk-vsock HUSK_AGENT_CLIENT=/husk/bin/husk-agent-client DATA_DIR=/husk/data
 export HUSK_E2E_DIR=/husk HUSK_E2E_HOST=nested WORK=/tmp
 echo "nested host: up, running scenario $(cat /husk/scenario)"
 timeout -s KILL "$(cat /husk/limit)" sh /husk/scenarios/$(cat /husk/scenario).sh

@@ -21,7 +21,7 @@ unix_mbs=$(echo "$unix" | grep -o '[0-9.]* MB/s' | cut -d' ' -f1)
 uds=$WORK/bench-vsock.sock
 log=$WORK/bench-devices.log
 "$HUSK_VMM" --kernel "$GUEST_KERNEL" --initrd "$GUEST_TEST_INITRD" --vcpus 2 --mem-mib 256 \
-  --cmdline "console=ttyS0 reboot=k panic=-1 rdinit=/tests/bench.sh" \
+  --cmdline "console=ttyS0 reboot=k panic=-1 rdinit=/tests/bench.sh husk.no_serve" \
   --disk "$img,ro" --vsock "3,$uds" > "$log" 2>&1 &
 vmm=$!
 i=0

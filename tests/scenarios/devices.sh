@@ -16,7 +16,7 @@ log=$WORK/devices.log
 "$HUSK_VSOCK" host-echo "${uds}_6000" > "$WORK/host-echo.log" 2>&1 &
 hecho=$!
 "$HUSK_VMM" --kernel "$GUEST_KERNEL" --initrd "$GUEST_TEST_INITRD" --vcpus 2 --mem-mib 256 \
-  --cmdline "console=ttyS0 reboot=k panic=-1 rdinit=/tests/devices.sh" \
+  --cmdline "console=ttyS0 reboot=k panic=-1 rdinit=/tests/devices.sh husk.no_serve" \
   --disk "$WORK/vda.img,serial=husk-vda" --disk "$WORK/vdb.img,ro,serial=husk-vdb" \
   --vsock "3,$uds" --net tap=husk-tap0,mac=06:00:ac:10:00:02 > "$log" 2>&1 &
 vmm=$!

@@ -62,8 +62,26 @@ impl Sys for RealSys {
     fn pivot_root(&self, new_root: &CStr) -> nix::Result<()> {
         let dot = c".";
         nix::unistd::chdir(new_root)?;
-        nix::unistd::pivot_root(dot, dot)?;
-        nix::mount::umount2(dot, MntFlags::MNT_DETACH)?;
+        match nix::unistd::pivot_root(dot, dot) {
+            Ok(()) => {
+                nix::mount::umount2(dot, MntFlags::MNT_DETACH)?;
+            }
+            // The guest kernel refuses pivot_root below a root that sits on
+            // the initramfs, even after PID 1 moved onto a tmpfs. As Kata's
+            // agent and `runc --no-pivot` do there, move the new root over
+            // `/` in this private mount namespace and chroot into it.
+            Err(nix::Error::EINVAL) => {
+                nix::mount::mount(
+                    Some(dot),
+                    c"/",
+                    None::<&CStr>,
+                    nix::mount::MsFlags::MS_MOVE,
+                    None::<&CStr>,
+                )?;
+                nix::unistd::chroot(dot)?;
+            }
+            Err(e) => return Err(e),
+        }
         nix::unistd::chdir(c"/")
     }
 }
