@@ -1,0 +1,122 @@
+//! OCI image layouts: `husk save` writes one (a directory with `oci-layout`,
+//! `index.json` and `blobs/sha256/`), `husk load` reads one, checking every
+//! blob's digest on the way in.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::oci::{Descriptor, Index, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use super::reference::Reference;
+use super::store::{Store, StoreError};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Layout errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// I/O on a layout file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not an OCI layout.
+    #[error("{0} is not an OCI image layout: {1}")]
+    NotLayout(PathBuf, String),
+    /// Store error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the image `r` from `store` as an OCI layout in `dir`, tagged with
+/// its tag (`latest` by default) in `index.json`.
+pub fn save(store: &Store, r: &Reference, dir: &Path) -> Result<(), LayoutError> {
+    let img = store.image(r)?;
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+    let mut digests = vec![
+        img.manifest_digest.clone(),
+        img.manifest.config.digest.clone(),
+    ];
+    digests.extend(img.manifest.layers.iter().map(|l| l.digest.clone()));
+    for d in &digests {
+        let to = blobs.join(&d[7..]);
+        fs::copy(store.blob_path(d)?, &to).map_err(io(&to))?;
+    }
+    let size = store.read_blob(&img.manifest_digest)?.len() as u64;
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(
+        REF_NAME.to_string(),
+        r.tag.clone().unwrap_or_else(|| "latest".into()),
+    );
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(MT_OCI_INDEX.into()),
+        manifests: vec![Descriptor {
+            media_type: MT_OCI_MANIFEST.into(),
+            digest: img.manifest_digest,
+            size,
+            platform: None,
+            annotations,
+        }],
+    };
+    let p = dir.join("index.json");
+    fs::write(
+        &p,
+        serde_json::to_vec_pretty(&index).map_err(|e| io(&p)(std::io::Error::other(e)))?,
+    )
+    .map_err(io(&p))?;
+    let p = dir.join("oci-layout");
+    fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&p))
+}
+
+/// Loads every manifest of the OCI layout in `dir` into `store`, tagged
+/// `name:<ref.name>` (`name` defaults to the layout directory's name).
+pub fn load(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Reference>, LayoutError> {
+    let p = dir.join("index.json");
+    let bytes =
+        fs::read(&p).map_err(|e| LayoutError::NotLayout(dir.to_path_buf(), e.to_string()))?;
+    let index: Index = serde_json::from_slice(&bytes)
+        .map_err(|e| LayoutError::NotLayout(dir.to_path_buf(), e.to_string()))?;
+    let base = name.map(str::to_string).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|| "image".into())
+    });
+    let put = |d: &Descriptor| -> Result<(), LayoutError> {
+        let src = dir
+            .join("blobs/sha256")
+            .join(d.digest.trim_start_matches("sha256:"));
+        let mut f = fs::File::open(&src).map_err(io(&src))?;
+        store.put_blob(&mut f, &d.digest, Some(d.size))?;
+        Ok(())
+    };
+    let mut loaded = Vec::new();
+    for m in &index.manifests {
+        put(m)?;
+        let manifest = store.manifest(&m.digest)?;
+        put(&manifest.config)?;
+        for l in &manifest.layers {
+            put(l)?;
+        }
+        let tag = m
+            .annotations
+            .get(REF_NAME)
+            .cloned()
+            .unwrap_or_else(|| "latest".into());
+        let r = Reference::parse(&format!("{base}:{tag}"))
+            .map_err(|e| LayoutError::NotLayout(dir.to_path_buf(), e.to_string()))?;
+        store.tag(&r, &m.digest)?;
+        loaded.push(r);
+    }
+    Ok(loaded)
+}
