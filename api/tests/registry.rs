@@ -1,0 +1,262 @@
+//! husk against a real registry: Debian's `docker-registry` on 127.0.0.1,
+//! images pushed with Debian's `skopeo` from an OCI layout husk saved.
+//! Missing tools fail the test with a message; nothing is skipped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use husk::image::default::{build_default_image, BUSYBOX};
+use husk::image::layout;
+use husk::image::reference::Reference;
+use husk::image::store::Store;
+
+struct Registry {
+    child: Child,
+    port: u16,
+    storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn need(tool: &str) -> PathBuf {
+    let p = PathBuf::from(tool);
+    assert!(
+        p.exists(),
+        "{tool} is missing: install it (tests/apt-packages.txt lists it)"
+    );
+    p
+}
+
+fn start_registry() -> Registry {
+    let bin = need("/usr/bin/docker-registry");
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let storage = dir.path().join("storage");
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "docker-registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Registry {
+        child,
+        port,
+        storage,
+        _dir: dir,
+    }
+}
+
+/// Builds the default image, saves it as an OCI layout and pushes it.
+fn push_default(reg: &Registry, name: &str) -> (String, tempfile::TempDir) {
+    let src = tempfile::tempdir().unwrap();
+    let store = Store::open(&src.path().join("images")).unwrap();
+    build_default_image(&store, Path::new(BUSYBOX)).expect("busybox-static is needed");
+    let layout_dir = src.path().join("layout");
+    layout::save(&store, &Reference::parse("busybox").unwrap(), &layout_dir).unwrap();
+    let img = store.image(&Reference::parse("busybox").unwrap()).unwrap();
+    let out = Command::new(need("/usr/bin/skopeo"))
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", layout_dir.display()))
+        .arg(format!("docker://127.0.0.1:{}/{name}", reg.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (img.manifest.layers[0].digest.clone(), src)
+}
+
+fn husk(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_husk"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pull_by_tag_and_by_digest() {
+    let reg = start_registry();
+    let (layer, _src) = push_default(&reg, "test/busybox:1");
+    let data = tempfile::tempdir().unwrap();
+    let r = format!("127.0.0.1:{}/test/busybox:1", reg.port);
+    let out = husk(data.path(), &["pull", &r]);
+    assert!(
+        out.status.success(),
+        "pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let digest = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .expect("digest line")
+        .to_string();
+    let store = Store::open(&data.path().join("images")).unwrap();
+    let img = store.image(&Reference::parse(&r).unwrap()).unwrap();
+    assert_eq!(img.manifest.layers[0].digest, layer);
+    assert!(store.has_blob(&layer));
+    // By digest, into a fresh store.
+    let data2 = tempfile::tempdir().unwrap();
+    let by_digest = format!("127.0.0.1:{}/test/busybox@{digest}", reg.port);
+    let out = husk(data2.path(), &["pull", "-q", &by_digest]);
+    assert!(
+        out.status.success(),
+        "pull by digest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store2 = Store::open(&data2.path().join("images")).unwrap();
+    assert_eq!(
+        store2
+            .image(&Reference::parse(&by_digest).unwrap())
+            .unwrap()
+            .manifest_digest,
+        digest
+    );
+    // An unknown tag is a clear error.
+    let out = husk(
+        data2.path(),
+        &["pull", &format!("127.0.0.1:{}/test/busybox:nope", reg.port)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 404") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn tampered_blob_is_refused_and_nothing_half_written_stays() {
+    let reg = start_registry();
+    let (layer, _src) = push_default(&reg, "test/tampered:1");
+    let hex = &layer[7..];
+    let blob = reg
+        .storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).expect("layer blob in registry storage");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = husk(
+        data.path(),
+        &["pull", &format!("127.0.0.1:{}/test/tampered:1", reg.port)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("digest mismatch"), "{err}");
+    let store = Store::open(&data.path().join("images")).unwrap();
+    assert!(!store.has_blob(&layer), "tampered layer must not be stored");
+    assert_eq!(
+        std::fs::read_dir(data.path().join("images/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(
+        store.refs().unwrap().is_empty(),
+        "no name for a failed pull"
+    );
+}
+
+#[test]
+fn concurrent_pulls_share_one_store() {
+    let reg = start_registry();
+    let (_layer, _src) = push_default(&reg, "test/par:1");
+    let data = tempfile::tempdir().unwrap();
+    let r = format!("127.0.0.1:{}/test/par:1", reg.port);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (d, r) = (data.path().to_path_buf(), r.clone());
+            std::thread::spawn(move || husk(&d, &["pull", "-q", &r]))
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = husk(data.path(), &["images"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("test/par") && listing.contains("busybox"),
+        "{listing}"
+    );
+    let out = husk(data.path(), &["rmi", &r]);
+    assert!(out.status.success());
+    let out = husk(data.path(), &["gc"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("removed "));
+}
+
+#[test]
+fn save_and_load_round_trip() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("bb");
+    let o = husk(
+        data.path(),
+        &["save", "-o", dir.to_str().unwrap(), "busybox"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data2 = tempfile::tempdir().unwrap();
+    let o = husk(
+        data2.path(),
+        &["load", "-i", dir.to_str().unwrap(), "--name", "mybox"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "Loaded image: mybox:latest"
+    );
+    // A corrupted layout is refused.
+    let blobs = dir.join("blobs/sha256");
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        let mut b = std::fs::read(e.path()).unwrap();
+        b.push(0);
+        std::fs::write(e.path(), b).unwrap();
+    }
+    let data3 = tempfile::tempdir().unwrap();
+    let o = husk(data3.path(), &["load", "-i", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mismatch"));
+}
