@@ -328,3 +328,109 @@ mod disk_tests {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+
+const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+const SIOCSIFADDR: libc::c_ulong = 0x8916;
+const SIOCSIFNETMASK: libc::c_ulong = 0x891c;
+
+/// `struct ifreq` with the union as raw bytes (flags or a `sockaddr_in`).
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+fn ifreq(name: &str) -> IfReq {
+    let mut r = IfReq {
+        name: [0; 16],
+        data: [0; 24],
+    };
+    let n = name.len().min(15);
+    r.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    r
+}
+
+fn sockaddr_in(addr: [u8; 4]) -> [u8; 24] {
+    let mut d = [0u8; 24];
+    d[..2].copy_from_slice(&u16::try_from(libc::AF_INET).unwrap_or(2).to_ne_bytes());
+    d[4..8].copy_from_slice(&addr);
+    d
+}
+
+fn ioctl(fd: &std::os::fd::OwnedFd, req: libc::c_ulong, r: &mut IfReq, what: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the socket ioctls used here read or write one `struct ifreq`,
+    // which `IfReq` matches in size (40 bytes) and layout.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), req, r as *mut IfReq) } < 0 {
+        return Err(BootError::Read {
+            path: what.to_string(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Brings interface `name` up and, when given, sets its IPv4 address.
+pub fn configure_interface(name: &str, addr: Option<([u8; 4], u8)>) -> Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) has no memory preconditions; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(BootError::Read {
+            path: "socket(AF_INET)".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    if let Some((ip, prefix)) = addr {
+        let mut r = ifreq(name);
+        r.data = sockaddr_in(ip);
+        ioctl(&fd, SIOCSIFADDR, &mut r, &format!("{name}: set address"))?;
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix.min(32)))
+            .unwrap_or(0);
+        let mut r = ifreq(name);
+        r.data = sockaddr_in(mask.to_be_bytes());
+        ioctl(&fd, SIOCSIFNETMASK, &mut r, &format!("{name}: set netmask"))?;
+    }
+    let mut r = ifreq(name);
+    ioctl(&fd, SIOCGIFFLAGS, &mut r, &format!("{name}: get flags"))?;
+    let flags =
+        i16::from_ne_bytes([r.data[0], r.data[1]]) | i16::try_from(libc::IFF_UP).unwrap_or(1);
+    r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ioctl(&fd, SIOCSIFFLAGS, &mut r, &format!("{name}: set flags"))
+}
+
+/// Parses `husk.ip=A.B.C.D/PREFIX` (the address the host gives eth0).
+pub fn guest_ip(cmdline: &str) -> Option<([u8; 4], u8)> {
+    let spec = cmdline
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("husk.ip="))?;
+    let (ip, prefix) = spec.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    Some((ip.octets(), prefix))
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::*;
+
+    #[test]
+    fn ip_parameter() {
+        assert_eq!(
+            guest_ip("a husk.ip=169.254.77.2/24 b"),
+            Some(([169, 254, 77, 2], 24))
+        );
+        assert_eq!(guest_ip("husk.ip=1.2.3.4/33"), None);
+        assert_eq!(guest_ip("husk.ip=1.2.3/24"), None);
+        assert_eq!(guest_ip("nothing"), None);
+    }
+
+    #[test]
+    fn ifreq_is_the_kernel_size() {
+        assert_eq!(std::mem::size_of::<IfReq>(), 40);
+    }
+}

@@ -35,6 +35,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     boot::debug_port_write(boot::DEBUG_PORT_BOOT_MARKER);
     boot::print_ready(VERSION)?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Err(e) = boot::configure_interface("lo", None) {
+        eprintln!("husk-agent: {e}");
+    }
+    if let Some(ip) = boot::guest_ip(&cmdline) {
+        boot::configure_interface("eth0", Some(ip))?;
+    }
+    let _ = nix::unistd::sethostname("husk");
     for disk in boot::disk_mounts(&cmdline) {
         boot::mount_disk(&disk)?;
     }

@@ -8,12 +8,19 @@ uds=$WORK/agent.sock
 log=$WORK/container-vm.log
 cp "$DATA_DIR/blobs.img" "$WORK/blobs.img"
 "$HUSK_VMM" --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 2 --mem-mib 256 \
-  --cmdline "console=ttyS0 reboot=k panic=-1 husk.disk=vda:/mnt/blobs:ro" \
-  --disk "$WORK/blobs.img,ro" --vsock "3,$uds" > "$log" 2>&1 &
+  --cmdline "console=ttyS0 reboot=k panic=-1 husk.disk=vda:/mnt/blobs:ro husk.ip=169.254.78.2/24" \
+  --disk "$WORK/blobs.img,ro" --vsock "3,$uds" --net tap=husk-tap1 > "$log" 2>&1 &
 vmm=$!
+i=0
+until [ -e /sys/class/net/husk-tap1 ] || [ $i -ge 60 ]; do sleep 1; i=$((i + 1)); done
+ip addr add 169.254.78.1/24 dev husk-tap1
+ip link set husk-tap1 up
 i=0
 until grep -q 'husk-agent .*: ready' "$log" || [ $i -ge 120 ]; do sleep 1; i=$((i + 1)); done
 grep -q 'husk-agent .*: ready' "$log" || { kill -KILL $vmm; show_tail "$log"; fail "agent never became ready"; }
+# PID 1 brought eth0 up with the address from husk.ip.
+ping -c 2 -W 3 169.254.78.2 > "$WORK/ping.log" 2>&1 || { cat "$WORK/ping.log"; show_tail "$log"; fail "guest eth0 (husk.ip) does not answer ping"; }
+pass "husk-agent configured eth0 from husk.ip; the host pings it"
 # The agent listens right after its ready line; retry the first connection briefly.
 i=0
 while :; do
