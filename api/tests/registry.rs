@@ -260,3 +260,169 @@ fn save_and_load_round_trip() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("mismatch"));
 }
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[test]
+fn multi_arch_index_picks_linux_amd64() {
+    let reg = start_registry();
+    let src = tempfile::tempdir().unwrap();
+    let store = Store::open(&src.path().join("images")).unwrap();
+    let amd64 = build_default_image(&store, Path::new(BUSYBOX)).unwrap();
+    let dir = src.path().join("layout");
+    layout::save(&store, &Reference::parse("busybox").unwrap(), &dir).unwrap();
+    let blobs = dir.join("blobs/sha256");
+    let m: serde_json::Value = serde_json::from_slice(&store.read_blob(&amd64).unwrap()).unwrap();
+    // An arm64 variant: same layer, its own config and manifest.
+    let mut cfg: serde_json::Value = serde_json::from_slice(
+        &store
+            .read_blob(m["config"]["digest"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    cfg["architecture"] = "arm64".into();
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    std::fs::write(blobs.join(sha256_hex(&cfg_bytes)), &cfg_bytes).unwrap();
+    let mut arm = m.clone();
+    arm["config"]["digest"] = format!("sha256:{}", sha256_hex(&cfg_bytes)).into();
+    arm["config"]["size"] = cfg_bytes.len().into();
+    let arm_bytes = serde_json::to_vec(&arm).unwrap();
+    std::fs::write(blobs.join(sha256_hex(&arm_bytes)), &arm_bytes).unwrap();
+    let amd_size = store.read_blob(&amd64).unwrap().len();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha256_hex(&arm_bytes)),
+             "size": arm_bytes.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64,
+             "size": amd_size, "platform": {"architecture": "amd64", "os": "linux"}}
+        ]
+    });
+    let index_bytes = serde_json::to_vec(&index).unwrap();
+    std::fs::write(blobs.join(sha256_hex(&index_bytes)), &index_bytes).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{}", sha256_hex(&index_bytes)),
+        "size": index_bytes.len(), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let out = Command::new(need("/usr/bin/skopeo"))
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", dir.display()))
+        .arg(format!("docker://127.0.0.1:{}/test/multi:1", reg.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy --all: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = tempfile::tempdir().unwrap();
+    let r = format!("127.0.0.1:{}/test/multi:1", reg.port);
+    let out = husk(data.path(), &["pull", "-q", &r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = Store::open(&data.path().join("images"))
+        .unwrap()
+        .image(&Reference::parse(&r).unwrap())
+        .unwrap();
+    assert_eq!(
+        got.manifest_digest, amd64,
+        "husk must pick the linux/amd64 manifest"
+    );
+}
+
+#[test]
+fn htpasswd_auth_right_and_wrong_credentials() {
+    let bin = need("/usr/bin/docker-registry");
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hash = bcrypt::hash("s3cret", 5).unwrap();
+    std::fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
+            dir.path().join("storage").display(),
+            dir.path().join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let reg = Registry {
+        child,
+        port,
+        storage: dir.path().join("storage"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "docker-registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Push with credentials.
+    let src = tempfile::tempdir().unwrap();
+    let store = Store::open(&src.path().join("images")).unwrap();
+    build_default_image(&store, Path::new(BUSYBOX)).unwrap();
+    let ldir = src.path().join("layout");
+    layout::save(&store, &Reference::parse("busybox").unwrap(), &ldir).unwrap();
+    let out = Command::new(need("/usr/bin/skopeo"))
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:s3cret",
+        ])
+        .arg(format!("oci:{}:latest", ldir.display()))
+        .arg(format!("docker://127.0.0.1:{}/private/bb:1", reg.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo push with creds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = format!("127.0.0.1:{}/private/bb:1", reg.port);
+    let data = tempfile::tempdir().unwrap();
+    let out = husk(
+        data.path(),
+        &["pull", "-q", "--user", "alice", "--password", "wrong", &r],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication to 127.0.0.1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = husk(data.path(), &["pull", "-q", &r]);
+    assert_eq!(out.status.code(), Some(1), "no credentials must fail");
+    let out = husk(
+        data.path(),
+        &["pull", "-q", "--user", "alice", "--password", "s3cret", &r],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
