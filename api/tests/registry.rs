@@ -3,8 +3,8 @@
 //! Missing tools fail the test with a message; nothing is skipped.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use husk::image::default::{build_default_image, BUSYBOX};
@@ -12,91 +12,8 @@ use husk::image::layout;
 use husk::image::reference::Reference;
 use husk::image::store::Store;
 
-struct Registry {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn need(tool: &str) -> PathBuf {
-    let p = PathBuf::from(tool);
-    assert!(
-        p.exists(),
-        "{tool} is missing: install it (tests/apt-packages.txt lists it)"
-    );
-    p
-}
-
-fn start_registry() -> Registry {
-    let bin = need("/usr/bin/docker-registry");
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let storage = dir.path().join("storage");
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "docker-registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Registry {
-        child,
-        port,
-        storage,
-        _dir: dir,
-    }
-}
-
-/// Builds the default image, saves it as an OCI layout and pushes it.
-fn push_default(reg: &Registry, name: &str) -> (String, tempfile::TempDir) {
-    let src = tempfile::tempdir().unwrap();
-    let store = Store::open(&src.path().join("images")).unwrap();
-    build_default_image(&store, Path::new(BUSYBOX)).expect("busybox-static is needed");
-    let layout_dir = src.path().join("layout");
-    layout::save(&store, &Reference::parse("busybox").unwrap(), &layout_dir).unwrap();
-    let img = store.image(&Reference::parse("busybox").unwrap()).unwrap();
-    let out = Command::new(need("/usr/bin/skopeo"))
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:latest", layout_dir.display()))
-        .arg(format!("docker://127.0.0.1:{}/{name}", reg.port))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (img.manifest.layers[0].digest.clone(), src)
-}
+mod common;
+use common::{need, push_big, push_default, sha256_hex, start_registry, Registry};
 
 fn husk(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_husk"))
@@ -261,11 +178,6 @@ fn save_and_load_round_trip() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("mismatch"));
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
-}
-
 #[test]
 fn multi_arch_index_picks_linux_amd64() {
     let reg = start_registry();
@@ -424,5 +336,78 @@ fn htpasswd_auth_right_and_wrong_credentials() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pull_killed_midway_leaves_a_consistent_store() {
+    let reg = start_registry();
+    let _src = push_big(&reg, "test/big:1", 64);
+    let data = tempfile::tempdir().unwrap();
+    let r = format!("127.0.0.1:{}/test/big:1", reg.port);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["pull", "-q", &r])
+        .spawn()
+        .unwrap();
+    // Kill it once the big layer is being written.
+    let tmp = data.path().join("images/tmp");
+    let start = Instant::now();
+    loop {
+        let partial = std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.len() > 1 << 20))
+            })
+            .unwrap_or(false);
+        if partial || start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the pull finished before it could be killed"
+    );
+    let store = Store::open(&data.path().join("images")).unwrap();
+    assert!(
+        store.refs().unwrap().is_empty(),
+        "a killed pull must not name an image"
+    );
+    // Every blob present is complete and verified.
+    for e in std::fs::read_dir(data.path().join("images/blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let b = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha256_hex(&b),
+            e.file_name().to_string_lossy(),
+            "half-written blob in the store"
+        );
+    }
+    let out = husk(data.path(), &["pull", "-q", &r]);
+    assert!(
+        out.status.success(),
+        "re-pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        store
+            .image(&Reference::parse(&r).unwrap())
+            .unwrap()
+            .manifest
+            .layers
+            .len(),
+        2
+    );
+    husk(data.path(), &["gc"]);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "gc removes partial downloads"
     );
 }
