@@ -56,9 +56,9 @@ enum Cmd {
         /// Image reference.
         image: String,
     },
-    /// Load images from an OCI image layout directory.
+    /// Load images from a `docker save` tarball or an OCI image layout (directory or tar).
     Load {
-        /// Input directory.
+        /// A `docker save` tarball, an OCI layout directory or a tarred OCI layout.
         #[arg(short, long)]
         input: PathBuf,
         /// Repository name to tag the images with (default: the directory name).
@@ -96,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = Reference::parse(&image)?;
             let creds = match (user, password) {
                 (Some(user), Some(password)) => Some(Credentials { user, password }),
-                (None, None) => None,
+                (None, None) => husk::image::registry::config_credentials(&r.registry),
                 _ => anyhow::bail!("give both --user and --password, or neither"),
             };
             let digest = Registry::new(&r, creds, quiet).pull(&store, &r)?;
@@ -144,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             layout::save(&store, &Reference::parse(&image)?, &output)?;
         }
         Cmd::Load { input, name } => {
-            for r in layout::load(&store, &input, name.as_deref())? {
+            for r in layout::load_any(&store, &input, name.as_deref())? {
                 println!("Loaded image: {}", r.familiar());
             }
         }

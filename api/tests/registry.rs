@@ -411,3 +411,76 @@ fn pull_killed_midway_leaves_a_consistent_store() {
         "gc removes partial downloads"
     );
 }
+
+#[test]
+fn load_docker_save_tarball_and_oci_layout_tar() {
+    // Make a docker-save archive of the default image: uncompressed layer,
+    // config, manifest.json with RepoTags.
+    let src = tempfile::tempdir().unwrap();
+    let store = Store::open(&src.path().join("images")).unwrap();
+    let d = build_default_image(&store, Path::new(BUSYBOX)).unwrap();
+    let m = store.manifest(&d).unwrap();
+    let gz = store.read_blob(&m.layers[0].digest).unwrap();
+    let mut layer = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut layer).unwrap();
+    let cfg = store.read_blob(&m.config.digest).unwrap();
+    let work = src.path().join("save");
+    std::fs::create_dir_all(work.join("abc")).unwrap();
+    std::fs::write(work.join("abc/layer.tar"), &layer).unwrap();
+    std::fs::write(work.join("cfg.json"), &cfg).unwrap();
+    std::fs::write(
+        work.join("manifest.json"),
+        r#"[{"Config":"cfg.json","RepoTags":["saved/box:7"],"Layers":["abc/layer.tar"]}]"#,
+    )
+    .unwrap();
+    let tarball = src.path().join("box.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&work)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = tempfile::tempdir().unwrap();
+    let o = husk(data.path(), &["load", "-i", tarball.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "Loaded image: saved/box:7"
+    );
+    let s2 = Store::open(&data.path().join("images")).unwrap();
+    let img = s2.image(&Reference::parse("saved/box:7").unwrap()).unwrap();
+    assert_eq!(
+        img.manifest.layers[0].digest,
+        format!("sha256:{}", sha256_hex(&layer))
+    );
+    // A tarred OCI layout.
+    let ldir = src.path().join("oci");
+    layout::save(&store, &Reference::parse("busybox").unwrap(), &ldir).unwrap();
+    let ltar = src.path().join("ocibox.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&ldir)
+        .arg("-cf")
+        .arg(&ltar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = husk(data.path(), &["load", "-i", ltar.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "Loaded image: ocibox:latest"
+    );
+    // Garbage is a one-line error.
+    std::fs::write(src.path().join("junk.tar"), b"not a tar").unwrap();
+    let o = husk(
+        data.path(),
+        &["load", "-i", src.path().join("junk.tar").to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+}

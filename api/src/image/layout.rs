@@ -120,3 +120,132 @@ pub fn load(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Referen
     }
     Ok(loaded)
 }
+
+/// One image in a `docker save` archive's `manifest.json`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerSaveEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// Unpacks a tar archive (`docker save` output or a tarred OCI layout) into
+/// `dir`, refusing entries that would land outside it.
+fn untar(archive: &Path, dir: &Path) -> Result<(), LayoutError> {
+    let f = fs::File::open(archive).map_err(io(archive))?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries().map_err(io(archive))? {
+        let mut e = e.map_err(io(archive))?;
+        // `unpack_in` refuses absolute paths and `..`.
+        if !e.unpack_in(dir).map_err(io(archive))? {
+            return Err(LayoutError::NotLayout(
+                archive.to_path_buf(),
+                "an entry points outside the archive".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Loads a `docker save` tarball, an OCI layout directory, or a tarred OCI
+/// layout into `store`.
+pub fn load_any(
+    store: &Store,
+    input: &Path,
+    name: Option<&str>,
+) -> Result<Vec<Reference>, LayoutError> {
+    if input.is_dir() {
+        return load(store, input, name);
+    }
+    let tmp = tempdir_in(store)?;
+    let res = (|| {
+        untar(input, &tmp)?;
+        if tmp.join("index.json").is_file() && !tmp.join("manifest.json").is_file() {
+            let base = name.map(str::to_string).unwrap_or_else(|| {
+                input
+                    .file_stem()
+                    .map(|n| n.to_string_lossy().to_lowercase())
+                    .unwrap_or_else(|| "image".into())
+            });
+            return load(store, &tmp, Some(&base));
+        }
+        load_docker_save(store, &tmp, input)
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    res
+}
+
+fn tempdir_in(store: &Store) -> Result<PathBuf, LayoutError> {
+    let p = store.root().join("tmp").join(format!(
+        "load-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    fs::create_dir_all(&p).map_err(io(&p))?;
+    Ok(p)
+}
+
+fn load_docker_save(
+    store: &Store,
+    dir: &Path,
+    archive: &Path,
+) -> Result<Vec<Reference>, LayoutError> {
+    use super::oci::{Manifest, MT_DOCKER_MANIFEST};
+    let p = dir.join("manifest.json");
+    let bytes = fs::read(&p).map_err(|e| {
+        LayoutError::NotLayout(
+            archive.to_path_buf(),
+            format!("neither a docker save archive nor an OCI layout ({e})"),
+        )
+    })?;
+    let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&bytes).map_err(|e| {
+        LayoutError::NotLayout(archive.to_path_buf(), format!("manifest.json: {e}"))
+    })?;
+    let mut loaded = Vec::new();
+    let put_file = |rel: &str, media_type: &str| -> Result<Descriptor, LayoutError> {
+        let path = dir.join(rel);
+        if rel.contains("..") || rel.starts_with('/') {
+            return Err(LayoutError::NotLayout(
+                archive.to_path_buf(),
+                format!("bad path {rel:?}"),
+            ));
+        }
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        let digest = store.put_bytes(&bytes)?;
+        Ok(Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size: bytes.len() as u64,
+            platform: None,
+            annotations: Default::default(),
+        })
+    };
+    for e in entries {
+        let config = put_file(&e.config, "application/vnd.docker.container.image.v1+json")?;
+        let layers = e
+            .layers
+            .iter()
+            .map(|l| put_file(l, "application/vnd.docker.image.rootfs.diff.tar"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MT_DOCKER_MANIFEST.into()),
+            config,
+            layers,
+        };
+        let mb = serde_json::to_vec(&manifest).map_err(|e| io(&p)(std::io::Error::other(e)))?;
+        let digest = store.put_bytes(&mb)?;
+        for t in e.repo_tags.unwrap_or_default() {
+            let r = Reference::parse(&t)
+                .map_err(|err| LayoutError::NotLayout(archive.to_path_buf(), err.to_string()))?;
+            store.tag(&r, &digest)?;
+            loaded.push(r);
+        }
+    }
+    Ok(loaded)
+}

@@ -69,6 +69,54 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// Credentials for `registry` from Docker's `config.json` (`$DOCKER_CONFIG`
+/// or `~/.docker/config.json`) or husk's `~/.config/husk/auth.json`, same
+/// format: `{"auths": {"host:port": {"auth": base64("user:password")}}}`.
+pub fn config_credentials(registry: &str) -> Option<Credentials> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from)?;
+    let docker = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| home.join(".docker"));
+    let files = [
+        home.join(".config/husk/auth.json"),
+        docker.join("config.json"),
+    ];
+    let keys = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        if registry == "docker.io" {
+            "https://index.docker.io/v1/".into()
+        } else {
+            String::new()
+        },
+    ];
+    for f in files {
+        let Ok(bytes) = std::fs::read(&f) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            log::warn!("ignoring unreadable credentials file {}", f.display());
+            continue;
+        };
+        for k in keys.iter().filter(|k| !k.is_empty()) {
+            let auth = v["auths"][k.as_str()]["auth"].as_str();
+            let decoded =
+                auth.and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok());
+            if let Some((user, password)) = decoded
+                .as_deref()
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|s| s.split_once(':'))
+            {
+                return Some(Credentials {
+                    user: user.into(),
+                    password: password.into(),
+                });
+            }
+        }
+    }
+    None
+}
+
 /// A client for one registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -77,6 +125,8 @@ pub struct Registry {
     creds: Option<Credentials>,
     auth_header: Mutex<Option<String>>,
     quiet: bool,
+    /// Progress bars, on a terminal only.
+    bars: Option<indicatif::MultiProgress>,
 }
 
 /// Whether husk talks plain HTTP to `host`: loopback registries, as Docker
@@ -125,6 +175,8 @@ impl Registry {
             creds,
             auth_header: Mutex::new(None),
             quiet,
+            bars: (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .then(indicatif::MultiProgress::new),
         }
     }
 
@@ -320,8 +372,26 @@ impl Registry {
         }
         let url = self.url(r, "blobs", digest);
         let resp = self.get(r, &url, None)?;
-        let mut body = resp.into_body().into_with_config().limit(u64::MAX).reader();
-        store.put_blob(&mut body, digest, Some(size))?;
+        let body = resp.into_body().into_with_config().limit(u64::MAX).reader();
+        match self.bars.as_ref().filter(|_| size > 1 << 20) {
+            Some(multi) => {
+                let bar = multi.add(indicatif::ProgressBar::new(size));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar.set_prefix(digest[7..19].to_string());
+                let mut reader = bar.wrap_read(body);
+                store.put_blob(&mut reader, digest, Some(size))?;
+                bar.finish();
+            }
+            None => {
+                let mut body = body;
+                store.put_blob(&mut body, digest, Some(size))?;
+            }
+        }
         Ok(())
     }
 
@@ -356,11 +426,12 @@ impl Registry {
                 .map(|l| {
                     s.spawn(move || {
                         let short = &l.digest[7..19];
-                        if !self.quiet {
+                        let plain = !self.quiet && self.bars.is_none();
+                        if plain {
                             eprintln!("{short}: pulling {} bytes", l.size);
                         }
                         let res = self.fetch_blob(store, r, &l.digest, l.size);
-                        if !self.quiet && res.is_ok() {
+                        if plain && res.is_ok() {
                             eprintln!("{short}: pull complete");
                         }
                         res
