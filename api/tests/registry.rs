@@ -2,7 +2,6 @@
 //! images pushed with Debian's `skopeo` from an OCI layout husk saved.
 //! Missing tools fail the test with a message; nothing is skipped.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use husk::image::reference::Reference;
 use husk::image::store::Store;
 
 mod common;
-use common::{need, push_big, push_default, sha256_hex, start_registry, Registry};
+use common::{need, push_big, push_default, sha256_hex, start_registry, start_registry_with};
 
 fn husk(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_husk"))
@@ -251,46 +250,14 @@ fn multi_arch_index_picks_linux_amd64() {
 
 #[test]
 fn htpasswd_auth_right_and_wrong_credentials() {
-    let bin = need("/usr/bin/docker-registry");
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hash = bcrypt::hash("s3cret", 5).unwrap();
-    std::fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
+    let reg = start_registry_with(|dir| {
+        let hash = bcrypt::hash("s3cret", 5).unwrap();
+        std::fs::write(dir.join("htpasswd"), format!("alice:{hash}\n")).unwrap();
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
-            dir.path().join("storage").display(),
-            dir.path().join("htpasswd").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let reg = Registry {
-        child,
-        port,
-        storage: dir.path().join("storage"),
-        _dir: tempfile::tempdir().unwrap(),
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "docker-registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            "auth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        )
+    });
     // Push with credentials.
     let src = tempfile::tempdir().unwrap();
     let store = Store::open(&src.path().join("images")).unwrap();
@@ -483,4 +450,80 @@ fn load_docker_save_tarball_and_oci_layout_tar() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+}
+
+#[test]
+fn credentials_from_docker_config_json() {
+    use base64::Engine;
+    let reg = start_registry_with(|dir| {
+        let hash = bcrypt::hash("pw2", 5).unwrap();
+        std::fs::write(dir.join("htpasswd"), format!("bob:{hash}\n")).unwrap();
+        format!(
+            "auth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        )
+    });
+    let src = tempfile::tempdir().unwrap();
+    let store = Store::open(&src.path().join("images")).unwrap();
+    build_default_image(&store, Path::new(BUSYBOX)).unwrap();
+    let ldir = src.path().join("layout");
+    layout::save(&store, &Reference::parse("busybox").unwrap(), &ldir).unwrap();
+    let out = Command::new(need("/usr/bin/skopeo"))
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "bob:pw2",
+        ])
+        .arg(format!("oci:{}:latest", ldir.display()))
+        .arg(format!("docker://127.0.0.1:{}/private/cfg:1", reg.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfgdir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("bob:pw2");
+    std::fs::write(
+        cfgdir.path().join("config.json"),
+        format!(
+            r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{auth}"}}}}}}"#,
+            reg.port
+        ),
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pull = |with_config: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
+        c.env("HOME", home.path());
+        if with_config {
+            c.env("DOCKER_CONFIG", cfgdir.path());
+        } else {
+            c.env("DOCKER_CONFIG", home.path());
+        }
+        c.arg("--data-dir")
+            .arg(data.path())
+            .args([
+                "pull",
+                "-q",
+                &format!("127.0.0.1:{}/private/cfg:1", reg.port),
+            ])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        pull(false).status.code(),
+        Some(1),
+        "no credentials must fail"
+    );
+    let out = pull(true);
+    assert!(
+        out.status.success(),
+        "config.json credentials: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

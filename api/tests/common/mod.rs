@@ -36,6 +36,12 @@ pub fn need(tool: &str) -> PathBuf {
 }
 
 pub fn start_registry() -> Registry {
+    start_registry_with(|_| String::new())
+}
+
+/// Starts a registry whose config gets `extra(dir)` appended (e.g. an
+/// `auth:` section referring to files the closure writes into `dir`).
+pub fn start_registry_with(extra: impl FnOnce(&Path) -> String) -> Registry {
     let bin = need("/usr/bin/docker-registry");
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
@@ -48,8 +54,9 @@ pub fn start_registry() -> Registry {
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{}",
+            storage.display(),
+            extra(dir.path())
         ),
     )
     .unwrap();

@@ -5,13 +5,10 @@
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{Queue, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{QueueT, Reader, Writer};
 
 use super::tap::{Tap, VNET_HDR_LEN};
-use crate::virtio::{
-    device_type, read_config_bytes, ActivateArgs, ActivateError, Interrupt, VirtioDevice,
-};
+use crate::virtio::{device_type, read_config_bytes, ActivateArgs, ActivateError, VirtioDevice};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -49,12 +46,8 @@ pub enum NetError {
     UsedRing(String),
 }
 
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Interrupt,
-}
+/// A running device keeps what the driver negotiated.
+type Active = ActivateArgs;
 
 /// A virtio-net device.
 #[derive(Debug)]
@@ -262,11 +255,7 @@ impl VirtioDevice for Net {
                 got: args.queues.len(),
             });
         }
-        self.active = Some(Active {
-            mem: args.mem,
-            queues: args.queues,
-            interrupt: args.interrupt,
-        });
+        self.active = Some(args);
         self.rx_blocked = false;
         Ok(())
     }

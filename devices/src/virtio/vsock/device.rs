@@ -6,14 +6,12 @@ use std::path::PathBuf;
 
 use event_manager::EventOps;
 use serde::{Deserialize, Serialize};
-use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::{BackendError, Muxer};
 use super::packet::{Header, PacketError, HDR_SIZE};
-use crate::virtio::{
-    device_type, read_config_bytes, ActivateArgs, ActivateError, Interrupt, VirtioDevice,
-};
+use crate::virtio::{device_type, read_config_bytes, ActivateArgs, ActivateError, VirtioDevice};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -53,12 +51,8 @@ pub enum VsockError {
     UsedRing(String),
 }
 
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Interrupt,
-}
+/// A running device keeps what the driver negotiated.
+type Active = ActivateArgs;
 
 /// A virtio-vsock device.
 #[derive(Debug)]
@@ -232,11 +226,7 @@ impl VirtioDevice for Vsock {
                 got: args.queues.len(),
             });
         }
-        self.active = Some(Active {
-            mem: args.mem,
-            queues: args.queues,
-            interrupt: args.interrupt,
-        });
+        self.active = Some(args);
         Ok(())
     }
 
