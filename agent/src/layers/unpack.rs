@@ -182,7 +182,7 @@ pub fn unpack_tar<R: Read>(root: &Path, r: R, opts: &UnpackOptions) -> Result<Un
                 }
             }
             _ => {
-                log::warn!("skipping tar entry of type {kind:?}");
+                log::warn!("ignoring tar entry of type {kind:?}");
                 stats.skipped += 1;
                 continue;
             }
