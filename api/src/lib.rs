@@ -1,4 +1,6 @@
 //! husk: the CLI's library — image references, the registry client, the
-//! content store and the built-in default image.
+//! content store, the built-in default image, and where the microVM's files
+//! are found.
 
+pub mod assets;
 pub mod image;
