@@ -434,6 +434,19 @@ impl Container {
             cgroup.add(pid)
         })?;
         self.execs.insert(exec_id.to_string(), pid);
+        // Close the ptys of processes that have exited.
+        let dead: Vec<Option<String>> = self
+            .ttys
+            .keys()
+            .filter(|k| {
+                self.pid(k.as_deref())
+                    .map_or(true, |p| reaper.try_status(p).is_some())
+            })
+            .cloned()
+            .collect();
+        for k in dead {
+            self.ttys.remove(&k);
+        }
         if let Some(m) = master {
             self.ttys.insert(Some(exec_id.to_string()), m);
         }
