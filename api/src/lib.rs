@@ -1,4 +1,10 @@
 //! husk: the CLI's library — image references, the registry client, the
-//! content store and the built-in default image.
+//! content store, the built-in default image, the image rootfs disk cache
+//! and named volumes.
 
+pub mod cli;
+pub mod ext4;
 pub mod image;
+pub mod lockfile;
+pub mod rootfs;
+pub mod volume;

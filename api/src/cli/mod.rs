@@ -1,0 +1,3 @@
+//! `husk` subcommands implemented in the library.
+
+pub mod volume;
