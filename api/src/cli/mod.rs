@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod ps;
 pub mod run;
+pub mod volume;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
