@@ -1,4 +1,5 @@
 //! husk: the CLI's library — image references, the registry client, the
-//! content store and the built-in default image.
+//! content store, the built-in default image and container networking.
 
 pub mod image;
+pub mod net;
