@@ -155,27 +155,51 @@ mod tests {
         assert_eq!(d.index, 2);
     }
 
+    /// Forks a child that opens and locks `path` itself (flock locks
+    /// belong to open files, so it must not share ours) and then waits. The
+    /// child first closes every inherited descriptor, so it holds none of
+    /// the sockets that tests running in parallel have open.
+    fn fork_lock_holder(path: &Path) -> libc::pid_t {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: the child only makes async-signal-safe calls (close_range,
+        // open, flock, pause, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: see above; `c_path` is a valid C string.
+            unsafe {
+                libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                let fd = libc::open(c_path.as_ptr(), libc::O_RDWR);
+                if fd < 0 || libc::flock(fd, libc::LOCK_EX) != 0 {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        pid
+    }
+
     #[test]
-    fn a_killed_holder_frees_its_lease() {
+    fn a_sigkilled_holder_frees_its_lease() {
         let dir = tempfile::tempdir().unwrap();
-        // Another process holds index 0 (flock is per open file, so a
-        // child's lock is as foreign as a supervisor's).
         let path = lock_path(dir.path(), 0);
         fs::write(&path, "other\n").unwrap();
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(r#"exec 9>>"$0"; flock 9; exec sleep 30"#)
-            .arg(&path)
-            .spawn()
-            .unwrap();
+        let pid = fork_lock_holder(&path);
         let start = std::time::Instant::now();
         while holder(dir.path(), 0).is_none() {
-            assert!(start.elapsed().as_secs() < 5, "flock(1) never locked");
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            assert!(start.elapsed().as_secs() < 5, "the child never locked");
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(allocate(dir.path(), "me").unwrap().index, 1);
-        child.kill().unwrap();
-        child.wait().unwrap();
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
+            assert_eq!(libc::waitpid(pid, std::ptr::null_mut(), 0), pid);
+        }
+        assert_eq!(holder(dir.path(), 0), None);
         assert_eq!(allocate(dir.path(), "me").unwrap().index, 0);
     }
 
