@@ -981,7 +981,7 @@ fn run(containers: &Containers, sup: Arc<Sup>, held: Held, mut vmm: Child, rx: R
         let _ = vrx.recv_timeout(Duration::from_secs(5));
     }
     let _ = reaper.join();
-    if let Some(p) = held.publisher {
+    if let Some(mut p) = held.publisher {
         p.stop();
     }
     drop(held._lease);
