@@ -28,7 +28,7 @@ use std::path::Path;
 pub use host::configure_host;
 pub use lease::{allocate, Lease};
 pub use ports::{PortSpec, PortSpecError, Proto, PublishedPort};
-pub use proxy::{publish, Publisher};
+pub use proxy::{publish, publish_with, Publisher};
 
 /// Networking errors. Messages are complete one-liners (the cause is part
 /// of the message, not a separate source).

@@ -97,6 +97,15 @@ enum Bound {
 /// `port is already allocated: 0.0.0.0:8080: Address already in use`, and
 /// no port stays bound. `host_ip` None listens on 0.0.0.0 (IPv4 only).
 pub fn publish(specs: &[PortSpec], guest_ip: Ipv4Addr) -> Result<Publisher> {
+    publish_with(specs, guest_ip, UDP_IDLE_TIMEOUT)
+}
+
+/// [`publish`] with another UDP idle timeout.
+pub fn publish_with(
+    specs: &[PortSpec],
+    guest_ip: Ipv4Addr,
+    udp_idle: Duration,
+) -> Result<Publisher> {
     let bound = specs.iter().map(bind).collect::<Result<Vec<_>>>()?;
     let (stop, stop_rx) = UnixStream::pair().map_err(|e| NetError::Proxy(io_cause(&e)))?;
     let mut publisher = Publisher {
@@ -126,7 +135,7 @@ pub fn publish(specs: &[PortSpec], guest_ip: Ipv4Addr) -> Result<Publisher> {
                 let backend = SocketAddr::new(IpAddr::V4(guest_ip), port.container_port);
                 std::thread::Builder::new()
                     .name(format!("husk-proxy-{}u", port.host_port))
-                    .spawn(move || udp_loop(&socket, &stop_rx, backend))
+                    .spawn(move || udp_loop(&socket, &stop_rx, backend, udp_idle))
             }
         };
         // On failure `publisher` drops here, stopping the threads started.
@@ -300,7 +309,8 @@ struct UdpSession {
     last: Instant,
 }
 
-fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr) {
+fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr, idle: Duration) {
+    let tick = idle.min(Duration::from_secs(1));
     let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
     let mut buf = vec![0u8; UDP_BUFFER];
     loop {
@@ -311,7 +321,7 @@ fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr) {
                 .iter()
                 .map(|c| pollfd(sessions[c].socket.as_raw_fd())),
         );
-        if poll(&mut fds, Some(Duration::from_secs(1))).is_err() || fds[1].revents != 0 {
+        if poll(&mut fds, Some(tick)).is_err() || fds[1].revents != 0 {
             return;
         }
         if fds[0].revents != 0 {
@@ -328,7 +338,7 @@ fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr) {
                 }
             }
         }
-        sessions.retain(|_, s| s.last.elapsed() < UDP_IDLE_TIMEOUT);
+        sessions.retain(|_, s| s.last.elapsed() < idle);
     }
 }
 
@@ -485,6 +495,40 @@ mod tests {
             start.elapsed() < Duration::from_secs(2),
             "relay not shut down"
         );
+    }
+
+    /// A UDP server on 127.0.0.1 that answers each datagram with the
+    /// address it came from.
+    fn udp_whoami_server() -> u16 {
+        let server = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+        let port = server.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = server.recv_from(&mut buf) {
+                server.send_to(from.to_string().as_bytes(), from).unwrap();
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn udp_sessions_expire_when_idle() {
+        let mut spec = tcp(udp_whoami_server());
+        spec.proto = Proto::Udp;
+        let p = publish_with(&[spec], LOCALHOST, Duration::from_millis(200)).unwrap();
+        let c = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.connect((LOCALHOST, p.bound()[0].host_port)).unwrap();
+        let ask = || {
+            c.send(b"?").unwrap();
+            let mut buf = [0u8; 64];
+            let n = c.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let first = ask();
+        assert_eq!(ask(), first, "one session while active");
+        std::thread::sleep(Duration::from_millis(700));
+        assert_ne!(ask(), first, "a new session after the idle timeout");
     }
 
     #[test]
