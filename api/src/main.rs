@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use husk::cli::{self, CliError};
 use husk::image::default::ensure_default_image;
 use husk::image::layout;
 use husk::image::reference::Reference;
 use husk::image::registry::{Credentials, Registry};
 use husk::image::store::Store;
-use husk::cli::{self, CliError};
 
 /// husk: containers in microVMs.
 #[derive(Debug, Parser)]
@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a command in a new container (its own microVM).
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// List containers.
     Ps(cli::ps::PsArgs),
     /// Stop running containers (SIGTERM, then SIGKILL).
@@ -50,6 +50,9 @@ enum Cmd {
     Exec(cli::exec::ExecArgs),
     /// Show containers' configuration and state as JSON.
     Inspect(cli::inspect::InspectArgs),
+    /// Manage named volumes (disks the host keeps).
+    #[command(subcommand)]
+    Volume(cli::volume::VolumeCmd),
     /// The supervisor of one container (started by `run` and `start`).
     #[command(hide = true)]
     ContainerSupervise {
@@ -121,7 +124,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             .map_err(|e| CliError::new(1, format!("{e:#}")))
     };
     match cli.cmd {
-        Cmd::Run(a) => cli::run::run(&data, a),
+        Cmd::Run(a) => cli::run::run(&data, *a),
         Cmd::Ps(a) => cli::ps::run(&data, a),
         Cmd::Stop(a) => cli::lifecycle::stop(&data, a),
         Cmd::Kill(a) => cli::lifecycle::kill(&data, a),
@@ -131,11 +134,27 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::Logs(a) => cli::logs::run(&data, a),
         Cmd::Exec(a) => cli::exec::run(&data, a),
         Cmd::Inspect(a) => cli::inspect::run(&data, a),
+        Cmd::Volume(v) => {
+            let volumes = husk::volume::Volumes::open(&data.join("volumes"))?;
+            let containers = cli::containers(&data)?;
+            let in_use = |name: &str| {
+                containers.list().ok().and_then(|all| {
+                    all.into_iter()
+                        .find(|(c, _)| c.volumes.iter().any(|v| v.name == name))
+                        .map(|(c, _)| c.id)
+                })
+            };
+            cli::volume::run(v, &volumes, &in_use)?;
+            Ok(0)
+        }
         Cmd::ContainerSupervise { id } => {
             // The CLI reads our ready line from stdout; afterwards stdout
             // points nowhere.
             let ready = std::fs::File::from(
-                std::os::fd::OwnedFd::from(std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| CliError::new(1, e.to_string()))?),
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| CliError::new(1, e.to_string()))?,
             );
             if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
                 let _ = nix::unistd::dup2_stdout(&null);

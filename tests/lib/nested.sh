@@ -22,7 +22,7 @@ copy_with_libs() {
 # machine_modules / machine_binaries: what husk needs in a test host or
 # the husk machine beyond busybox (guest-kernel/machine-net.txt).
 machine_modules() {
-  sed -n 's/^module //p' "$HUSK_ROOT/guest-kernel/machine-net.txt"
+  sed -n "s/^module //p" "$HUSK_ROOT/guest-kernel/machine-net.txt" | grep -v "/tun.ko$"
 }
 machine_binaries() {
   sed -n 's/^binary //p' "$HUSK_ROOT/guest-kernel/machine-net.txt"
@@ -90,7 +90,7 @@ nested_run() {
   cat > "$l1/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin:/husk/bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/husk/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev

@@ -82,7 +82,10 @@ pub fn run(data_dir: &Path, args: InspectArgs) -> CliResult {
     let mut out = Vec::new();
     let mut status = 0;
     for n in &args.containers {
-        match cs.find(n).and_then(|h| Ok((h.config()?, h.live_state()?, h.dir))) {
+        match cs
+            .find(n)
+            .and_then(|h| Ok((h.config()?, h.live_state()?, h.dir)))
+        {
             Ok((c, s, dir)) => out.push(to_json(&c, &s, &dir)),
             Err(e) => {
                 eprintln!("husk: {e}");

@@ -102,12 +102,7 @@ fn stop_one(h: &crate::container::Handle, secs: u64) -> Result<(), CliError> {
     if h.live_state()?.status != Status::Running {
         return Ok(());
     }
-    if let Ok(mut c) = request(
-        h,
-        &Request::Stop {
-            timeout_secs: secs,
-        },
-    ) {
+    if let Ok(mut c) = request(h, &Request::Stop { timeout_secs: secs }) {
         // The supervisor closes the connection when it ends.
         let mut b = [0u8; 1];
         let _ = c.read(&mut b);
@@ -132,7 +127,10 @@ pub fn kill(data_dir: &Path, args: KillArgs) -> CliResult {
         if h.live_state()?.status != Status::Running {
             return Err(CliError::new(
                 1,
-                format!("cannot kill container: {n}: container {} is not running", h.id),
+                format!(
+                    "cannot kill container: {n}: container {} is not running",
+                    h.id
+                ),
             ));
         }
         request(&h, &Request::Signal { signal: sig }).map(|_| ())
@@ -197,11 +195,17 @@ pub fn start(data_dir: &Path, args: StartArgs) -> CliResult {
     let cs = super::containers(data_dir)?;
     if args.attach || args.interactive {
         let [n] = &args.containers[..] else {
-            return Err(CliError::new(1, "you cannot start and attach multiple containers at once"));
+            return Err(CliError::new(
+                1,
+                "you cannot start and attach multiple containers at once",
+            ));
         };
         let h = cs.find(n)?;
         if h.live_state()?.status == Status::Running {
-            return Err(CliError::new(1, format!("container {n} is already running")));
+            return Err(CliError::new(
+                1,
+                format!("container {n} is already running"),
+            ));
         }
         let tty = h.config()?.process.tty;
         let attach = Attach {

@@ -33,7 +33,11 @@ fn emit(recs: &[Record], timestamps: bool) {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for r in recs {
-        let w: &mut dyn Write = if r.stream == STDERR { &mut err } else { &mut out };
+        let w: &mut dyn Write = if r.stream == STDERR {
+            &mut err
+        } else {
+            &mut out
+        };
         if timestamps {
             let _ = write!(w, "{} ", timestamp(r.nanos));
         }

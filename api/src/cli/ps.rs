@@ -79,7 +79,14 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
     }
     if args.quiet {
         for (c, _) in rows {
-            println!("{}", if args.no_trunc { &c.id } else { short_id(&c.id) });
+            println!(
+                "{}",
+                if args.no_trunc {
+                    &c.id
+                } else {
+                    short_id(&c.id)
+                }
+            );
         }
         return Ok(0);
     }
@@ -90,7 +97,11 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
     for (c, s) in rows {
         println!(
             "{:<14}{:<24}{:<24}{:<18}{:<28}{:<30}{}",
-            if args.no_trunc { &c.id } else { short_id(&c.id) },
+            if args.no_trunc {
+                &c.id
+            } else {
+                short_id(&c.id)
+            },
             c.image,
             command_text(&c, args.no_trunc),
             format!("{} ago", human_duration(secs_since(&c.created))),

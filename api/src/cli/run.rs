@@ -19,7 +19,7 @@ use crate::image::default::ensure_default_image;
 use crate::image::oci::ImageConfig;
 use crate::image::reference::Reference;
 use crate::image::registry::{config_credentials, Registry};
-use crate::image::store::{StoredImage, Store};
+use crate::image::store::{Store, StoredImage};
 
 /// Options of `husk run`.
 #[derive(Debug, Args)]
@@ -118,8 +118,12 @@ fn image_config(store: &Store, img: &StoredImage) -> Result<ImageConfig, CliErro
     let bytes = store
         .read_blob(&img.manifest.config.digest)
         .map_err(|e| usage(e.to_string()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| usage(format!("image {}: bad config: {e}", img.reference.familiar())))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        usage(format!(
+            "image {}: bad config: {e}",
+            img.reference.familiar()
+        ))
+    })
 }
 
 /// `KEY=VALUE` stays; a bare `KEY` takes the value from this environment
@@ -244,14 +248,13 @@ pub fn build_config(
         .iter()
         .map(|v| parse_volume(v))
         .collect::<Result<Vec<_>, _>>()?;
-    let memory_bytes = match &args.memory {
-        Some(m) => Some(
-            parse_memory(m)
-                .filter(|b| *b >= 6 << 20)
-                .ok_or_else(|| usage(format!("invalid memory {m:?} (at least 6m, e.g. 256m, 1g)")))?,
-        ),
-        None => None,
-    };
+    let memory_bytes =
+        match &args.memory {
+            Some(m) => Some(parse_memory(m).filter(|b| *b >= 6 << 20).ok_or_else(|| {
+                usage(format!("invalid memory {m:?} (at least 6m, e.g. 256m, 1g)"))
+            })?),
+            None => None,
+        };
     let cpu_millis = match &args.cpus {
         Some(c) => Some(parse_cpus(c).ok_or_else(|| usage(format!("invalid --cpus {c:?}")))?),
         None => None,
@@ -384,8 +387,8 @@ pub fn start_and_attach(
         return Ok(0);
     };
     let tty = h.config().map(|c| c.process.tty).unwrap_or(false);
-    let code = attach::stream(conn, stdin, tty)
-        .map_err(|e| CliError::new(125, format!("attach: {e}")))?;
+    let code =
+        attach::stream(conn, stdin, tty).map_err(|e| CliError::new(125, format!("attach: {e}")))?;
     if show_timings {
         if let Some(t) = &timings {
             print_timings(t);
@@ -411,7 +414,8 @@ pub fn run(data_dir: &Path, args: RunArgs) -> CliResult {
     }
     // A missing kernel or VMM is reported before anything is created.
     crate::assets::find().map_err(|e| CliError::new(125, e.to_string()))?;
-    let store = Store::open(&data_dir.join("images")).map_err(|e| CliError::new(125, e.to_string()))?;
+    let store =
+        Store::open(&data_dir.join("images")).map_err(|e| CliError::new(125, e.to_string()))?;
     let img = resolve_image(&store, &args.image, args.quiet)?;
     let ic = image_config(&store, &img)?;
     let containers = super::containers(data_dir).map_err(|e| CliError::new(125, e.message))?;
@@ -448,7 +452,14 @@ mod tests {
             }
         );
         assert!(!parse_volume("data:/srv").unwrap().readonly);
-        for bad in ["/host:/srv", "data", "data:rel", "data:/a:xx", "a:/b:c:d", "data:/../x"] {
+        for bad in [
+            "/host:/srv",
+            "data",
+            "data:rel",
+            "data:/a:xx",
+            "a:/b:c:d",
+            "data:/../x",
+        ] {
             let e = parse_volume(bad).unwrap_err();
             assert_eq!(e.status, 125, "{bad}");
         }
@@ -462,7 +473,10 @@ mod tests {
         );
         assert_eq!(m, vec!["PATH=/bin", "A=2", "B=3"]);
         std::env::set_var("HUSK_TEST_ENV_X", "y");
-        assert_eq!(env_entry("HUSK_TEST_ENV_X"), Some("HUSK_TEST_ENV_X=y".into()));
+        assert_eq!(
+            env_entry("HUSK_TEST_ENV_X"),
+            Some("HUSK_TEST_ENV_X=y".into())
+        );
         assert_eq!(env_entry("HUSK_TEST_ENV_UNSET_Q"), None);
     }
 
@@ -472,6 +486,9 @@ mod tests {
         let p = d.path().join("env");
         std::fs::write(&p, "# comment\nA=1\n\nB=two words\n").unwrap();
         assert_eq!(read_env_file(&p).unwrap(), vec!["A=1", "B=two words"]);
-        assert_eq!(read_env_file(&d.path().join("nope")).unwrap_err().status, 125);
+        assert_eq!(
+            read_env_file(&d.path().join("nope")).unwrap_err().status,
+            125
+        );
     }
 }

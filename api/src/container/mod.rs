@@ -418,7 +418,7 @@ mod tests {
     fn dead_supervisor_means_exited() {
         let d = tempfile::tempdir().unwrap();
         let cs = Containers::open(d.path()).unwrap();
-        let h = cs.create(&cfg(&new_id(), "x")).unwrap();
+        let h = cs.create(&cfg(&new_id(), "xy")).unwrap();
         let mut s = h.state().unwrap();
         s.status = Status::Running;
         h.write_state(&s).unwrap();

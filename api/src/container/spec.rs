@@ -135,12 +135,16 @@ pub fn parse_memory(s: &str) -> Option<u64> {
         return None;
     }
     let bytes = v * mult as f64;
+    // The range is checked first, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
     (bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Parses `--cpus` (`1.5`) into millicpus.
 pub fn parse_cpus(s: &str) -> Option<u64> {
     let v: f64 = s.trim().parse().ok()?;
+    // At most 1,024,000: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
     (v.is_finite() && v > 0.0 && v <= 1024.0).then(|| (v * 1000.0).round() as u64)
 }
 

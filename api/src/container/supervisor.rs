@@ -254,9 +254,8 @@ fn boot(
     let volumes = Volumes::open(&data_dir.join("volumes"))?;
     let mut volume_locks = Vec::new();
     let mut disks = vec![format!("{},ro", rootfs.path.display())];
-    let mut cmdline = format!(
-        "console=ttyS0 reboot=k panic=-1 quiet husk.disk=vda:{GUEST_IMAGE}:ro"
-    );
+    let mut cmdline =
+        format!("console=ttyS0 reboot=k panic=-1 quiet husk.disk=vda:{GUEST_IMAGE}:ro");
     let mut mounts = Vec::new();
     for (i, v) in config.volumes.iter().enumerate() {
         let (vol, _) = volumes.ensure(&v.name)?;
@@ -344,7 +343,11 @@ fn boot(
                     "the microVM exited ({st}) before its agent answered; see {}",
                     h.dir.join("console.log").display()
                 ),
-                _ => format!("{}; see {}", error_chain(&e), h.dir.join("console.log").display()),
+                _ => format!(
+                    "{}; see {}",
+                    error_chain(&e),
+                    h.dir.join("console.log").display()
+                ),
             };
             let _ = vmm.kill();
             let _ = vmm.wait();
@@ -421,10 +424,13 @@ fn disk_name(i: usize) -> String {
 /// Reads husk-vmm's `guest boot marker: N ms` line.
 fn boot_marker_ms(vmm_log: &Path) -> Option<f64> {
     let f = File::open(vmm_log).ok()?;
-    io::BufReader::new(f).lines().map_while(Result::ok).find_map(|l| {
-        let rest = l.split("guest boot marker: ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
+    io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let rest = l.split("guest boot marker: ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
 }
 
 fn create_request(config: &ContainerConfig, mounts: Vec<MountSpec>) -> CreateRequest {
@@ -815,9 +821,9 @@ impl Sup {
                 },
                 tty: spec.tty,
                 stdio: ports.clone(),
-                console_size: attach.console_size.map(|(rows, cols)| {
-                    husk_agent::protocol::ConsoleSize { rows, cols }
-                }),
+                console_size: attach
+                    .console_size
+                    .map(|(rows, cols)| husk_agent::protocol::ConsoleSize { rows, cols }),
                 ..ProcessSpec::default()
             };
             lock(&self.agent)
@@ -837,9 +843,7 @@ impl Sup {
             let input = c.try_clone().map_err(|e| format!("client socket: {e}"))?;
             let me = self.clone();
             let id2 = exec_id.clone();
-            thread::spawn(move || {
-                me.client_input(input, stdin.map(|s| (id2, s)), attach.stdin)
-            });
+            thread::spawn(move || me.client_input(input, stdin.map(|s| (id2, s)), attach.stdin));
             let code = rx.recv().unwrap_or(137);
             for r in relays {
                 let _ = r.join();
@@ -929,7 +933,13 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
 }
 
 /// Waits for the end, then cleans up and reports it.
-fn run(containers: &Containers, sup: Arc<Sup>, held: Held, mut vmm: Child, rx: Receiver<Event>) -> i32 {
+fn run(
+    containers: &Containers,
+    sup: Arc<Sup>,
+    held: Held,
+    mut vmm: Child,
+    rx: Receiver<Event>,
+) -> i32 {
     let vmm_pid = sup.vmm_pid;
     let (vtx, vrx) = mpsc::channel::<String>();
     let tx = sup.events.clone();

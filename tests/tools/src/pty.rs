@@ -14,10 +14,14 @@ use std::time::Duration;
 
 fn run(args: &[String]) -> io::Result<i32> {
     let [rows, cols, sep, cmd @ ..] = args else {
-        return Err(io::Error::other("usage: husk-pty ROWS COLS -- CMD [ARG...]"));
+        return Err(io::Error::other(
+            "usage: husk-pty ROWS COLS -- CMD [ARG...]",
+        ));
     };
     if sep != "--" || cmd.is_empty() {
-        return Err(io::Error::other("usage: husk-pty ROWS COLS -- CMD [ARG...]"));
+        return Err(io::Error::other(
+            "usage: husk-pty ROWS COLS -- CMD [ARG...]",
+        ));
     }
     let ws = nix::pty::Winsize {
         ws_row: rows.parse().map_err(io::Error::other)?,
@@ -76,7 +80,9 @@ fn run(args: &[String]) -> io::Result<i32> {
     let status = child.wait()?;
     thread::sleep(Duration::from_millis(200));
     drop(out);
-    Ok(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }
 
 fn main() -> ExitCode {
