@@ -83,7 +83,7 @@ $husk run -d --name www -p 8080:80 busybox sh -c 'mkdir -p /www && echo hi-from-
   || fail "run -d -p failed"
 i=0; got=
 while [ $i -lt 60 ]; do
-  got=$(wget -q -T 5 -O - http://127.0.0.1:8080/ 2>/dev/null) && [ -n "$got" ] && break
+  got=$(timeout 10 wget -q -O - http://127.0.0.1:8080/ 2>/dev/null) && [ -n "$got" ] && break
   sleep 1; i=$((i + 1))
 done
 check "GET http://127.0.0.1:8080/" hi-from-httpd "$got"
@@ -102,7 +102,7 @@ pass "-p 8080:80 reaches httpd in the container; a taken port gets one line and 
 
 # 6. Outbound access (NAT): a server on the outer machine, through the nested host's network.
 if [ -n "${HUSK_E2E_OUTSIDE:-}" ]; then
-  out=$($husk run --rm busybox wget -q -T 10 -O - "$HUSK_E2E_OUTSIDE")
+  out=$($husk run --rm busybox timeout 20 wget -q -O - "$HUSK_E2E_OUTSIDE")
   check "outbound GET $HUSK_E2E_OUTSIDE" outside-ok "$out"
   pass "outbound network access from the container"
 fi
