@@ -65,8 +65,13 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Remove blobs no image uses.
+    /// Remove blobs and rootfs disks no image uses.
     Gc,
+    /// Manage volumes.
+    Volume {
+        #[command(subcommand)]
+        cmd: husk::cli::volume::VolumeCmd,
+    },
 }
 
 fn data_dir(cli: Option<PathBuf>) -> PathBuf {
@@ -85,7 +90,8 @@ fn data_dir(cli: Option<PathBuf>) -> PathBuf {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = Store::open(&data_dir(cli.data_dir).join("images"))?;
+    let data = data_dir(cli.data_dir);
+    let store = Store::open(&data.join("images"))?;
     match cli.cmd {
         Cmd::Pull {
             image,
@@ -148,7 +154,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("Loaded image: {}", r.familiar());
             }
         }
-        Cmd::Gc => println!("removed {} blobs", store.gc()?),
+        Cmd::Gc => {
+            println!("removed {} blobs", store.gc()?);
+            let cache = husk::rootfs::RootfsCache::open(&data.join("rootfs"))?;
+            let n = cache.remove_unused(&husk::rootfs::referenced_keys(&store)?)?;
+            println!("removed {n} rootfs disks");
+        }
+        // No containers yet: the lead passes the ones referring to a volume.
+        Cmd::Volume { cmd } => {
+            let volumes = husk::volume::Volumes::open(&data.join("volumes"))?;
+            husk::cli::volume::run(cmd, &volumes, &|_| None)?;
+        }
     }
     Ok(())
 }
