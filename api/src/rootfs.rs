@@ -260,6 +260,25 @@ impl RootfsCache {
         self.build(store, manifest, &key)
     }
 
+    /// [`ensure`](Self::ensure) and [`hold`](RootfsDisk::hold) in one: the
+    /// disk, and a lease that keeps it from `remove_unused` while a VM uses
+    /// it (rebuilt if it was removed between the two).
+    pub fn ensure_held(
+        &self,
+        store: &Store,
+        manifest: &Manifest,
+    ) -> Result<(RootfsDisk, RootfsLease)> {
+        loop {
+            let disk = self.ensure(store, manifest)?;
+            match disk.hold(self) {
+                Ok(lease) => return Ok((disk, lease)),
+                Err(RootfsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn build(&self, store: &Store, manifest: &Manifest, key: &str) -> Result<RootfsDisk> {
         let start = Instant::now();
         self.remove_temps(Some(key))?;

@@ -166,6 +166,9 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     assert_eq!(cache.remove_unused(&HashSet::new()).unwrap(), 1);
     assert_eq!(cache_files(&cache), Vec::<String>::new());
     assert!(again.hold(&cache).is_err(), "a removed disk cannot be held");
+    let (held, _lease) = cache.ensure_held(&store, &manifest).unwrap();
+    assert!(held.built, "rebuilt after removal");
+    assert_eq!(cache.remove_unused(&HashSet::new()).unwrap(), 0, "held");
 }
 
 #[test]
