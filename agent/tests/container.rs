@@ -835,10 +835,9 @@ fn tty_size_resize_and_ctrl_c() {
     let (in_port, stdin) = h.live_port();
     let (out_port, stdout) = h.live_port();
     let process = ProcessSpec {
-        cmd: sh(
-            "stty size; trap 'stty size' WINCH; trap 'echo got-int; exit 7' INT; \
-             echo ready; while :; do sleep 0.1; done",
-        ),
+        cmd: sh("stty size; tty; ls /proc/self/fd | tr '\\n' ' '; echo; \
+             trap 'stty size' WINCH; trap 'echo got-int; exit 7' INT; \
+             echo ready; while :; do sleep 0.1; done"),
         tty: true,
         console_size: Some(ConsoleSize {
             rows: 30,
@@ -863,11 +862,11 @@ fn tty_size_resize_and_ctrl_c() {
     let (_, mut stdout) = stdout.join().unwrap();
     let mut out = Vec::new();
     read_until(&mut stdout, &mut out, "ready");
-    assert!(
-        String::from_utf8_lossy(&out).starts_with("30 100\r\n"),
-        "{:?}",
-        String::from_utf8_lossy(&out)
-    );
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(text.starts_with("30 100\r\n/dev/pts/"), "{text:?}");
+    // Only stdio (and ls's own directory) cross execve: no pty master or
+    // other agent descriptor leaks into the container.
+    assert!(text.contains("\r\n0 1 2 3 \r\n"), "{text:?}");
 
     // A tty exec alongside: its own size, and Ctrl-C kills it.
     let (ein_port, ein) = h.live_port();

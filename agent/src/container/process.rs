@@ -314,6 +314,16 @@ fn child_main(
         if plan.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
             fail(fds, STEP_STDIO, errno());
         }
+        // Nothing but stdio crosses execve: descriptors other agent threads
+        // opened without O_CLOEXEC (pty masters, streams) would leak into
+        // the container. The error pipe is close-on-exec already.
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
         let id = &plan.identity;
         // Raw syscalls: glibc's wrappers would try to broadcast the change
         // to the agent's other threads, which do not exist in this child.

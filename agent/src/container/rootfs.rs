@@ -197,15 +197,23 @@ pub fn plan(rootfs: &Path, etc: &[MountSpec], mounts: &[MountSpec]) -> Result<Ve
             minor: *minor,
         });
     }
-    for (dir, fstype, flags, data) in [
-        (
-            "pts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620",
-        ),
-        ("shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k"),
-    ] {
+    // The guest's own devpts, bound in: the agent allocates the
+    // container's terminals there (before the clone), and a husk guest runs
+    // one container, so it holds no other container's terminals. A new
+    // devpts instance would not have them, and `tty`/`ttyname` would fail.
+    ops.push(MountOp::Mkdir {
+        path: cstring(&dev.join("pts")),
+    });
+    ops.push(mount(
+        Some("/dev/pts"),
+        &dev.join("pts"),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    ));
+    for (dir, fstype, flags, data) in
+        [("shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")]
+    {
         ops.push(MountOp::Mkdir {
             path: cstring(&dev.join(dir)),
         });
@@ -355,7 +363,7 @@ mod tests {
         assert!(calls.iter().any(|c| c == &format!("mkdir {r}/dev/pts 755")));
         assert!(calls
             .iter()
-            .any(|c| c.starts_with(&format!("mount devpts {r}/dev/pts devpts"))));
+            .any(|c| c.starts_with(&format!("mount /dev/pts {r}/dev/pts - MS_BIND"))));
         assert!(calls
             .iter()
             .any(|c| c == &format!("symlink pts/ptmx {r}/dev/ptmx")));

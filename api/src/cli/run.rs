@@ -292,6 +292,11 @@ pub fn build_config(
                 .unwrap_or_default(),
             tty: args.tty,
             stdin: args.interactive,
+            console_size: if args.tty {
+                attach::terminal_size()
+            } else {
+                None
+            },
         },
         hostname: args
             .hostname

@@ -52,6 +52,9 @@ pub struct ProcessConfig {
     /// Keep stdin open (`-i`).
     #[serde(default)]
     pub stdin: bool,
+    /// The terminal's size (rows, cols) when it was created, for `-t`.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// A container's configuration.

@@ -457,7 +457,9 @@ fn create_request(config: &ContainerConfig, mounts: Vec<MountSpec>) -> CreateReq
             user: p.user.clone(),
             tty: p.tty,
             stdio,
-            ..ProcessSpec::default()
+            console_size: p
+                .console_size
+                .map(|(rows, cols)| husk_agent::protocol::ConsoleSize { rows, cols }),
         },
         hostname: config.hostname.clone(),
         mounts,
@@ -647,8 +649,15 @@ impl Sup {
                 }
             })
         });
-        if let Some((rows, cols)) = console_size {
-            // The init's pty gets the client's size before it starts.
+        let t = Instant::now();
+        let pid = match lock(&self.agent).call(AgentRequest::Start { id: "c".into() }) {
+            Ok(Response::Started { pid }) => pid,
+            Ok(other) => return fail(format!("unexpected answer to start: {other:?}")),
+            Err(e) => return Err(agent_error(e)),
+        };
+        // The pty got the size known at creation; a later `start -a` from
+        // another terminal brings its own.
+        if let Some((rows, cols)) = console_size.filter(|s| Some(*s) != p.console_size) {
             let _ = lock(&self.agent).call(AgentRequest::Resize {
                 id: "c".into(),
                 exec_id: None,
@@ -656,12 +665,6 @@ impl Sup {
                 cols,
             });
         }
-        let t = Instant::now();
-        let pid = match lock(&self.agent).call(AgentRequest::Start { id: "c".into() }) {
-            Ok(Response::Started { pid }) => pid,
-            Ok(other) => return fail(format!("unexpected answer to start: {other:?}")),
-            Err(e) => return Err(agent_error(e)),
-        };
         if let Some(t) = stdin_t {
             let _ = t.join();
         }
