@@ -3,4 +3,6 @@
 //! are found.
 
 pub mod assets;
+pub mod cli;
 pub mod image;
+pub mod machine;

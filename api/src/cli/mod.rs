@@ -1,0 +1,3 @@
+//! Subcommands whose logic lives in the library.
+
+pub mod machine;
