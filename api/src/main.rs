@@ -67,6 +67,11 @@ enum Cmd {
     },
     /// Remove blobs no image uses.
     Gc,
+    /// Manage the helper VM used on hosts without hardware virtualization.
+    Machine {
+        #[command(subcommand)]
+        cmd: husk::cli::machine::MachineCmd,
+    },
 }
 
 fn data_dir(cli: Option<PathBuf>) -> PathBuf {
@@ -85,7 +90,8 @@ fn data_dir(cli: Option<PathBuf>) -> PathBuf {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = Store::open(&data_dir(cli.data_dir).join("images"))?;
+    let data = data_dir(cli.data_dir);
+    let store = Store::open(&data.join("images"))?;
     match cli.cmd {
         Cmd::Pull {
             image,
@@ -149,6 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Gc => println!("removed {} blobs", store.gc()?),
+        Cmd::Machine { cmd } => {
+            let code = husk::cli::machine::run(cmd, &data, Box::new(Vec::new))?;
+            std::process::exit(code);
+        }
     }
     Ok(())
 }
@@ -165,6 +175,16 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
+    if !matches!(cli.cmd, Cmd::Machine { .. }) && husk::machine::should_forward() {
+        let args = std::env::args_os().skip(1).collect();
+        return match husk::machine::forward(&data_dir(cli.data_dir), args) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("husk: {:#}", anyhow::Error::from(e));
+                ExitCode::from(125)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
