@@ -79,7 +79,12 @@ pub fn find() -> Result<Assets> {
     Ok(Assets {
         vmm: pick("HUSK_VMM", &dir, "husk-vmm", "husk-vmm")?,
         kernel: pick("HUSK_KERNEL", &dir, "vmlinux", "the guest kernel")?,
-        initrd: pick("HUSK_INITRD", &dir, "initramfs.cpio.gz", "the guest initramfs")?,
+        initrd: pick(
+            "HUSK_INITRD",
+            &dir,
+            "initramfs.cpio.gz",
+            "the guest initramfs",
+        )?,
     })
 }
 

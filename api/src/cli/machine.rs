@@ -66,7 +66,11 @@ pub fn run(cmd: MachineCmd, data_dir: &Path, ports: PortProvider) -> Result<i32>
                     "the machine needs at least 1 CPU and 512 MiB".into(),
                 ));
             }
-            let (r, started) = qemu::ensure(&dir, Some(size), None)?;
+            let (r, started) = qemu::ensure(
+                &dir,
+                Some(size),
+                Some("husk: starting the husk machine (a helper VM); this takes a few seconds"),
+            )?;
             if !started {
                 if r.size != size {
                     eprintln!(

@@ -341,6 +341,23 @@ mod tests {
     }
 
     #[test]
+    fn stop_ends_the_server() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            server::serve(l, "secret".into(), Box::new(Vec::new), "/bin/echo".into())
+        });
+        let c = Client {
+            addr,
+            token: "secret".into(),
+        };
+        c.ping(std::time::Duration::from_secs(5)).unwrap();
+        c.stop().unwrap();
+        t.join().unwrap().unwrap();
+        assert!(c.ping(std::time::Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
     fn tty_requests_run_on_a_terminal() {
         let addr = start_server();
         let c = Client {

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -76,7 +76,13 @@ fn io_err(p: &Path, e: std::io::Error) -> MachineError {
 
 /// Takes `<dir>/lock` exclusively (released on drop).
 pub fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_err(dir, e))?;
+    }
     let p = dir.join("lock");
     let f = OpenOptions::new()
         .create(true)
@@ -499,7 +505,7 @@ mod tests {
 
     #[test]
     fn versions_sort_numerically() {
-        let mut v = vec![
+        let mut v = [
             "vmlinuz-6.1.0-56-cloud-amd64",
             "vmlinuz-6.1.0-9-cloud-amd64",
         ];

@@ -286,11 +286,7 @@ fn relay_output(
 /// Applies the client's stdin, resize and signal frames until it hangs up;
 /// a client that leaves before the command ends sends it SIGHUP.
 fn relay_input(mut stream: TcpStream, mut input: Input, pid: Pid, exited: &AtomicBool) {
-    loop {
-        let frame = match read_frame(&mut stream) {
-            Ok(Some(f)) => f,
-            _ => break,
-        };
+    while let Ok(Some(frame)) = read_frame(&mut stream) {
         match (frame, &mut input) {
             (Frame::Stdin(b), Input::Pty(m)) if !b.is_empty() => {
                 let _ = m.write_all(&b);
