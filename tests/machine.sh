@@ -74,7 +74,8 @@ h machine ssh -- sh -c 'echo "[]" > /run/husk-machine-ports.json'
 if curl -s -m 5 "http://127.0.0.1:$port/" >/dev/null; then fail "port $port still forwarded after it was unpublished"; fi
 
 # A port taken on this host gives a one-line error, and the command still runs.
-python3 -c "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',$port)); s.listen(); time.sleep(20)" &
+python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1',$port)); s.listen(); time.sleep(20)" &
 taker=$!
 sleep 0.5
 err=$(h machine ssh -- sh -c "echo '[{\"host_ip\":\"127.0.0.1\",\"host_port\":$port,\"proto\":\"tcp\"}]' > /run/husk-machine-ports.json" 2>&1)
@@ -89,11 +90,17 @@ h machine stop >/dev/null
 st=$(ps -o stat= -p "$pid" || true)
 [ -z "$st" ] || [ "${st:0:1}" = Z ] || fail "qemu $pid still runs after stop"
 [ "$(h machine status)" = stopped ] || fail "status after stop: $(h machine status)"
+# Two commands at once start one machine, which says so once.
 t0=$(date +%s.%N)
-got=$(h machine ssh -- cat /var/lib/husk/marker 2>"$data/err")
+h machine ssh -- cat /var/lib/husk/marker >"$data/out1" 2>"$data/err1" &
+h machine ssh -- cat /var/lib/husk/marker >"$data/out2" 2>"$data/err2"
+wait $!
 t1=$(date +%s.%N)
-[ "$got" = kept ] || fail "the data disk lost its content: '$got'"
-grep -q 'starting the husk machine' "$data/err" || fail "no start message on stderr: $(cat "$data/err")"
+[ "$(cat "$data/out1" "$data/out2")" = "kept
+kept" ] || fail "the data disk lost its content: '$(cat "$data/out1" "$data/out2")'"
+[ "$(cat "$data/err1" "$data/err2" | grep -c 'starting the husk machine')" = 1 ] ||
+  fail "want one start message on stderr: $(cat "$data/err1" "$data/err2")"
+[ "$(pgrep -c -f "husk-machine.*$data/machine/")" = 1 ] || fail "not exactly one machine runs"
 say "warm start (cached initramfs) + command: $(echo "$t1 - $t0" | bc) s"
 h machine stop >/dev/null
 say "PASS"

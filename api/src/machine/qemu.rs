@@ -56,6 +56,9 @@ pub struct Running {
     pub size: Size,
     /// When it started (seconds since the epoch).
     pub started: u64,
+    /// The cache key of the initramfs it booted.
+    #[serde(default)]
+    pub initramfs: String,
 }
 
 impl Running {
@@ -310,6 +313,12 @@ pub fn saved_size(dir: &Path) -> Size {
 pub fn ensure(dir: &Path, size: Option<Size>, announce: Option<&str>) -> Result<(Running, bool)> {
     let _lock = lock(dir)?;
     if let Some(r) = running(dir) {
+        if announce.is_some() && current_key().is_some_and(|k| k != r.initramfs) {
+            eprintln!(
+                "husk: warning: the husk machine runs an older husk or older microVM files; \
+                 `husk machine stop` to update it"
+            );
+        }
         return Ok((r, false));
     }
     if let Some(msg) = announce {
@@ -320,9 +329,17 @@ pub fn ensure(dir: &Path, size: Option<Size>, announce: Option<&str>) -> Result<
     Ok((r, true))
 }
 
+/// The initramfs key the machine would boot with now.
+fn current_key() -> Option<String> {
+    let (_, mods) = l1_kernel().ok()?;
+    inputs(&mods).ok()?.key().ok()
+}
+
 fn start(dir: &Path, size: Size) -> Result<Running> {
     let (kernel, mods) = l1_kernel()?;
-    let cached = inputs(&mods)?.build_cached(dir)?;
+    let inp = inputs(&mods)?;
+    let initramfs = inp.key()?;
+    let cached = inp.build_cached(dir)?;
     let disk = ensure_disk(dir)?;
     let token = random_token()?;
     write_private(&dir.join("token"), token.as_bytes())?;
@@ -396,6 +413,7 @@ fn start(dir: &Path, size: Size) -> Result<Running> {
         port,
         size,
         started,
+        initramfs,
     };
     let rec = dir.join("machine.json");
     fs::write(&rec, serde_json::to_vec(&r).unwrap_or_default()).map_err(|e| io_err(&rec, e))?;
