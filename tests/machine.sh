@@ -63,6 +63,15 @@ set -e
 
 [ "$(printf 'a\nb\n' | h machine ssh -- wc -l)" = 2 ] || fail "stdin is not passed through"
 
+# husk commands are forwarded (HUSK_MACHINE=1 forces it on any host).
+HUSK_MACHINE=1 h images | grep -q '^REPOSITORY' || fail "forwarded 'husk images' printed no table"
+set +e
+err=$(HUSK_MACHINE=1 h rmi no-such-image 2>&1 >/dev/null)
+rc=$?
+set -e
+[ "$rc" = 1 ] && [ "$err" = "husk: No such image: no-such-image" ] ||
+  fail "forwarded 'husk rmi' gave status $rc and '$err'"
+
 # A published port: the machine reports it, the client adds the forward.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 h machine ssh -- sh -c "mkdir -p /www && echo hello-from-the-machine > /www/index.html &&
