@@ -175,8 +175,8 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    if !matches!(cli.cmd, Cmd::Machine { .. }) && husk::machine::should_forward() {
-        let args = std::env::args_os().skip(1).collect();
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if husk::machine::should_forward_args(&args) {
         return match husk::machine::forward(&data_dir(cli.data_dir), args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {

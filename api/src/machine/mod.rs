@@ -144,6 +144,42 @@ pub fn should_forward() -> bool {
     }
 }
 
+/// Subcommands that need microVMs, and so go to the machine on a host
+/// without hardware virtualization. Image commands stay on the host for now
+/// (their registries and files are the host's).
+pub const MACHINE_COMMANDS: &[&str] = &[
+    "run", "create", "start", "stop", "restart", "kill", "rm", "ps", "exec", "logs", "attach",
+    "wait", "inspect", "port", "top", "pause", "unpause", "cp", "stats",
+];
+
+/// The subcommand of a command line (argv after the program name): the first
+/// argument that is not an option, skipping a global `--data-dir X`.
+pub fn subcommand(args: &[OsString]) -> Option<&str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let a = a.to_str()?;
+        if a == "--data-dir" {
+            it.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// Whether this command line (argv after the program name) goes to the
+/// machine: never `machine ...` itself, never inside the machine or with
+/// `HUSK_MACHINE=0`; every command with `HUSK_MACHINE=1`; else the
+/// [`MACHINE_COMMANDS`] when the host lacks hardware virtualization.
+pub fn should_forward_args(args: &[OsString]) -> bool {
+    let sub = subcommand(args);
+    if sub.is_none() || sub == Some("machine") || !should_forward() {
+        return false;
+    }
+    std::env::var("HUSK_MACHINE").as_deref() == Ok("1")
+        || sub.is_some_and(|s| MACHINE_COMMANDS.contains(&s))
+}
+
 /// The arguments without a global `--data-dir X` / `--data-dir=X` (before
 /// any `--`), as UTF-8.
 pub fn strip_data_dir(args: Vec<OsString>) -> Result<Vec<String>> {
@@ -386,6 +422,20 @@ mod tests {
         };
         assert_eq!(code, 0);
         assert_eq!(String::from_utf8_lossy(&out).trim(), "33 101");
+    }
+
+    #[test]
+    fn subcommand_skips_global_options() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            subcommand(&a(&["--data-dir", "/x", "run", "-it"])),
+            Some("run")
+        );
+        assert_eq!(
+            subcommand(&a(&["--data-dir=/x", "machine", "ssh"])),
+            Some("machine")
+        );
+        assert_eq!(subcommand(&a(&["--help"])), None);
     }
 
     #[test]
