@@ -401,6 +401,7 @@ mod tests {
             token: "secret".into(),
         };
         // Over the raw protocol: ask for a pty of 33x101 and check it.
+        let t0 = std::time::Instant::now();
         let mut s = std::net::TcpStream::connect(c.addr).unwrap();
         let req = proto::Request {
             token: "secret".into(),
@@ -422,6 +423,50 @@ mod tests {
         };
         assert_eq!(code, 0);
         assert_eq!(String::from_utf8_lossy(&out).trim(), "33 101");
+        // The exit status comes when the terminal closes, not after the
+        // drain timeout for stray holders of it.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn resize_and_input_reach_the_terminal() {
+        let addr = start_server();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let req = proto::Request {
+            token: "secret".into(),
+            kind: Kind::Ssh,
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "stty -echo; echo ready; read x; stty size; echo got-$x".into(),
+            ],
+            tty: true,
+            rows: 10,
+            cols: 20,
+            env: Default::default(),
+        };
+        proto::write_frame(&mut s, &proto::Frame::Request(req)).unwrap();
+        let mut out = Vec::new();
+        let mut sent = false;
+        let code = loop {
+            match proto::read_frame(&mut s).unwrap().unwrap() {
+                proto::Frame::Stdout(b) => out.extend(b),
+                proto::Frame::Exit(c) => break c,
+                _ => {}
+            }
+            if !sent && String::from_utf8_lossy(&out).contains("ready") {
+                sent = true;
+                let resize = proto::Frame::Resize {
+                    rows: 50,
+                    cols: 132,
+                };
+                proto::write_frame(&mut s, &resize).unwrap();
+                proto::write_frame(&mut s, &proto::Frame::Stdin(b"abc\r".to_vec())).unwrap();
+            }
+        };
+        assert_eq!(code, 0);
+        let text = String::from_utf8_lossy(&out).replace('\r', "");
+        assert!(text.ends_with("50 132\ngot-abc\n"), "{text:?}");
     }
 
     #[test]

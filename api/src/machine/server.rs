@@ -197,6 +197,9 @@ fn run(ctx: &Ctx, req: &Request, stream: TcpStream) -> Result<()> {
             });
         }
         let child = spawn(&mut cmd, req)?;
+        // The Command holds slave copies too: close them all, so the master
+        // reads EIO once the command's session has let go of the terminal.
+        drop(cmd);
         drop(slave);
         let master = File::from(pty.master);
         let reader = master
