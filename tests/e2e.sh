@@ -28,10 +28,24 @@ for s in "$@"; do
   if [ -f "$HUSK_ROOT/tests/scenarios/$s.prep" ]; then
     bash "$HUSK_ROOT/tests/scenarios/$s.prep" || { say "scenario $s: preparation failed"; failed=$((failed + 1)); continue; }
   fi
+  # A scenario's NAME.host runs beside it on this machine (a server the
+  # guest reaches through the nested host's user network); it writes
+  # KEY=VALUE lines to $DATA_DIR/env for the scenario.
+  host_pid=
+  if [ -f "$HUSK_ROOT/tests/scenarios/$s.host" ]; then
+    if have_hw_kvm; then HUSK_E2E_HOST=direct; else HUSK_E2E_HOST=nested; fi
+    HUSK_E2E_HOST=$HUSK_E2E_HOST bash "$HUSK_ROOT/tests/scenarios/$s.host" &
+    host_pid=$!
+    i=0; until [ -s "$DATA_DIR/env" ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i + 1)); done
+    export HUSK_E2E_NIC="-nic user,model=virtio-net-pci"
+  else
+    unset HUSK_E2E_NIC
+  fi
   if have_hw_kvm; then
     say "scenario $s on this host's /dev/kvm"
     work=$(mktemp -d)
     set +e
+    [ ! -f "$DATA_DIR/env" ] || { set -a; . "$DATA_DIR/env"; set +a; }
     GUEST_BZIMAGE=$(nested_kernel) HUSK_E2E_DIR=$HUSK_ROOT/tests HUSK_E2E_HOST=direct WORK=$work sh "$HUSK_ROOT/tests/scenarios/$s.sh"
     rc=$?
     set -e
@@ -42,6 +56,7 @@ for s in "$@"; do
     rc=$?
     set -e
   fi
+  [ -z "$host_pid" ] || { kill "$host_pid" 2>/dev/null; wait "$host_pid" 2>/dev/null; }
   rm -rf "$DATA_DIR"
   took=$(( $(date +%s) - start ))
   if [ "$rc" = 0 ]; then say "scenario $s: PASS (${took}s)"; else say "scenario $s: FAIL, status $rc (${took}s)"; failed=$((failed + 1)); fi

@@ -3,7 +3,9 @@
 //! It leaves the initramfs for a tmpfs root, mounts the guest's pseudo
 //! filesystems, writes the boot-time marker to husk's debug port, prints its
 //! ready line (online CPUs and kernel uptime) and mounts the disks named by
-//! `husk.disk=DEV:PATH[:ro]`. With a vsock device it then serves the control
+//! `husk.disk=DEV:PATH[:ro]`. The network comes from `husk.ip=A.B.C.D/N`
+//! (eth0's address), `husk.gw=A.B.C.D` (the default route) and
+//! `husk.dns=IP[,IP...]` (written to /etc/resolv.conf). With a vsock device it then serves the control
 //! protocol (agent/PROTOCOL.md) on vsock port 1024 until told to shut down
 //! (or, with `husk.run_once`, until its containers have exited); without
 //! one (or with `husk.no_serve`) it has nothing to do. Either way it then powers the VM off. As PID 1
@@ -23,10 +25,21 @@ fn main() {
     let result = std::panic::catch_unwind(run);
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("husk-agent: {e}"),
+        Ok(Err(e)) => eprintln!("husk-agent: {}", with_causes(e.as_ref())),
         Err(_) => eprintln!("husk-agent: internal error (panic)"),
     }
     boot::power_off();
+}
+
+/// An error and its chain of causes on one line: "a: b: c".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,6 +53,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(ip) = boot::guest_ip(&cmdline) {
         boot::configure_interface("eth0", Some(ip))?;
+        if let Some(gw) = boot::gateway(&cmdline) {
+            boot::add_default_route("eth0", gw)?;
+        }
+    }
+    let dns = boot::dns_servers(&cmdline);
+    if !dns.is_empty() {
+        boot::write_resolv_conf(std::path::Path::new("/"), &dns)?;
     }
     let _ = nix::unistd::sethostname("husk");
     for disk in boot::disk_mounts(&cmdline) {

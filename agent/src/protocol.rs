@@ -119,6 +119,20 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
+    /// Set the terminal size of a `tty` process (`TIOCSWINSZ` on its pty;
+    /// the kernel then sends `SIGWINCH` to its foreground process group).
+    /// Answered by `Resized`.
+    Resize {
+        /// Container id.
+        id: String,
+        /// Exec id, or none for the container's init.
+        #[serde(default)]
+        exec_id: Option<String>,
+        /// Rows (lines).
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
     /// Block until the process exits; answered by `Exited`.
     Wait {
         /// Container id.
@@ -260,6 +274,20 @@ pub struct ProcessSpec {
     /// Where stdio goes.
     #[serde(default)]
     pub stdio: StdioPorts,
+    /// Initial terminal size when `tty` (set on the pty before the process
+    /// starts); the kernel's default (0×0) when absent.
+    #[serde(default)]
+    pub console_size: Option<ConsoleSize>,
+}
+
+/// A terminal size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSize {
+    /// Rows (lines).
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// `Create`.
@@ -392,6 +420,12 @@ pub enum ErrorKind {
     BadLayer,
     /// Creating or running the process failed.
     Runtime,
+    /// The command was not found in the container (`ENOENT` from `execve`
+    /// for every `PATH` candidate); the host exits 127, as Docker does.
+    CommandNotFound,
+    /// The command exists but cannot be executed (no execute permission, a
+    /// directory, a bad format); the host exits 126, as Docker does.
+    CommandNotExecutable,
     /// Anything else.
     Internal,
 }
@@ -421,6 +455,8 @@ pub enum Response {
     },
     /// The signal was delivered.
     Signalled,
+    /// The terminal size was set.
+    Resized,
     /// The process ended.
     Exited {
         /// How.
@@ -460,6 +496,47 @@ mod tests {
         );
         let back: Envelope<Request> = read_frame(&mut buf.as_slice()).unwrap();
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn resize_and_console_size_json_shape() {
+        let req: Request =
+            serde_json::from_str(r#"{"type":"resize","id":"c","rows":24,"cols":80}"#).unwrap();
+        assert_eq!(
+            req,
+            Request::Resize {
+                id: "c".into(),
+                exec_id: None,
+                rows: 24,
+                cols: 80
+            }
+        );
+        let p: ProcessSpec = serde_json::from_str(
+            r#"{"cmd":["sh"],"tty":true,"console_size":{"rows":30,"cols":100}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.console_size,
+            Some(ConsoleSize {
+                rows: 30,
+                cols: 100
+            })
+        );
+        // Older hosts send neither: still accepted.
+        let p: ProcessSpec = serde_json::from_str(r#"{"cmd":["sh"]}"#).unwrap();
+        assert_eq!(p.console_size, None);
+        assert_eq!(
+            serde_json::to_string(&Response::Resized).unwrap(),
+            r#"{"type":"resized"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::CommandNotFound).unwrap(),
+            r#""command_not_found""#
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::CommandNotExecutable).unwrap(),
+            r#""command_not_executable""#
+        );
     }
 
     #[test]

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::container::sys::RealSys;
-use crate::container::{Container, ContainerConfig, ContainerError, Stdio};
+use crate::container::{etc, Container, ContainerConfig, ContainerError, Stdio};
 use crate::layers::{self, LayerError, UnpackOptions};
 use crate::overlay::{OverlayError, OverlayLayout};
 use crate::protocol::{
-    self, BlobSource, CreateRequest, Envelope, ErrorKind, ExecRequest, ImageSource, ProcessSpec,
-    ProtocolError, Request, Response, StreamHello, PROTOCOL_VERSION,
+    self, BlobSource, ConsoleSize, CreateRequest, Envelope, ErrorKind, ExecRequest, ImageSource,
+    ProcessSpec, ProtocolError, Request, Response, StreamHello, PROTOCOL_VERSION,
 };
 use crate::reaper::{ReapMode, Reaper};
 
@@ -106,6 +106,11 @@ impl ServerError {
             Self::Container(
                 ContainerError::InvalidId { .. } | ContainerError::InvalidProcess { .. },
             ) => ErrorKind::InvalidRequest,
+            Self::Container(ContainerError::NoTerminal { .. }) => ErrorKind::InvalidState,
+            Self::Container(ContainerError::CommandNotFound { .. }) => ErrorKind::CommandNotFound,
+            Self::Container(ContainerError::CommandNotExecutable { .. }) => {
+                ErrorKind::CommandNotExecutable
+            }
             Self::Container(_) | Self::Overlay(_) | Self::Connect { .. } => ErrorKind::Runtime,
             Self::Io { .. } => ErrorKind::Internal,
         }
@@ -157,6 +162,10 @@ pub const RUN_ONCE_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 pub const GUEST_RUN_DIR: &str = "/run/husk";
 /// The guest's cgroup v2 mount.
 pub const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The guest's resolver configuration.
+pub const GUEST_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The guest's network interface.
+pub const GUEST_INTERFACE: &str = "eth0";
 
 /// Server settings; directories are injected.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +185,13 @@ pub struct ServerConfig {
     pub reap: ReapMode,
     /// The agent's version string.
     pub agent_version: String,
+    /// The guest's resolver configuration, copied into each container as
+    /// `/etc/resolv.conf` when it exists (PID 1 writes it from the kernel
+    /// command line).
+    pub resolv_conf: Option<PathBuf>,
+    /// The interface whose IPv4 address names the container's hostname in
+    /// its `/etc/hosts` when it shares the guest's network.
+    pub network_interface: String,
 }
 
 impl ServerConfig {
@@ -188,6 +204,8 @@ impl ServerConfig {
             run_once: false,
             reap: ReapMode::All,
             agent_version: agent_version.to_string(),
+            resolv_conf: Some(GUEST_RESOLV_CONF.into()),
+            network_interface: GUEST_INTERFACE.into(),
         }
     }
 }
@@ -378,6 +396,12 @@ impl<C: Connector> Server<C> {
                 exec_id,
                 signal,
             } => self.do_signal(&id, exec_id.as_deref(), signal),
+            Request::Resize {
+                id,
+                exec_id,
+                rows,
+                cols,
+            } => self.do_resize(&id, exec_id.as_deref(), ConsoleSize { rows, cols }),
             Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
             Request::Shutdown => self.do_shutdown(),
         }
@@ -416,17 +440,31 @@ impl<C: Connector> Server<C> {
         };
         let overlay = OverlayLayout::under(&dir, &lower);
         overlay.mount(&RealSys)?;
-        let config = ContainerConfig {
-            id: req.id.clone(),
-            rootfs: overlay.merged.clone(),
-            process: req.process,
-            hostname: req.hostname,
-            mounts: req.mounts,
-            limits: req.limits,
-            new_network: req.new_network,
-            cgroup_root: self.config.cgroup_root.clone(),
+        let hostname = if req.hostname.is_empty() {
+            req.id.clone()
+        } else {
+            req.hostname
         };
-        let container = match Container::create(config) {
+        // Sharing the guest's network, the hostname resolves to its address.
+        let addr = if req.new_network {
+            None
+        } else {
+            etc::interface_ipv4(&self.config.network_interface)
+        };
+        let config = etc::write(&dir, &hostname, addr, self.config.resolv_conf.as_deref()).map(
+            |etc_files| ContainerConfig {
+                id: req.id.clone(),
+                rootfs: overlay.merged.clone(),
+                process: req.process,
+                hostname,
+                mounts: req.mounts,
+                limits: req.limits,
+                new_network: req.new_network,
+                etc_files,
+                cgroup_root: self.config.cgroup_root.clone(),
+            },
+        );
+        let container = match config.and_then(Container::create) {
             Ok(c) => c,
             Err(e) => {
                 overlay.unmount();
@@ -562,6 +600,12 @@ impl<C: Connector> Server<C> {
         Ok(Response::Signalled)
     }
 
+    fn do_resize(&self, id: &str, exec_id: Option<&str>, size: ConsoleSize) -> Result<Response> {
+        let entry = self.entry(id)?;
+        lock(&entry).container.resize(exec_id, size, &self.reaper)?;
+        Ok(Response::Resized)
+    }
+
     fn do_wait(&self, id: &str, exec_id: Option<&str>) -> Result<Response> {
         let entry = self.entry(id)?;
         let pid = lock(&entry).container.pid(exec_id)?;
@@ -609,6 +653,8 @@ mod tests {
             run_once: false,
             reap: ReapMode::Tracked,
             agent_version: "t".into(),
+            resolv_conf: None,
+            network_interface: "lo".into(),
         };
         Server::new(
             cfg,

@@ -12,14 +12,15 @@ use std::thread::JoinHandle;
 
 use husk_agent::layers::UnpackOptions;
 use husk_agent::protocol::{
-    self, BlobSource, CreateRequest, Envelope, ErrorKind, ExecRequest, ExitStatus, ImageSource,
-    Layer, Limits, ProcessSpec, Request, Response, StdioPorts, StreamHello, PROTOCOL_VERSION,
+    self, BlobSource, ConsoleSize, CreateRequest, Envelope, ErrorKind, ExecRequest, ExitStatus,
+    ImageSource, Layer, Limits, ProcessSpec, Request, Response, StdioPorts, StreamHello,
+    PROTOCOL_VERSION,
 };
 use husk_agent::reaper::ReapMode;
 use husk_agent::server::{Server, ServerConfig, UnixConnector};
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "hostname", "id", "sleep", "cat", "grep", "test", "ls", "true",
+    "sh", "echo", "hostname", "id", "sleep", "cat", "grep", "test", "ls", "true", "stty", "pwd",
 ];
 
 fn require_root_and_busybox() -> PathBuf {
@@ -52,6 +53,8 @@ fn busybox_layer(dir: &Path) -> Layer {
     for d in ["bin", "etc", "tmp", "home/app"] {
         add(d, tar::EntryType::Directory, 0o755, b"", None);
     }
+    // A symlink that leaves the root (for the working-directory test).
+    add("evil", tar::EntryType::Symlink, 0o777, b"", Some("/etc"));
     add("bin/busybox", tar::EntryType::Regular, 0o755, &bb, None);
     for a in APPLETS {
         add(
@@ -86,13 +89,37 @@ fn busybox_layer(dir: &Path) -> Layer {
     }
 }
 
+/// One control connection.
+struct Conn {
+    s: UnixStream,
+    seq: u64,
+}
+
+impl Conn {
+    fn call(&mut self, body: Request) -> Response {
+        self.seq += 1;
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            seq: self.seq,
+            body,
+        };
+        protocol::write_frame(&mut self.s, &env).unwrap();
+        let resp: Envelope<Response> = protocol::read_frame(&mut self.s).unwrap();
+        assert_eq!(resp.seq, self.seq);
+        assert_eq!(resp.version, PROTOCOL_VERSION);
+        resp.body
+    }
+}
+
 struct Harness {
     dir: tempfile::TempDir,
-    client: UnixStream,
-    seq: u64,
+    client: Conn,
     server: Option<JoinHandle<()>>,
     next_port: u32,
 }
+
+/// What the agent's `/etc/resolv.conf` holds in these tests.
+const RESOLV: &str = "nameserver 10.9.9.9\nsearch husk.test\n";
 
 impl Harness {
     fn new() -> Self {
@@ -102,6 +129,8 @@ impl Harness {
     fn with_cgroup_root(cgroup_root: Option<PathBuf>) -> Self {
         require_root_and_busybox();
         let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, RESOLV).unwrap();
         let cfg = ServerConfig {
             run_dir: dir.path().join("run"),
             cgroup_root: cgroup_root.unwrap_or_else(|| dir.path().join("cgroup")),
@@ -109,37 +138,58 @@ impl Harness {
             run_once: false,
             reap: ReapMode::Tracked,
             agent_version: "test".into(),
+            resolv_conf: Some(resolv),
+            // The hostname's address when sharing the network: lo's, so the
+            // test does not depend on this host's interfaces.
+            network_interface: "lo".into(),
         };
         std::fs::create_dir_all(&cfg.cgroup_root).unwrap();
         let connector = UnixConnector {
             prefix: dir.path().join("v.sock"),
         };
-        let (client, agent) = UnixStream::pair().unwrap();
+        let sock = dir.path().join("ctl");
+        let listener = UnixListener::bind(&sock).unwrap();
         let server = std::thread::spawn(move || {
-            let s = Server::new(cfg, connector);
-            s.serve(agent).unwrap();
+            let s = std::sync::Arc::new(Server::new(cfg, connector));
+            s.serve_all(move || listener.accept().map(|(s, _)| s));
         });
-        Self {
+        let mut h = Self {
             dir,
-            client,
-            seq: 0,
+            client: Conn {
+                s: UnixStream::connect(&sock).unwrap(),
+                seq: 0,
+            },
             server: Some(server),
             next_port: 1000,
+        };
+        assert!(matches!(h.call(Request::Health), Response::Ready { .. }));
+        h
+    }
+
+    /// Another control connection (as a second host-side waiter would open).
+    fn connect(&self) -> Conn {
+        Conn {
+            s: UnixStream::connect(self.dir.path().join("ctl")).unwrap(),
+            seq: 0,
         }
     }
 
     fn call(&mut self, body: Request) -> Response {
-        self.seq += 1;
-        let env = Envelope {
-            version: PROTOCOL_VERSION,
-            seq: self.seq,
-            body,
-        };
-        protocol::write_frame(&mut self.client, &env).unwrap();
-        let resp: Envelope<Response> = protocol::read_frame(&mut self.client).unwrap();
-        assert_eq!(resp.seq, self.seq);
-        assert_eq!(resp.version, PROTOCOL_VERSION);
-        resp.body
+        self.client.call(body)
+    }
+
+    /// Listens on a fresh port; the thread returns the accepted connection
+    /// once its hello was read, for the test to read and write as it goes.
+    fn live_port(&mut self) -> (u32, JoinHandle<(StreamHello, UnixStream)>) {
+        self.next_port += 1;
+        let port = self.next_port;
+        let l = UnixListener::bind(self.dir.path().join(format!("v.sock_{port}"))).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let hello: StreamHello = protocol::read_frame(&mut s).unwrap();
+            (hello, s)
+        });
+        (port, h)
     }
 
     /// Listens on a fresh port; the thread returns the hello and everything
@@ -193,7 +243,7 @@ impl Drop for Harness {
             }
         } else {
             let _ = protocol::write_frame(
-                &mut self.client,
+                &mut self.client.s,
                 &Envelope {
                     version: PROTOCOL_VERSION,
                     seq: 0,
@@ -477,9 +527,9 @@ fn errors_are_typed() {
     let Response::Error { kind, message } = r else {
         panic!("{r:?}")
     };
-    assert_eq!(kind, ErrorKind::Runtime);
+    assert_eq!(kind, ErrorKind::CommandNotFound);
     assert!(
-        message.contains("exec") && message.contains("No such file"),
+        message.contains(r#"exec: "nonexistent-cmd": executable file not found in $PATH"#),
         "{message}"
     );
     let r = h.call(Request::Start { id: "nope".into() });
@@ -654,6 +704,8 @@ fn run_once_ends_after_the_last_exit_is_reported() {
         run_once: true,
         reap: ReapMode::Tracked,
         agent_version: "test".into(),
+        resolv_conf: None,
+        network_interface: "lo".into(),
     };
     std::fs::create_dir_all(&cfg.cgroup_root).unwrap();
     let sock = dir.path().join("ctl");
@@ -729,4 +781,539 @@ fn run_once_ends_after_the_last_exit_is_reported() {
     done.join().unwrap();
     // Clean up (unmount) through a fresh connection.
     assert_eq!(call(Request::Shutdown), Response::ShuttingDown);
+}
+
+/// Reads from `s` into `buf` until `needle` appears (20 s at most).
+fn read_until(s: &mut UnixStream, buf: &mut Vec<u8>, needle: &str) {
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(buf).contains(needle) {
+        match s.read(&mut chunk) {
+            Ok(0) => panic!(
+                "EOF before {needle:?}; got {:?}",
+                String::from_utf8_lossy(buf)
+            ),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "{e} before {needle:?}; got {:?}",
+                String::from_utf8_lossy(buf)
+            ),
+        }
+    }
+}
+
+fn exec_req(id: &str, exec_id: &str, process: ProcessSpec) -> Request {
+    Request::Exec(ExecRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        process,
+    })
+}
+
+fn wait(conn: &mut Conn, id: &str, exec_id: Option<&str>) -> Response {
+    conn.call(Request::Wait {
+        id: id.into(),
+        exec_id: exec_id.map(str::to_string),
+    })
+}
+
+fn exited(code: i32) -> Response {
+    Response::Exited {
+        status: ExitStatus::Code { code },
+    }
+}
+
+/// `husk run -it`: the initial terminal size, a resize that reaches the
+/// process as SIGWINCH, and Ctrl-C (0x03 on stdin) as SIGINT, for the init
+/// (PID 1 of its namespace, so with a handler) and for a tty exec running
+/// alongside it (no handler: killed by signal 2).
+#[test]
+fn tty_size_resize_and_ctrl_c() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let (in_port, stdin) = h.live_port();
+    let (out_port, stdout) = h.live_port();
+    let process = ProcessSpec {
+        cmd: sh(
+            "stty size; trap 'stty size' WINCH; trap 'echo got-int; exit 7' INT; \
+             echo ready; while :; do sleep 0.1; done",
+        ),
+        tty: true,
+        console_size: Some(ConsoleSize {
+            rows: 30,
+            cols: 100,
+        }),
+        stdio: StdioPorts {
+            stdin: Some(in_port),
+            stdout: Some(out_port),
+            stderr: None,
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("t", &layer, process, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "t".into() }),
+        Response::Started { .. }
+    ));
+    let (_, mut stdin) = stdin.join().unwrap();
+    let (_, mut stdout) = stdout.join().unwrap();
+    let mut out = Vec::new();
+    read_until(&mut stdout, &mut out, "ready");
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("30 100\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // A tty exec alongside: its own size, and Ctrl-C kills it.
+    let (ein_port, ein) = h.live_port();
+    let (eout_port, eout) = h.live_port();
+    let r = h.call(exec_req(
+        "t",
+        "cat",
+        ProcessSpec {
+            cmd: sh("stty size; exec cat"),
+            tty: true,
+            console_size: Some(ConsoleSize { rows: 5, cols: 7 }),
+            stdio: StdioPorts {
+                stdin: Some(ein_port),
+                stdout: Some(eout_port),
+                stderr: None,
+            },
+            ..Default::default()
+        },
+    ));
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
+    let (_, mut ein) = ein.join().unwrap();
+    let (_, mut eout) = eout.join().unwrap();
+    let mut eo = Vec::new();
+    read_until(&mut eout, &mut eo, "5 7\r\n");
+    ein.write_all(b"echo-me\n").unwrap();
+    // The tty echoes the line and cat writes it back: cat runs.
+    read_until(&mut eout, &mut eo, "echo-me\r\necho-me\r\n");
+    ein.write_all(&[0x03]).unwrap();
+    assert_eq!(
+        wait(&mut h.client, "t", Some("cat")),
+        Response::Exited {
+            status: ExitStatus::Signal { signal: 2 }
+        }
+    );
+    let r = h.call(Request::Resize {
+        id: "t".into(),
+        exec_id: Some("cat".into()),
+        rows: 1,
+        cols: 1,
+    });
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::InvalidState,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+
+    // Resize the init's terminal: its WINCH trap prints the new size.
+    assert_eq!(
+        h.call(Request::Resize {
+            id: "t".into(),
+            exec_id: None,
+            rows: 40,
+            cols: 120
+        }),
+        Response::Resized
+    );
+    read_until(&mut stdout, &mut out, "40 120\r\n");
+    // Ctrl-C reaches the init through its handler.
+    stdin.write_all(&[0x03]).unwrap();
+    read_until(&mut stdout, &mut out, "got-int");
+    assert_eq!(wait(&mut h.client, "t", None), exited(7));
+}
+
+/// Docker's 127 and 126: a missing command and one that cannot be executed
+/// are told apart, for the init and for an exec; a missing working
+/// directory of an exec is an error of its own.
+#[test]
+fn exec_failures_are_command_not_found_or_not_executable() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let cases: &[(&str, &str, ErrorKind, &str)] = &[
+        (
+            "nf1",
+            "nosuch",
+            ErrorKind::CommandNotFound,
+            r#"exec: "nosuch": executable file not found in $PATH"#,
+        ),
+        (
+            "nf2",
+            "/bin/nosuch",
+            ErrorKind::CommandNotFound,
+            r#"exec: "/bin/nosuch": no such file or directory"#,
+        ),
+        (
+            "nx1",
+            "/etc/passwd",
+            ErrorKind::CommandNotExecutable,
+            r#"exec: "/etc/passwd": permission denied"#,
+        ),
+        (
+            "nx2",
+            "/bin",
+            ErrorKind::CommandNotExecutable,
+            r#"exec: "/bin": permission denied"#,
+        ),
+    ];
+    for (id, cmd, want_kind, want_msg) in cases {
+        let p = ProcessSpec {
+            cmd: vec![cmd.to_string()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            h.create(id, &layer, p, "", Limits::default()),
+            Response::Created { .. }
+        ));
+        let r = h.call(Request::Start { id: id.to_string() });
+        let Response::Error { kind, message } = r else {
+            panic!("{cmd}: {r:?}")
+        };
+        assert_eq!(kind, *want_kind, "{cmd}: {message}");
+        assert!(message.contains(want_msg), "{cmd}: {message}");
+    }
+
+    let init = ProcessSpec {
+        cmd: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("run", &layer, init, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "run".into() }),
+        Response::Started { .. }
+    ));
+    for (i, (_, cmd, want_kind, want_msg)) in cases.iter().enumerate() {
+        let r = h.call(exec_req(
+            "run",
+            &format!("e{i}"),
+            ProcessSpec {
+                cmd: vec![cmd.to_string()],
+                ..Default::default()
+            },
+        ));
+        let Response::Error { kind, message } = r else {
+            panic!("{cmd}: {r:?}")
+        };
+        assert_eq!(kind, *want_kind, "{cmd}: {message}");
+        assert!(message.contains(want_msg), "{cmd}: {message}");
+    }
+    // Not executable for this user (mode 0700, owned by root).
+    let r = h.call(exec_req(
+        "run",
+        "setup",
+        ProcessSpec {
+            cmd: sh("cp /bin/busybox /tmp/mine && chmod 700 /tmp/mine"),
+            ..Default::default()
+        },
+    ));
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
+    assert_eq!(wait(&mut h.client, "run", Some("setup")), exited(0));
+    let r = h.call(exec_req(
+        "run",
+        "as-app",
+        ProcessSpec {
+            cmd: vec!["/tmp/mine".into(), "true".into()],
+            user: "app".into(),
+            ..Default::default()
+        },
+    ));
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::CommandNotExecutable,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // An exec's working directory is not created (as with docker exec).
+    let r = h.call(exec_req(
+        "run",
+        "wd",
+        ProcessSpec {
+            cmd: vec!["true".into()],
+            workdir: "/nonexistent".into(),
+            ..Default::default()
+        },
+    ));
+    let Response::Error { kind, message } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(kind, ErrorKind::Runtime);
+    assert!(
+        message.contains(r#"cannot change to the working directory "/nonexistent""#)
+            && message.contains("No such file"),
+        "{message}"
+    );
+    // The failed execs left the container running.
+    let r = h.call(exec_req(
+        "run",
+        "ok",
+        ProcessSpec {
+            cmd: vec!["true".into()],
+            ..Default::default()
+        },
+    ));
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
+    assert_eq!(wait(&mut h.client, "run", Some("ok")), exited(0));
+}
+
+/// The init's missing working directory is created (0755, root), inside
+/// the rootfs only.
+#[test]
+fn missing_workdir_is_created_inside_the_rootfs() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let (out_port, out) = h.port(None);
+    let p = ProcessSpec {
+        cmd: sh("pwd; ls -ld /srv/app /srv/app/data"),
+        user: "app".into(),
+        workdir: "/srv/app/data".into(),
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("wd", &layer, p, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "wd".into() }),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "wd", None), exited(0));
+    let stdout = text(out).1;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "/srv/app/data");
+    for l in &lines[1..3] {
+        assert!(l.starts_with("drwxr-xr-x") && l.contains(" root "), "{l}");
+    }
+
+    let p = ProcessSpec {
+        cmd: vec!["true".into()],
+        workdir: "/evil/x".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("wd2", &layer, p, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    let r = h.call(Request::Start { id: "wd2".into() });
+    let Response::Error { kind, message } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(kind, ErrorKind::Runtime);
+    assert!(
+        message.contains(r#"working directory "/evil/x""#) && message.contains("leaves the root"),
+        "{message}"
+    );
+    assert!(!Path::new("/etc/x").exists());
+}
+
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf as Docker gives them,
+/// bind-mounted from the run directory: the image is not modified.
+#[test]
+fn etc_hostname_hosts_and_resolv_conf() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    for (id, new_network, addr) in [("shared", false, "127.0.0.1"), ("own", true, "127.0.1.1")] {
+        let (out_port, out) = h.port(None);
+        let p = ProcessSpec {
+            cmd: sh("cat /etc/hostname /etc/hosts /etc/resolv.conf; grep -c app /etc/passwd"),
+            stdio: StdioPorts {
+                stdout: Some(out_port),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = h.call(Request::Create(Box::new(CreateRequest {
+            id: id.into(),
+            image: ImageSource::Layers {
+                layers: vec![layer.clone()],
+            },
+            process: p,
+            hostname: format!("web-{id}"),
+            mounts: vec![],
+            limits: Limits::default(),
+            new_network,
+        })));
+        assert!(matches!(r, Response::Created { .. }), "{r:?}");
+        assert!(matches!(
+            h.call(Request::Start { id: id.into() }),
+            Response::Started { .. }
+        ));
+        assert_eq!(wait(&mut h.client, id, None), exited(0));
+        assert_eq!(
+            text(out).1,
+            format!(
+                "web-{id}\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                 {addr}\tweb-{id}\n{RESOLV}1\n"
+            )
+        );
+        let run = h.dir.path().join("run/containers").join(id);
+        assert_eq!(
+            std::fs::read_to_string(run.join("hostname")).unwrap(),
+            format!("web-{id}\n")
+        );
+    }
+    // The unpacked image has no such files: they were mounted, not written
+    // into the image.
+    let images = h.dir.path().join("run/images");
+    let image = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    for f in ["hostname", "hosts", "resolv.conf"] {
+        assert!(!image.join("etc").join(f).exists(), "{f} in the image");
+    }
+}
+
+/// `echo hi | husk run -i busybox cat`: the host shutting down its side of
+/// stdin is end-of-file for the init and for an exec.
+#[test]
+fn stdin_eof_ends_cat_for_init_and_exec() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let (in_port, inp) = h.port(Some(b"hi\n"));
+    let (out_port, out) = h.port(None);
+    let p = ProcessSpec {
+        cmd: vec!["cat".into()],
+        stdio: StdioPorts {
+            stdin: Some(in_port),
+            stdout: Some(out_port),
+            stderr: None,
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("in", &layer, p, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "in".into() }),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "in", None), exited(0));
+    assert_eq!(text(out).1, "hi\n");
+    assert_eq!(text(inp).0.stream, "stdin");
+
+    let init = ProcessSpec {
+        cmd: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("in2", &layer, init, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "in2".into() }),
+        Response::Started { .. }
+    ));
+    let (in_port, inp) = h.port(Some(b"hi\n"));
+    let (out_port, out) = h.port(None);
+    let r = h.call(exec_req(
+        "in2",
+        "cat",
+        ProcessSpec {
+            cmd: vec!["cat".into()],
+            stdio: StdioPorts {
+                stdin: Some(in_port),
+                stdout: Some(out_port),
+                stderr: None,
+            },
+            ..Default::default()
+        },
+    ));
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
+    assert_eq!(wait(&mut h.client, "in2", Some("cat")), exited(0));
+    assert_eq!(text(out).1, "hi\n");
+    drop(inp);
+}
+
+/// SIGTERM reaches an init that handles it; two control connections
+/// waiting for the init (the host's supervisor and `husk wait`) both get
+/// its status, and so does a wait after the exit.
+#[test]
+fn sigterm_to_init_with_handler_and_two_waiters() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let (out_port, out) = h.live_port();
+    let p = ProcessSpec {
+        cmd: sh("trap 'echo term; exit 9' TERM; echo ready; while :; do sleep 0.1; done"),
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("sig", &layer, p, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "sig".into() }),
+        Response::Started { .. }
+    ));
+    let (_, mut out) = out.join().unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut out, &mut buf, "ready\n");
+    // Not a terminal: nothing to resize.
+    let r = h.call(Request::Resize {
+        id: "sig".into(),
+        exec_id: None,
+        rows: 10,
+        cols: 10,
+    });
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::InvalidState,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = h.connect();
+            std::thread::spawn(move || wait(&mut c, "sig", None))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(waiters.iter().all(|w| !w.is_finished()), "waiters block");
+    assert_eq!(
+        h.call(Request::Signal {
+            id: "sig".into(),
+            exec_id: None,
+            signal: 15
+        }),
+        Response::Signalled
+    );
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), exited(9));
+    }
+    assert_eq!(wait(&mut h.client, "sig", None), exited(9));
+    out.read_to_end(&mut buf).unwrap();
+    assert_eq!(String::from_utf8(buf).unwrap(), "ready\nterm\n");
 }

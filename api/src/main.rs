@@ -1,11 +1,15 @@
-//! `husk`: images today (pull, images, rmi, save, load, gc); containers come
-//! next. Errors are one line on stderr with status 1 (125 for bad usage, as
-//! Docker).
+//! `husk`: containers in microVMs, used like Docker: `run`, `ps`, `logs`,
+//! `exec`, `stop`, `rm`, ..., images (`pull`, `images`, `rmi`, `save`,
+//! `load`, `gc`). Errors are one line on stderr; statuses as Docker's (125
+//! for husk's own errors and bad usage in `run`, 126/127 for a command that
+//! cannot run, else the container's status; 1 for other commands).
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use husk::cli::{self, CliError};
 use husk::image::default::ensure_default_image;
 use husk::image::layout;
 use husk::image::reference::Reference;
@@ -26,6 +30,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run a command in a new container (its own microVM).
+    Run(Box<cli::run::RunArgs>),
+    /// List containers.
+    Ps(cli::ps::PsArgs),
+    /// Stop running containers (SIGTERM, then SIGKILL).
+    Stop(cli::lifecycle::StopArgs),
+    /// Send a signal to running containers.
+    Kill(cli::lifecycle::KillArgs),
+    /// Remove containers.
+    Rm(cli::lifecycle::RmArgs),
+    /// Start stopped containers (each boots a new microVM).
+    Start(cli::lifecycle::StartArgs),
+    /// Block until containers stop; print their exit statuses.
+    Wait(cli::lifecycle::WaitArgs),
+    /// Fetch a container's logs.
+    Logs(cli::logs::LogsArgs),
+    /// Run a command in a running container.
+    Exec(cli::exec::ExecArgs),
+    /// Show containers' configuration and state as JSON.
+    Inspect(cli::inspect::InspectArgs),
+    /// Manage named volumes (disks the host keeps).
+    #[command(subcommand)]
+    Volume(cli::volume::VolumeCmd),
+    /// The supervisor of one container (started by `run` and `start`).
+    #[command(hide = true)]
+    ContainerSupervise {
+        /// Container id.
+        id: String,
+    },
     /// Pull an image from a registry.
     Pull {
         /// Image reference (busybox, host:5000/ns/name:tag, name@sha256:...).
@@ -89,10 +122,62 @@ fn data_dir(cli: Option<PathBuf>) -> PathBuf {
     })
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> Result<i32, CliError> {
     let data = data_dir(cli.data_dir);
-    let store = Store::open(&data.join("images"))?;
+    let anyhow_status = |r: anyhow::Result<()>| {
+        r.map(|()| 0)
+            .map_err(|e| CliError::new(1, format!("{e:#}")))
+    };
     match cli.cmd {
+        Cmd::Run(a) => cli::run::run(&data, *a),
+        Cmd::Ps(a) => cli::ps::run(&data, a),
+        Cmd::Stop(a) => cli::lifecycle::stop(&data, a),
+        Cmd::Kill(a) => cli::lifecycle::kill(&data, a),
+        Cmd::Rm(a) => cli::lifecycle::rm(&data, a),
+        Cmd::Start(a) => cli::lifecycle::start(&data, a),
+        Cmd::Wait(a) => cli::lifecycle::wait(&data, a),
+        Cmd::Logs(a) => cli::logs::run(&data, a),
+        Cmd::Exec(a) => cli::exec::run(&data, a),
+        Cmd::Inspect(a) => cli::inspect::run(&data, a),
+        Cmd::Volume(v) => {
+            let volumes = husk::volume::Volumes::open(&data.join("volumes"))?;
+            let containers = cli::containers(&data)?;
+            let in_use = |name: &str| {
+                containers.list().ok().and_then(|all| {
+                    all.into_iter()
+                        .find(|(c, _)| c.volumes.iter().any(|v| v.name == name))
+                        .map(|(c, _)| c.id)
+                })
+            };
+            cli::volume::run(v, &volumes, &in_use)?;
+            Ok(0)
+        }
+        Cmd::Machine { cmd } => {
+            let ports = husk::cli::machine::container_ports(data.clone());
+            husk::cli::machine::run(cmd, &data, ports)
+                .map_err(|e| CliError::new(1, husk::machine::error_line(&e)))
+        }
+        Cmd::ContainerSupervise { id } => {
+            // The CLI reads our ready line from stdout; afterwards stdout
+            // points nowhere.
+            let ready = std::fs::File::from(
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| CliError::new(1, e.to_string()))?,
+            );
+            if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2_stdout(&null);
+            }
+            Ok(husk::container::supervisor::supervise(&data, &id, ready))
+        }
+        other => anyhow_status(images(&data, other)),
+    }
+}
+
+fn images(data: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
+    let store = Store::open(&data.join("images"))?;
+    match cmd {
         Cmd::Pull {
             image,
             user,
@@ -155,10 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Gc => println!("removed {} blobs", store.gc()?),
-        Cmd::Machine { cmd } => {
-            let code = husk::cli::machine::run(cmd, &data, Box::new(Vec::new))?;
-            std::process::exit(code);
-        }
+        _ => {}
     }
     Ok(())
 }
@@ -171,7 +253,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let _ = e.print();
+            // One line, as Docker: the error without clap's usage block.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("bad usage")
+                .trim_start_matches("error: ");
+            eprintln!("husk: {first}\nSee 'husk --help'.");
             return ExitCode::from(125);
         }
     };
@@ -180,16 +269,16 @@ fn main() -> ExitCode {
         return match husk::machine::forward(&data_dir(cli.data_dir), args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
-                eprintln!("husk: {:#}", anyhow::Error::from(e));
+                eprintln!("husk: {}", husk::machine::error_line(&e));
                 ExitCode::from(125)
             }
         };
     }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
-            eprintln!("husk: {e:#}");
-            ExitCode::from(1)
+            eprintln!("husk: {}", e.message);
+            ExitCode::from(u8::try_from(e.status.clamp(0, 255)).unwrap_or(1))
         }
     }
 }

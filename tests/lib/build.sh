@@ -27,11 +27,13 @@ build_all() {
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HUSK_ROOT/target}
   say "building guest kernel (cached under $HUSK_CACHE_DIR/kernel)"
   GUEST_KERNEL=$("$HUSK_ROOT/guest-kernel/build.sh")
-  say "building husk-vmm and the static husk-agent"
-  (cd "$HUSK_ROOT" && cargo build --release --quiet -p husk-vmm) >&2
+  say "building husk, husk-vmm and the static husk-agent"
+  (cd "$HUSK_ROOT" && cargo build --release --quiet -p husk-vmm -p husk) >&2
   (cd "$HUSK_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --release --quiet -p husk-agent -p husk-test-tools --target x86_64-unknown-linux-gnu) >&2
   HUSK_VMM=$CARGO_TARGET_DIR/release/husk-vmm
+  HUSK_BIN=$CARGO_TARGET_DIR/release/husk
+  HUSK_PTY=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-pty
   HUSK_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent
   HUSK_VSOCK=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-vsock
   HUSK_AGENT_CLIENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent-client
@@ -48,7 +50,16 @@ build_all() {
   GUEST_TEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-test-initramfs.cpio.gz
   "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_TEST_INITRD" "$extra" >/dev/null
   rm -rf "$extra"
-  export HUSK_VMM HUSK_AGENT HUSK_VSOCK HUSK_AGENT_CLIENT GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
+  # husk finds the guest kernel and initramfs next to its binary (api/src/assets.rs).
+  install_if_changed "$GUEST_KERNEL" "$CARGO_TARGET_DIR/release/vmlinux"
+  install_if_changed "$GUEST_INITRD" "$CARGO_TARGET_DIR/release/initramfs.cpio.gz"
+  export HUSK_BIN HUSK_PTY HUSK_VMM HUSK_AGENT HUSK_VSOCK HUSK_AGENT_CLIENT GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
+}
+
+# install_if_changed SRC DST: copies when the content differs (keeps mtimes
+# of unchanged files, so caches keyed by them stay valid).
+install_if_changed() {
+  cmp -s "$1" "$2" 2>/dev/null || cp "$1" "$2"
 }
 
 # True when this machine's CPU has hardware virtualization for /dev/kvm.

@@ -19,6 +19,15 @@ copy_with_libs() {
   done
 }
 
+# machine_modules / machine_binaries: what husk needs in a test host or
+# the husk machine beyond busybox (guest-kernel/machine-net.txt).
+machine_modules() {
+  sed -n "s/^module //p" "$HUSK_ROOT/guest-kernel/machine-net.txt" | grep -v "/tun.ko$"
+}
+machine_binaries() {
+  sed -n 's/^binary //p' "$HUSK_ROOT/guest-kernel/machine-net.txt"
+}
+
 # nested_kernel: the newest installed Debian cloud kernel image.
 nested_kernel() {
   ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -1
@@ -55,18 +64,47 @@ nested_run() {
     cp /usr/share/qemu/{qboot.rom,bios-microvm.bin,pvh.bin,linuxboot_dma.bin} "$l1/usr/share/qemu/"
   fi
   for extra in ${HUSK_E2E_EXTRA_FILES:-}; do copy_with_libs "$l1" "$extra"; done
+  # husk itself, with what it runs: e2fsprogs for rootfs and volume disks,
+  # iptables (and its extensions) and the NAT modules for container networks.
+  if [ -n "${HUSK_BIN:-}" ]; then
+    copy_with_libs "$l1" "$HUSK_BIN" "$HUSK_PTY"
+    ln -sf "$HUSK_BIN" "$l1/husk/bin/husk"
+    ln -sf "$HUSK_PTY" "$l1/husk/bin/husk-pty"
+    mkdir -p "$l1/husk/lib"
+    ln -sf "$HUSK_VMM" "$l1/husk/lib/husk-vmm"
+    ln -sf /husk/guest/vmlinux "$l1/husk/lib/vmlinux"
+    ln -sf /husk/guest/initramfs.cpio.gz "$l1/husk/lib/initramfs.cpio.gz"
+    local bin
+    for bin in $(machine_binaries); do copy_with_libs "$l1" "$bin"; done
+    [ ! -d /usr/lib/x86_64-linux-gnu/xtables ] || copy_with_libs "$l1" /usr/lib/x86_64-linux-gnu/xtables/*.so
+    mkdir -p "$l1/etc" "$l1/lib/modules/net"
+    [ ! -f /etc/mke2fs.conf ] || cp /etc/mke2fs.conf "$l1/etc/"
+    local m n=0
+    for m in $(machine_modules); do
+      n=$((n + 1))
+      cp "$mods/$m" "$l1/lib/modules/net/$(printf %02d "$n")-$(basename "$m")"
+    done
+  fi
   echo "$scenario" > "$l1/husk/scenario"
   echo $((limit - 60)) > "$l1/husk/limit"
   cat > "$l1/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin:/husk/bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/husk/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/net && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
 for m in irqbypass kvm kvm-amd tun; do insmod /lib/modules/$m.ko || echo "nested host: insmod $m failed"; done
+for m in /lib/modules/net/*.ko; do [ -e "$m" ] || continue; insmod "$m" 2>/dev/null || echo "nested host: insmod $m failed"; done
+if [ -e /sys/class/net/eth0 ]; then
+  # QEMU's user network: the outer machine's loopback is 10.0.2.2.
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+  echo "nameserver 10.0.2.3" > /etc/resolv.conf
+fi
+export HUSK_LIB_DIR=/husk/lib
+[ ! -f /husk/data/env ] || { set -a; . /husk/data/env; set +a; }
 [ -c /dev/kvm ] || echo "nested host: /dev/kvm did not appear"
 ip link set lo up 2>/dev/null
 export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz
@@ -89,7 +127,7 @@ INIT
   say "booting the nested test host ($ver under TCG with SVM), scenario $scenario, limit ${limit}s"
   set +e
   timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu EPYC,+svm \
-    -smp 2 -m 3072 -nographic -no-reboot -nic none \
+    -smp 2 -m 3072 -nographic -no-reboot ${HUSK_E2E_NIC:--nic none} \
     -kernel "$kernel" -initrd "$l1.cpio.gz" \
     -append "console=ttyS0 panic=-1 quiet" < /dev/null 2>&1 | tr -d '\r' | tee "$log" | grep -v -F 'Unhandled WRMSR'
   rc=${PIPESTATUS[0]}

@@ -3,6 +3,7 @@
 //! pivoted root; and `exec` of more processes into it with `setns`.
 
 pub mod cgroup;
+pub mod etc;
 pub mod process;
 pub mod rootfs;
 pub mod sys;
@@ -10,17 +11,18 @@ pub mod user;
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::layers::scope::ScopeError;
-use crate::protocol::{Limits, MountSpec, ProcessSpec};
+use crate::layers::scope::{self, ScopeError};
+use crate::protocol::{ConsoleSize, Limits, MountSpec, ProcessSpec};
 use crate::reaper::Reaper;
 use cgroup::Cgroup;
 use process::ChildPlan;
@@ -100,6 +102,46 @@ pub enum ContainerError {
         /// Exec id.
         exec_id: String,
     },
+    /// `execve` found no such file (Docker's exit code 127).
+    #[error("exec: {command:?}: {}", if *searched { "executable file not found in $PATH" } else { "no such file or directory" })]
+    CommandNotFound {
+        /// argv\[0\].
+        command: String,
+        /// Whether `PATH` was searched (argv\[0\] has no `/`).
+        searched: bool,
+    },
+    /// `execve` found the file but cannot run it (Docker's exit code 126).
+    #[error("exec: {command:?}: {reason}")]
+    CommandNotExecutable {
+        /// argv\[0\].
+        command: String,
+        /// "permission denied", "exec format error", ...
+        reason: &'static str,
+    },
+    /// The working directory could not be entered.
+    #[error("cannot change to the working directory {workdir:?}")]
+    Workdir {
+        /// The directory.
+        workdir: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The working directory could not be created in the rootfs.
+    #[error("working directory {workdir:?}")]
+    WorkdirRefused {
+        /// The directory.
+        workdir: String,
+        /// Why.
+        #[source]
+        source: ScopeError,
+    },
+    /// The process has no terminal to resize.
+    #[error("container {id:?}: the process has no terminal (not started with tty)")]
+    NoTerminal {
+        /// Container id.
+        id: String,
+    },
     /// Sending a signal failed.
     #[error("cannot send signal {signal}")]
     Signal {
@@ -140,6 +182,9 @@ pub struct ContainerConfig {
     pub limits: Limits,
     /// New network namespace.
     pub new_network: bool,
+    /// Generated files bind-mounted over `/etc/*` (see [`etc`]), under
+    /// `mounts`.
+    pub etc_files: Vec<MountSpec>,
     /// The cgroup v2 root to create the container's cgroup under.
     pub cgroup_root: PathBuf,
 }
@@ -162,6 +207,8 @@ pub struct Container {
     cgroup: Cgroup,
     init: Option<i32>,
     execs: HashMap<String, i32>,
+    /// pty masters of `tty` processes, by exec id (`None`: the init).
+    ttys: HashMap<Option<String>, File>,
 }
 
 fn c(s: &str) -> Result<CString> {
@@ -227,18 +274,52 @@ fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<C
     })
 }
 
-/// Turns a [`Stdio`] into the child's three descriptors (a pty when `tty`).
-fn stdio_fds(stdio: Stdio, tty: bool) -> Result<[OwnedFd; 3]> {
-    if tty {
-        let slave = process::tty(stdio.stdin, stdio.stdout)?;
-        return Ok([process::dup(&slave)?, process::dup(&slave)?, slave]);
+/// Turns a [`Stdio`] into the child's three descriptors; with `p.tty` a
+/// pty of `p.console_size`, whose master is returned too.
+fn stdio_fds(stdio: Stdio, p: &ProcessSpec) -> Result<([OwnedFd; 3], Option<File>)> {
+    if p.tty {
+        let (slave, master) = process::tty(stdio.stdin, stdio.stdout, p.console_size)?;
+        let fds = [process::dup(&slave)?, process::dup(&slave)?, slave];
+        return Ok((fds, Some(master)));
     }
     let or_null = |f: Option<OwnedFd>| f.map(Ok).unwrap_or_else(process::dev_null);
-    Ok([
+    let fds = [
         or_null(stdio.stdin)?,
         or_null(stdio.stdout)?,
         or_null(stdio.stderr)?,
-    ])
+    ];
+    Ok((fds, None))
+}
+
+/// Creates the working directory `workdir` in `rootfs` when it is missing,
+/// as Docker does: each missing component as a directory of mode 0755 owned
+/// by root. Symlinks are followed only inside the rootfs.
+pub fn ensure_workdir(rootfs: &Path, workdir: &str) -> Result<()> {
+    let refused = |source| ContainerError::WorkdirRefused {
+        workdir: workdir.to_string(),
+        source,
+    };
+    let mut rel = PathBuf::new();
+    for comp in scope::normalize(Path::new(workdir)).map_err(refused)? {
+        rel.push(comp);
+        // Resolving a child of `rel` follows `rel` itself if it is a link.
+        let probe = scope::resolve(rootfs, &rel.join("_"), false).map_err(refused)?;
+        let Some(dir) = probe.parent() else { continue };
+        let io = |source| ContainerError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        match fs::symlink_metadata(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().mode(0o755).create(dir).map_err(io)?;
+                // Whatever the agent's umask.
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io)?;
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
 }
 
 impl Container {
@@ -257,6 +338,7 @@ impl Container {
             cgroup,
             init: None,
             execs: HashMap::new(),
+            ttys: HashMap::new(),
         })
     }
 
@@ -279,9 +361,10 @@ impl Container {
             });
         }
         let cfg = &self.config;
-        let fds = stdio_fds(stdio, cfg.process.tty)?;
+        ensure_workdir(&cfg.rootfs, &cfg.process.workdir)?;
+        let (fds, master) = stdio_fds(stdio, &cfg.process)?;
         let mut plan = process_plan(&cfg.rootfs, &cfg.process, fds)?;
-        plan.mounts = rootfs::plan(&cfg.rootfs, &cfg.mounts)?;
+        plan.mounts = rootfs::plan(&cfg.rootfs, &cfg.etc_files, &cfg.mounts)?;
         let hostname = if cfg.hostname.is_empty() {
             &cfg.id
         } else {
@@ -299,6 +382,9 @@ impl Container {
         let cgroup = &self.cgroup;
         let pid = process::spawn(&plan, flags, None, reaper, |pid| cgroup.add(pid))?;
         self.init = Some(pid);
+        if let Some(m) = master {
+            self.ttys.insert(None, m);
+        }
         Ok(pid)
     }
 
@@ -338,7 +424,7 @@ impl Container {
             joins.push((ns("net")?, CloneFlags::CLONE_NEWNET));
         }
         joins.push((ns("mnt")?, CloneFlags::CLONE_NEWNS));
-        let fds = stdio_fds(stdio, p.tty)?;
+        let (fds, master) = stdio_fds(stdio, p)?;
         // The image's passwd is read through the container's root.
         let root = PathBuf::from(format!("/proc/{init}/root"));
         let mut plan = process_plan(&root, p, fds)?;
@@ -348,7 +434,41 @@ impl Container {
             cgroup.add(pid)
         })?;
         self.execs.insert(exec_id.to_string(), pid);
+        // Close the ptys of processes that have exited.
+        let dead: Vec<Option<String>> = self
+            .ttys
+            .keys()
+            .filter(|k| {
+                self.pid(k.as_deref())
+                    .map_or(true, |p| reaper.try_status(p).is_some())
+            })
+            .cloned()
+            .collect();
+        for k in dead {
+            self.ttys.remove(&k);
+        }
+        if let Some(m) = master {
+            self.ttys.insert(Some(exec_id.to_string()), m);
+        }
         Ok(pid)
+    }
+
+    /// Sets the terminal size of the init's (`None`) or an exec's pty; the
+    /// kernel sends `SIGWINCH` to its foreground process group.
+    pub fn resize(&self, exec_id: Option<&str>, size: ConsoleSize, reaper: &Reaper) -> Result<()> {
+        let pid = self.pid(exec_id)?;
+        if reaper.try_status(pid).is_some() {
+            return Err(ContainerError::InvalidState {
+                id: self.config.id.clone(),
+                reason: "process has exited",
+            });
+        }
+        let master = self.ttys.get(&exec_id.map(str::to_string)).ok_or_else(|| {
+            ContainerError::NoTerminal {
+                id: self.config.id.clone(),
+            }
+        })?;
+        process::resize(master, size)
     }
 
     fn init_pid(&self) -> Result<i32> {
@@ -437,5 +557,26 @@ mod tests {
         assert_eq!(plan.workdir, c("/").unwrap());
         let empty = ProcessSpec::default();
         assert!(process_plan(d.path(), &empty, [null(), null(), null()]).is_err());
+    }
+
+    #[test]
+    fn workdir_created_inside_the_rootfs_only() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir(r.join("usr")).unwrap();
+        symlink("usr", r.join("u")).unwrap();
+        ensure_workdir(r, "/u/src/app").unwrap();
+        let made = fs::symlink_metadata(r.join("usr/src/app")).unwrap();
+        assert!(made.is_dir());
+        assert_eq!(made.permissions().mode() & 0o7777, 0o755);
+        ensure_workdir(r, "/usr/src/app").unwrap();
+        ensure_workdir(r, "").unwrap();
+        symlink("/etc", r.join("evil")).unwrap();
+        let e = ensure_workdir(r, "/evil/x").unwrap_err();
+        assert!(matches!(e, ContainerError::WorkdirRefused { .. }), "{e}");
+        assert!(!Path::new("/etc/x").exists());
+        fs::write(r.join("file"), "").unwrap();
+        assert!(ensure_workdir(r, "/file/x").is_err());
     }
 }

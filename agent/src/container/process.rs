@@ -6,7 +6,9 @@
 //! multi-threaded. Two close-on-exec pipes link them: the child waits on
 //! `sync` until the agent has put it in its cgroup, and reports a failure
 //! as `(step, errno)` on `err`; end-of-file on `err` means `execve`
-//! succeeded.
+//! succeeded (as runc does). A failed `execve` becomes
+//! [`ContainerError::CommandNotFound`] or
+//! [`ContainerError::CommandNotExecutable`] (Docker's 127 and 126).
 
 use std::ffi::{c_char, CString};
 use std::fs::File;
@@ -14,12 +16,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
+use nix::pty::Winsize;
 use nix::sched::CloneFlags;
 
 use super::rootfs::{self, MountOp};
 use super::sys::RealSys;
 use super::user::Identity;
 use super::{ContainerError, Result};
+use crate::protocol::ConsoleSize;
 use crate::reaper::Reaper;
 
 /// Child steps, reported on failure.
@@ -170,12 +174,39 @@ pub fn spawn(
     if report.len() >= 8 {
         let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        return Err(ContainerError::Spawn {
-            step: step_name(step, plan),
-            source: std::io::Error::from_raw_os_error(errno),
-        });
+        return Err(child_error(step, errno, plan));
     }
     Ok(pid)
+}
+
+/// What the child's `(step, errno)` report means, with Docker's wording for
+/// a command that is missing or cannot be executed.
+fn child_error(step: u32, errno: i32, plan: &ChildPlan) -> ContainerError {
+    let text = |c: &CString| c.to_string_lossy().into_owned();
+    let command = plan.argv.first().map(text).unwrap_or_default();
+    match (step, errno) {
+        (STEP_EXEC, libc::ENOENT | libc::ENOTDIR) => ContainerError::CommandNotFound {
+            searched: !command.contains('/'),
+            command,
+        },
+        (STEP_EXEC, libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR | libc::ETXTBSY) => {
+            let reason = match errno {
+                libc::ENOEXEC => "exec format error",
+                libc::EISDIR => "is a directory",
+                libc::ETXTBSY => "text file busy",
+                _ => "permission denied",
+            };
+            ContainerError::CommandNotExecutable { command, reason }
+        }
+        (STEP_WORKDIR, _) => ContainerError::Workdir {
+            workdir: text(&plan.workdir),
+            source: std::io::Error::from_raw_os_error(errno),
+        },
+        _ => ContainerError::Spawn {
+            step: step_name(step, plan),
+            source: std::io::Error::from_raw_os_error(errno),
+        },
+    }
 }
 
 fn step_name(step: u32, plan: &ChildPlan) -> String {
@@ -322,10 +353,25 @@ pub fn dev_null() -> Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// Allocates a pseudo-terminal and pumps it to the stdio descriptors on two
-/// threads; returns the slave for the child's 0, 1 and 2.
-pub fn tty(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<OwnedFd> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| ContainerError::Spawn {
+fn winsize(size: ConsoleSize) -> Winsize {
+    Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Allocates a pseudo-terminal of `size` and pumps it to the stdio
+/// descriptors on two threads; returns the slave for the child's 0, 1 and
+/// 2, and the master (for [`resize`]).
+pub fn tty(
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    size: Option<ConsoleSize>,
+) -> Result<(OwnedFd, File)> {
+    let ws = size.map(winsize);
+    let pty = nix::pty::openpty(ws.as_ref(), None).map_err(|e| ContainerError::Spawn {
         step: "openpty".into(),
         source: e.into(),
     })?;
@@ -348,9 +394,23 @@ pub fn tty(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<OwnedFd> {
             let _ = std::io::copy(&mut from, &mut to);
         });
     }
-    // Keep `master` open only through the threads' clones.
-    drop(master);
-    Ok(pty.slave)
+    Ok((pty.slave, master))
+}
+
+/// Sets the terminal size on a pty master (`TIOCSWINSZ`); the kernel sends
+/// `SIGWINCH` to the terminal's foreground process group.
+pub fn resize(master: &File, size: ConsoleSize) -> Result<()> {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads a `struct winsize` from the pointer, which
+    // points to a live, initialised value; the descriptor is valid.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const ws) };
+    if rc != 0 {
+        return Err(ContainerError::Spawn {
+            step: "set the terminal size".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// Duplicates a descriptor (for the child's three stdio slots).

@@ -6,7 +6,8 @@
 //! namespace: make every mount private, bind the rootfs onto itself (so
 //! `pivot_root` works even when the agent's root is an initramfs), /proc,
 //! a minimal /dev (tmpfs, device nodes, devpts with ptmx, shm), read-only
-//! /sys, the bind mounts, then `pivot_root`.
+//! /sys, the generated `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`
+//! (see [`super::etc`]), the bind mounts, then `pivot_root`.
 
 use std::ffi::CString;
 use std::fs;
@@ -121,8 +122,40 @@ fn target(rootfs: &Path, rel: &Path, file: bool) -> Result<PathBuf> {
     }
 }
 
-/// Builds the plan for `rootfs` (the merged overlay, a host path).
-pub fn plan(rootfs: &Path, mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
+/// Resolves the target of a file bind-mounted over `/etc/<name>` (see
+/// [`super::etc`]): `None` when the image has no `/etc` directory, or its
+/// file is a symlink or a directory (left alone, as nothing may be mounted
+/// through a symlink); a missing file is created empty.
+fn etc_target(rootfs: &Path, dest: &Path) -> Result<Option<PathBuf>> {
+    let etc = rootfs.join("etc");
+    match fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        _ => return Ok(None),
+    }
+    let Some(name) = dest.file_name() else {
+        return Ok(None);
+    };
+    let host = etc.join(name);
+    match fs::symlink_metadata(&host) {
+        Ok(m) if m.is_file() => Ok(Some(host)),
+        Ok(_) => {
+            log::warn!("{dest:?} in the image is not a regular file; left as is");
+            Ok(None)
+        }
+        Err(_) => {
+            fs::write(&host, b"").map_err(|source| ContainerError::Io {
+                path: host.clone(),
+                source,
+            })?;
+            Ok(Some(host))
+        }
+    }
+}
+
+/// Builds the plan for `rootfs` (the merged overlay, a host path): `etc`
+/// are the generated `/etc/*` files (mounted before, so under, the user's
+/// `mounts`).
+pub fn plan(rootfs: &Path, etc: &[MountSpec], mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mut ops = vec![
         mount(
@@ -204,6 +237,17 @@ pub fn plan(rootfs: &Path, mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
         nosuid_nodev_noexec | MsFlags::MS_RDONLY,
         None,
     ));
+    for m in etc {
+        if let Some(t) = etc_target(rootfs, &m.destination)? {
+            ops.push(mount(
+                Some(&m.source.to_string_lossy()),
+                &t,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            ));
+        }
+    }
     for m in mounts {
         let file = fs::metadata(&m.source)
             .map(|md| !md.is_dir())
@@ -278,6 +322,7 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let plan = plan(
             root,
+            &[],
             &[MountSpec {
                 source: src.path().to_path_buf(),
                 destination: "/data/in".into(),
@@ -326,9 +371,56 @@ mod tests {
     }
 
     #[test]
+    fn etc_files_mounted_over_existing_or_new_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hosts"), "image's\n").unwrap();
+        symlink("/etc/passwd", root.join("etc/resolv.conf")).unwrap();
+        let src = d.path().join("run");
+        let etc: Vec<MountSpec> = ["hosts", "hostname", "resolv.conf"]
+            .iter()
+            .map(|n| MountSpec {
+                source: src.join(n),
+                destination: PathBuf::from("/etc").join(n),
+                readonly: false,
+            })
+            .collect();
+        let ops = plan(&root, &etc, &[]).unwrap();
+        let sys = RecordingSys::default();
+        execute(&sys, &ops).unwrap();
+        let calls = sys.calls();
+        let (r, s) = (root.display(), src.display());
+        for n in ["hosts", "hostname"] {
+            assert!(
+                calls.contains(&format!("mount {s}/{n} {r}/etc/{n} - MS_BIND -")),
+                "{n}: {calls:?}"
+            );
+        }
+        assert!(
+            !calls.iter().any(|c| c.contains("resolv.conf")),
+            "a symlinked target is left alone: {calls:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("etc/hosts")).unwrap(),
+            "image's\n"
+        );
+        assert!(
+            root.join("etc/hostname").is_file(),
+            "missing target created"
+        );
+        // No /etc in the image: nothing mounted, nothing created.
+        let bare = d.path().join("bare");
+        fs::create_dir(&bare).unwrap();
+        let ops = plan(&bare, &etc, &[]).unwrap();
+        assert!(!ops.iter().any(|o| format!("{o:?}").contains("/etc/")));
+        assert!(!bare.join("etc").exists());
+    }
+
+    #[test]
     fn failure_reports_step() {
         let d = tempfile::tempdir().unwrap();
-        let plan = plan(d.path(), &[]).unwrap();
+        let plan = plan(d.path(), &[], &[]).unwrap();
         let sys = RecordingSys {
             fail_at: Some(2),
             ..Default::default()
@@ -341,7 +433,7 @@ mod tests {
     fn symlinked_targets_refused() {
         let d = tempfile::tempdir().unwrap();
         symlink("/etc", d.path().join("proc")).unwrap();
-        let e = plan(d.path(), &[]).unwrap_err();
+        let e = plan(d.path(), &[], &[]).unwrap_err();
         assert!(
             matches!(e, ContainerError::MountTargetSymlink { .. }),
             "{e}"
@@ -352,7 +444,7 @@ mod tests {
             destination: "../../etc".into(),
             readonly: false,
         };
-        let e = plan(d.path(), &[m]).unwrap_err();
+        let e = plan(d.path(), &[], &[m]).unwrap_err();
         assert!(matches!(e, ContainerError::Scope { .. }), "{e}");
     }
 }

@@ -121,6 +121,31 @@ pub fn run(cmd: MachineCmd, data_dir: &Path, ports: PortProvider) -> Result<i32>
     }
 }
 
+/// The ports the running containers under `data_dir` publish.
+pub fn container_ports(data_dir: PathBuf) -> PortProvider {
+    Box::new(move || {
+        let Ok(list) = crate::container::Containers::open(&data_dir).and_then(|c| c.list()) else {
+            return Vec::new();
+        };
+        list.into_iter()
+            .filter(|(_, st)| st.status == crate::container::state::Status::Running)
+            .flat_map(|(_, st)| st.ports)
+            .filter_map(|p| {
+                let ip = if p.host_ip.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    &p.host_ip
+                };
+                Some(crate::machine::ForwardedPort {
+                    host_ip: ip.parse().ok()?,
+                    host_port: p.host_port,
+                    proto: p.proto,
+                })
+            })
+            .collect()
+    })
+}
+
 /// The `status` text.
 fn status(dir: &Path) -> String {
     let Some(r) = qemu::running(dir) else {

@@ -107,24 +107,12 @@ fn handle(ctx: &Ctx, mut stream: TcpStream) -> Result<()> {
         }
         Kind::Husk | Kind::Ssh => {
             if let Err(e) = run(ctx, &req, stream.try_clone().map_err(sock)?) {
-                let _ = write_frame(&mut stream, &Frame::Error(chain(&e)));
+                let _ = write_frame(&mut stream, &Frame::Error(super::error_line(&e)));
             }
         }
     }
     let _ = stream.shutdown(Shutdown::Write);
     Ok(())
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn sock(e: std::io::Error) -> MachineError {

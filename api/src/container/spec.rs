@@ -1,0 +1,170 @@
+//! What a container was asked to be (`config.json`): written once by
+//! `husk run`/`husk create`, read by its supervisor and by `inspect`.
+
+use serde::{Deserialize, Serialize};
+
+/// How the container reaches the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A virtio-net interface with NAT to the outside and published ports.
+    #[default]
+    Default,
+    /// Only loopback.
+    None,
+}
+
+/// A named volume mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// Volume name.
+    pub name: String,
+    /// Absolute path in the container.
+    pub destination: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// The container's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Entrypoint (from the image or `--entrypoint`).
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// Command (from the image or the command line).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `KEY=value`, image defaults first.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[serde(default)]
+    pub workdir: String,
+    /// User (`name`, `uid`, `user:group`).
+    #[serde(default)]
+    pub user: String,
+    /// A pseudo-terminal (`-t`).
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open (`-i`).
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// A container's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// 64-hex id.
+    pub id: String,
+    /// Name (unique).
+    pub name: String,
+    /// Creation time, RFC 3339.
+    #[serde(default)]
+    pub created: String,
+    /// The image as the user named it.
+    #[serde(default)]
+    pub image: String,
+    /// The image's manifest digest.
+    #[serde(default)]
+    pub image_digest: String,
+    /// The process.
+    #[serde(default)]
+    pub process: ProcessConfig,
+    /// Hostname.
+    #[serde(default)]
+    pub hostname: String,
+    /// `-p` specifications as given.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Named volumes.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// Memory limit in bytes (`--memory`).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in millicpus (`--cpus`).
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    /// Network mode.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Remove the container when it exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+/// Guest memory for a container: its limit plus room for the guest kernel
+/// and agent, or 512 MiB (only touched pages cost host memory).
+pub fn vm_mem_mib(memory_bytes: Option<u64>) -> u32 {
+    match memory_bytes {
+        Some(b) => u32::try_from(b.div_ceil(1 << 20) + 128).unwrap_or(u32::MAX),
+        None => 512,
+    }
+}
+
+/// vCPUs for a container: enough for its CPU limit, else 2 (at most the
+/// host's count), capped at 32.
+pub fn vm_vcpus(cpu_millis: Option<u64>) -> u32 {
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let host = u32::try_from(host).unwrap_or(32).min(32);
+    match cpu_millis {
+        Some(m) => u32::try_from(m.div_ceil(1000)).unwrap_or(32).clamp(1, 32),
+        None => host.min(2),
+    }
+}
+
+/// Parses Docker's memory sizes: `512m`, `1g`, `1048576`, `100k`, `1.5g`.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let v: f64 = num.parse().ok()?;
+    if !v.is_finite() || v <= 0.0 {
+        return None;
+    }
+    let bytes = v * mult as f64;
+    // The range is checked first, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// Parses `--cpus` (`1.5`) into millicpus.
+pub fn parse_cpus(s: &str) -> Option<u64> {
+    let v: f64 = s.trim().parse().ok()?;
+    // At most 1,024,000: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    (v.is_finite() && v > 0.0 && v <= 1024.0).then(|| (v * 1000.0).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_memory("512m"), Some(512 << 20));
+        assert_eq!(parse_memory("1g"), Some(1 << 30));
+        assert_eq!(parse_memory("1GB"), Some(1 << 30));
+        assert_eq!(parse_memory("1.5g"), Some(3 << 29));
+        assert_eq!(parse_memory("4096"), Some(4096));
+        assert_eq!(parse_memory("x"), None);
+        assert_eq!(parse_memory("-1m"), None);
+        assert_eq!(parse_cpus("1.5"), Some(1500));
+        assert_eq!(parse_cpus("0"), None);
+        assert_eq!(vm_vcpus(Some(1500)), 2);
+        assert_eq!(vm_vcpus(Some(500)), 1);
+        assert_eq!(vm_mem_mib(Some(256 << 20)), 384);
+    }
+}

@@ -1,0 +1,190 @@
+# Scenario run: `husk run` and the container lifecycle as a user drives
+# them, each container in its own microVM: --rm with output and exit status,
+# -e/-w/-u, -d then ps/logs/exec/stop/rm, -p with busybox httpd fetched from
+# the host, outbound access through NAT, a named volume written by one
+# container and read by the next, -t through a real pty, Docker's 125/126/127,
+# bad input, and SIGKILLed supervisors and VMMs.
+. "$HUSK_E2E_DIR/lib/assert.sh"
+export HUSK_DATA_DIR=$WORK/husk-data
+export HUSK_RUN_DIR=$WORK/husk-run
+export PATH="$PATH:/husk/bin"
+husk=${HUSK_BIN:-husk}
+log=$WORK/run.log
+
+# show_diag: what a failing check needs to be understood.
+show_diag() {
+  for f in "$HUSK_DATA_DIR"/containers/*/console.log "$HUSK_DATA_DIR"/containers/*/supervisor.log "$HUSK_DATA_DIR"/containers/*/vmm.log; do
+    [ -f "$f" ] && show_tail "$f"
+  done
+}
+check() { # check DESCRIPTION WANT GOT
+  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
+}
+vmm_count() { ps -o comm 2>/dev/null | grep -c '^husk-vmm' ; }
+
+# 1. run --rm: output, stderr and the exit status come back; nothing stays.
+out=$($husk run --rm --timings busybox sh -c 'echo hello; echo oops >&2; exit 3' 2> "$WORK/err")
+rc=$?
+cat "$WORK/err"
+check "run --rm status" 3 "$rc"
+check "run --rm stdout" hello "$out"
+grep -q '^oops$' "$WORK/err" || fail "stderr did not come back: $(cat "$WORK/err")"
+grep -q 'start-up .*rootfs .*(built)' "$WORK/err" || fail "first run did not build the rootfs disk: $(cat "$WORK/err")"
+check "ps -aq after --rm" "" "$($husk ps -aq)"
+pass "run --rm: stdout, stderr, exit status 3, container removed"
+
+# 2. The second run of the image does not unpack it again.
+out=$($husk run --rm --timings busybox echo again 2> "$WORK/err")
+check "second run output" again "$out"
+grep -q 'rootfs .*(cached)' "$WORK/err" || fail "second run rebuilt the rootfs: $(cat "$WORK/err")"
+grep 'start-up' "$WORK/err"
+pass "second run reuses the cached rootfs disk"
+
+# 3. -e, -w, -u, --hostname, --env-file
+printf 'FROM_FILE=yes\n# comment\n' > "$WORK/env"
+out=$($husk run --rm -e FOO=bar --env-file "$WORK/env" -w /work/dir -u 1000:1000 --hostname box1 busybox \
+  sh -c 'echo $FOO $FROM_FILE; pwd; id -u; id -g; hostname; cat /etc/hostname')
+check "-e -w -u --hostname" "bar yes
+/work/dir
+1000
+1000
+box1
+box1" "$out"
+pass "-e, --env-file, -w (created), -u, --hostname"
+
+# 4. -d, ps, logs, exec, stop, rm
+id=$($husk run -d --name web busybox sh -c 'echo started; trap "echo got-term; exit 0" TERM; while :; do sleep 1; done')
+rc=$?
+check "run -d status" 0 "$rc"
+[ ${#id} = 64 ] || fail "run -d printed [$id], want a 64-hex id"
+$husk ps > "$WORK/ps"
+cat "$WORK/ps"
+grep -q "^$(echo "$id" | cut -c1-12) .*Up .*web$" "$WORK/ps" || fail "ps does not show web running"
+i=0; until $husk logs web | grep -q started || [ $i -ge 30 ]; do sleep 1; i=$((i + 1)); done
+check "logs" started "$($husk logs web)"
+out=$($husk exec web sh -c 'echo in-exec; hostname; exit 4')
+rc=$?
+check "exec status" 4 "$rc"
+check "exec output" "in-exec
+$(echo "$id" | cut -c1-12)" "$out"
+out=$(echo piped | $husk exec -i web cat)
+check "exec -i" piped "$out"
+$husk stop -t 20 web > /dev/null || fail "stop failed"
+$husk ps -a | grep -q 'Exited (0) .*web$' || { $husk ps -a; fail "stopped container is not Exited (0)"; }
+$husk logs web | grep -q got-term || fail "the container did not get SIGTERM"
+check "inspect status" exited "$($husk inspect web | grep '"Status"' | head -1 | sed 's/.*: "\(.*\)".*/\1/')"
+$husk rm web > /dev/null || fail "rm failed"
+check "ps -aq after rm" "" "$($husk ps -aq)"
+check "husk-vmm processes after rm" 0 "$(vmm_count)"
+pass "-d, ps, logs, exec (status, stdin), stop (SIGTERM reached the trap), inspect, rm"
+
+# 5. -p: busybox httpd on port 80 in the container, fetched from the host.
+$husk run -d --name www -p 8080:80 busybox sh -c 'mkdir -p /www && echo hi-from-httpd > /www/index.html && exec httpd -f -p 80 -h /www' > /dev/null \
+  || fail "run -d -p failed"
+i=0; got=
+while [ $i -lt 60 ]; do
+  got=$(timeout 10 wget -q -O - http://127.0.0.1:8080/ 2>/dev/null) && [ -n "$got" ] && break
+  sleep 1; i=$((i + 1))
+done
+check "GET http://127.0.0.1:8080/" hi-from-httpd "$got"
+$husk ps | grep -q '0.0.0.0:8080->80/tcp' || { $husk ps; fail "ps does not show the published port"; }
+# The same host port again: a one-line error, status 125, nothing left.
+before=$($husk ps -aq | wc -l)
+$husk run --rm -p 8080:80 busybox true > "$WORK/out" 2> "$WORK/err"
+rc=$?
+check "port in use status" 125 "$rc"
+grep -q 'already allocated' "$WORK/err" || fail "port in use: $(cat "$WORK/err")"
+check "port in use message lines" 1 "$(wc -l < "$WORK/err")"
+check "containers after the port error" "$before" "$($husk ps -aq | wc -l)"
+$husk rm -f www > /dev/null || fail "rm -f www"
+check "husk-vmm processes after rm -f" 0 "$(vmm_count)"
+pass "-p 8080:80 reaches httpd in the container; a taken port gets one line and status 125"
+
+# 6. Outbound access (NAT): a server on the outer machine, through the nested host's network.
+if [ -n "${HUSK_E2E_OUTSIDE:-}" ]; then
+  out=$($husk run --rm busybox timeout 20 wget -q -O - "$HUSK_E2E_OUTSIDE")
+  check "outbound GET $HUSK_E2E_OUTSIDE" outside-ok "$out"
+  pass "outbound network access from the container"
+fi
+out=$($husk run --rm --network none busybox sh -c 'ls /sys/class/net | tr "\n" " "')
+check "--network none interfaces" "lo " "$out"
+pass "--network none has only lo"
+
+# 7. Volumes: data written by one container is read by the next.
+$husk volume create data > /dev/null || fail "volume create"
+$husk run --rm -v data:/data busybox sh -c 'echo persisted > /data/f' || fail "writing the volume"
+out=$($husk run --rm -v data:/data:ro busybox sh -c 'cat /data/f; touch /data/g 2>/dev/null || echo read-only')
+check "volume read by the next container" "persisted
+read-only" "$out"
+$husk volume ls | grep -q 'local *data' || fail "volume ls does not list data"
+$husk run -d --name holder -v data:/data busybox sleep 600 > /dev/null || fail "run -d with a volume"
+$husk volume rm data > "$WORK/out" 2> "$WORK/err"
+[ $? != 0 ] || fail "removing a volume in use worked"
+grep -q 'in use' "$WORK/err" || fail "volume in use: $(cat "$WORK/err")"
+$husk run --rm -v data:/data busybox true 2> "$WORK/err"
+check "second container on a volume in use" 125 "$?"
+grep -q 'in use' "$WORK/err" || fail "volume in use by run: $(cat "$WORK/err")"
+$husk rm -f holder > /dev/null
+$husk volume rm data > /dev/null || fail "volume rm after the container went"
+pass "named volume persists across containers; in use refused for rm and a second container"
+
+# 8. -t through a real pty: size, a tty, Ctrl-C.
+printf 'stty size; tty\nexit 6\n' | husk-pty 33 101 -- $husk run --rm -it busybox sh > "$WORK/pty.out"
+rc=$?
+tr -d '\r' < "$WORK/pty.out" > "$WORK/pty.txt"
+cat "$WORK/pty.txt"
+check "-it status" 6 "$rc"
+grep -q '^33 101$' "$WORK/pty.txt" || fail "stty size in the container is not 33 101"
+grep -q '^/dev/pts/' "$WORK/pty.txt" || fail "the container has no tty"
+printf '^C\n' | husk-pty 24 80 -- $husk run --rm -it busybox sh -c 'trap "echo got-int; exit 7" INT; echo waiting; while :; do sleep 1; done' > "$WORK/pty2.out"
+rc=$?
+check "Ctrl-C status" 7 "$rc"
+grep -q got-int "$WORK/pty2.out" || fail "Ctrl-C did not reach the container: $(cat "$WORK/pty2.out")"
+pass "-it: window size, /dev/pts, Ctrl-C delivered as SIGINT"
+
+# 9. Docker's statuses and bad input: one line each, nothing left behind.
+bad() { # bad WANT_STATUS WANT_TEXT ARGS...
+  want=$1 text=$2
+  shift 2
+  $husk "$@" > "$WORK/out" 2> "$WORK/err" < /dev/null
+  rc=$?
+  check "husk $* status" "$want" "$rc"
+  grep -q -- "$text" "$WORK/err" || fail "husk $*: no [$text] in: $(cat "$WORK/err")"
+  [ "$(wc -l < "$WORK/err")" -le 2 ] || fail "husk $*: more than one line: $(cat "$WORK/err")"
+}
+bad 127 'executable file not found' run --rm busybox nosuchcommand
+bad 126 'permission denied' run --rm busybox /etc/passwd
+bad 125 'unexpected argument' run --bogus-flag busybox true
+bad 125 'invalid reference format' run --rm 'Bad:Image:Name' true
+bad 125 'no-such-image' run --rm 127.0.0.1:1/no-such-image true
+export HUSK_KERNEL=/nonexistent/vmlinux
+bad 125 'guest kernel not found' run --rm busybox true
+unset HUSK_KERNEL
+$husk run -d --name taken busybox sleep 600 > /dev/null || fail "run -d taken"
+bad 125 'already in use' run --rm --name taken busybox true
+bad 125 'invalid port' run --rm -p 99999:80 busybox true
+bad 125 'named volumes only' run --rm -v /etc:/x busybox true
+bad 1 'No such container' stop nosuchcontainer
+bad 1 'container is running' rm taken
+check "leftover containers" 1 "$($husk ps -aq | wc -l)"
+pass "127, 126, 125 for husk's errors; one line each; no stray containers"
+
+# 10. SIGKILL the supervisor, then husk-vmm: exited, removable, nothing left.
+sup=$($husk inspect taken | sed -n 's/.*"Pid": \([0-9]*\).*/\1/p' | head -1)
+[ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor pid in inspect"
+kill -KILL "$sup"
+sleep 2
+$husk ps -a | grep -q 'Exited (137) .*taken$' || { $husk ps -a; fail "container of a killed supervisor is not Exited (137)"; }
+check "husk-vmm after supervisor SIGKILL" 0 "$(vmm_count)"
+$husk rm taken > /dev/null || fail "rm of a container whose supervisor was killed"
+$husk run -d --name victim busybox sleep 600 > /dev/null || fail "run -d victim"
+vmm=$($husk inspect victim | sed -n 's/.*"VmmPid": \([0-9]*\).*/\1/p' | head -1)
+kill -KILL "$vmm"
+i=0; until $husk ps -a | grep -q 'Exited (137) .*victim$' || [ $i -ge 20 ]; do sleep 1; i=$((i + 1)); done
+$husk ps -a | grep -q 'Exited (137) .*victim$' || { $husk ps -a; fail "container of a killed husk-vmm is not Exited (137)"; }
+$husk inspect victim | grep -q 'ended unexpectedly' || fail "inspect does not say why it ended"
+$husk rm victim > /dev/null || fail "rm victim"
+check "containers at the end" "" "$($husk ps -aq)"
+check "husk-vmm at the end" 0 "$(vmm_count)"
+[ -z "$(ls /sys/class/net | grep '^husk')" ] || fail "stray tap devices: $(ls /sys/class/net)"
+pass "SIGKILLed supervisor or husk-vmm: Exited (137), rm works, no stray VM or tap"
