@@ -98,7 +98,7 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Remove blobs no image uses.
+    /// Remove blobs and rootfs disks no image uses.
     Gc,
     /// Manage the helper VM used on hosts without hardware virtualization.
     Machine {
@@ -239,7 +239,12 @@ fn images(data: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
                 println!("Loaded image: {}", r.familiar());
             }
         }
-        Cmd::Gc => println!("removed {} blobs", store.gc()?),
+        Cmd::Gc => {
+            println!("removed {} blobs", store.gc()?);
+            let cache = husk::rootfs::RootfsCache::open(&data.join("rootfs"))?;
+            let n = cache.remove_unused(&husk::rootfs::referenced_keys(&store)?)?;
+            println!("removed {n} rootfs disks");
+        }
         _ => {}
     }
     Ok(())

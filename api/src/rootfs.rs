@@ -56,6 +56,9 @@ pub enum RootfsError {
         #[source]
         source: StoreError,
     },
+    /// The image store could not be read.
+    #[error("cannot read the image store")]
+    ImageStore(#[source] StoreError),
     /// A layer failed verification or unpacking.
     #[error("layer {digest}")]
     Layer {
@@ -135,8 +138,12 @@ fn measure(dir: &Path, seen: &mut HashSet<(u64, u64)>, size: &mut TreeSize) -> R
         let path = entry.path();
         let md = fs::symlink_metadata(&path).map_err(io_err("cannot stat", &path))?;
         if !seen.insert((md.dev(), md.ino())) {
-            continue; // another hard link of a counted inode
+            // Another hard link of a counted inode: only its entry.
+            size.bytes += (8 + entry.file_name().len() as u64).next_multiple_of(4);
+            continue;
         }
+        // Its directory entry: 8 bytes of header and the name, 4-aligned.
+        size.bytes += (8 + entry.file_name().len() as u64).next_multiple_of(4);
         size.inodes += 1;
         let ft = md.file_type();
         if ft.is_dir() {
@@ -211,6 +218,11 @@ impl RootfsCache {
         self.dir.join(format!("{key}.lock"))
     }
 
+    /// The cached disk of the manifest's image, if built (never builds).
+    pub fn cached(&self, manifest: &Manifest) -> Result<Option<RootfsDisk>> {
+        self.hit(&Self::chain_key(manifest))
+    }
+
     fn hit(&self, key: &str) -> Result<Option<RootfsDisk>> {
         let path = self.disk_path(key);
         match fs::metadata(&path) {
@@ -248,6 +260,25 @@ impl RootfsCache {
         self.build(store, manifest, &key)
     }
 
+    /// [`ensure`](Self::ensure) and [`hold`](RootfsDisk::hold) in one: the
+    /// disk, and a lease that keeps it from `remove_unused` while a VM uses
+    /// it (rebuilt if it was removed between the two).
+    pub fn ensure_held(
+        &self,
+        store: &Store,
+        manifest: &Manifest,
+    ) -> Result<(RootfsDisk, RootfsLease)> {
+        loop {
+            let disk = self.ensure(store, manifest)?;
+            match disk.hold(self) {
+                Ok(lease) => return Ok((disk, lease)),
+                Err(RootfsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn build(&self, store: &Store, manifest: &Manifest, key: &str) -> Result<RootfsDisk> {
         let start = Instant::now();
         self.remove_temps(Some(key))?;
@@ -271,6 +302,11 @@ impl RootfsCache {
         let bytes = fs::metadata(&path)
             .map_err(io_err("cannot stat", &path))?
             .len();
+        log::info!(
+            "built rootfs disk {} ({bytes} bytes) in {:?}",
+            path.display(),
+            start.elapsed()
+        );
         Ok(RootfsDisk {
             path,
             chain_key: key.to_string(),
@@ -382,6 +418,17 @@ impl RootfsDisk {
         }
         Ok(RootfsLease(lock))
     }
+}
+
+/// The chain keys of every image tagged in `store`: what
+/// [`RootfsCache::remove_unused`] keeps after `husk rmi` or for `husk gc`.
+pub fn referenced_keys(store: &Store) -> Result<HashSet<String>> {
+    let mut keys = HashSet::new();
+    for digest in store.refs().map_err(RootfsError::ImageStore)?.values() {
+        let manifest = store.manifest(digest).map_err(RootfsError::ImageStore)?;
+        keys.insert(RootfsCache::chain_key(&manifest));
+    }
+    Ok(keys)
 }
 
 /// Makes the read-only ext4 image of `tree` at `image`, sized from the tree

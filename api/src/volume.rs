@@ -149,6 +149,14 @@ impl VolumeLock {
     }
 }
 
+impl std::os::fd::AsFd for VolumeLock {
+    /// The locked file: a process that inherits it (e.g. the VMM) keeps the
+    /// volume locked for as long as it lives.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.lock.as_fd()
+    }
+}
+
 impl Drop for VolumeLock {
     fn drop(&mut self) {
         let _ = self.lock.set_len(0);
@@ -226,9 +234,44 @@ impl Volumes {
     /// Opens (creating) the volumes directory.
     pub fn open(root: &Path) -> Result<Volumes> {
         fs::create_dir_all(root).map_err(io_err("cannot create", root))?;
-        Ok(Volumes {
+        let v = Volumes {
             root: root.to_path_buf(),
-        })
+        };
+        v.remove_dead_temps();
+        Ok(v)
+    }
+
+    /// Removes `.tmp-`/`.rm-` directories left by processes that died (the
+    /// pid in their name is gone); best effort.
+    fn remove_dead_temps(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name
+                .strip_prefix(".tmp-")
+                .or_else(|| name.strip_prefix(".rm-"))
+            else {
+                continue;
+            };
+            // <name>-<pid>-<n>
+            let mut parts = rest.rsplitn(3, '-');
+            let (_, Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(pid) = pid.parse::<i32>().ok().filter(|p| *p > 0) else {
+                continue;
+            };
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                .map_or_else(|e| e != nix::errno::Errno::ESRCH, |()| true);
+            if !alive {
+                let path = entry.path();
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    log::warn!("cannot remove {}: {e}", path.display());
+                }
+            }
+        }
     }
 
     /// The volumes directory.

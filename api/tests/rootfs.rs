@@ -149,6 +149,9 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     let mtime = fs::metadata(&disk.path).unwrap().modified().unwrap();
     let again = cache.ensure(&store, &manifest).unwrap();
     assert!(!again.built, "second ensure is a hit");
+    assert_eq!(cache.cached(&manifest).unwrap(), Some(again.clone()));
+    let keys = husk::rootfs::referenced_keys(&store).unwrap();
+    assert_eq!(keys, HashSet::from([disk.chain_key.clone()]));
     assert_eq!(again.path, disk.path);
     assert_eq!(again.build_time, std::time::Duration::ZERO);
     assert_eq!(fs::metadata(&disk.path).unwrap().modified().unwrap(), mtime);
@@ -163,6 +166,9 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     assert_eq!(cache.remove_unused(&HashSet::new()).unwrap(), 1);
     assert_eq!(cache_files(&cache), Vec::<String>::new());
     assert!(again.hold(&cache).is_err(), "a removed disk cannot be held");
+    let (held, _lease) = cache.ensure_held(&store, &manifest).unwrap();
+    assert!(held.built, "rebuilt after removal");
+    assert_eq!(cache.remove_unused(&HashSet::new()).unwrap(), 0, "held");
 }
 
 #[test]
@@ -359,6 +365,7 @@ fn two_layers_with_whiteouts_keep_owners_links_and_setuid() {
         fs::read_link(m.path("etc/link")).unwrap(),
         Path::new("kept")
     );
+    assert_eq!(kept.mtime(), 1_700_000_000, "mtimes survive");
     let tool = fs::metadata(m.path("bin/tool")).unwrap();
     assert_eq!(tool.mode() & 0o7777, 0o4755, "setuid survives");
     let tool2 = fs::metadata(m.path("bin/tool2")).unwrap();

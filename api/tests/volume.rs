@@ -350,3 +350,48 @@ fn cli_parses_flags() {
     let t = T::try_parse_from(["volume", "ls", "-q"]).unwrap();
     assert_eq!(t.cmd, VolumeCmd::Ls { quiet: true });
 }
+
+#[test]
+fn concurrent_ensure_creates_once() {
+    let (_t, vols) = vols();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (vols, barrier) = (vols.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                vols.ensure("shared").unwrap()
+            })
+        })
+        .collect();
+    let got: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        got.iter().filter(|(_, created)| *created).count(),
+        1,
+        "{got:?}"
+    );
+    assert!(got.iter().all(|(v, _)| *v == got[0].0));
+    let names: Vec<_> = fs::read_dir(vols.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["shared"], "no temporaries left");
+}
+
+#[test]
+fn dead_temporaries_are_removed_on_open() {
+    let (t, vols) = vols();
+    // pid 0x7ffffffe does not exist; our own pid does.
+    let dead = vols.root().join(".tmp-x1-2147483646-0");
+    let live = vols
+        .root()
+        .join(format!(".tmp-x2-{}-0", std::process::id()));
+    let rm = vols.root().join(".rm-x3-2147483646-7");
+    for d in [&dead, &live, &rm] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+    }
+    let _again = Volumes::open(&t.path().join("volumes")).unwrap();
+    assert!(!dead.exists() && !rm.exists());
+    assert!(live.exists(), "a live process's temporary is kept");
+    assert!(vols.list().unwrap().is_empty());
+}

@@ -133,6 +133,7 @@ enum Event {
 
 /// Resources held while the container runs; dropping them releases them.
 struct Held {
+    _rootfs: crate::rootfs::RootfsLease,
     _volume_locks: Vec<VolumeLock>,
     _lease: Option<net::Lease>,
     publisher: Option<net::Publisher>,
@@ -246,7 +247,9 @@ fn boot(
     let store = Store::open(&data_dir.join("images"))?;
     let manifest = store.manifest(&config.image_digest)?;
     let t = Instant::now();
-    let rootfs = RootfsCache::open(&data_dir.join("rootfs"))?.ensure(&store, &manifest)?;
+    // Held for the VM's life, so `husk gc` cannot remove the disk under it.
+    let (rootfs, rootfs_lease) =
+        RootfsCache::open(&data_dir.join("rootfs"))?.ensure_held(&store, &manifest)?;
     timings.rootfs_ms = ms(t.elapsed());
     timings.rootfs_built = rootfs.built;
 
@@ -388,6 +391,7 @@ fn boot(
     Ok((
         sup,
         Held {
+            _rootfs: rootfs_lease,
             _volume_locks: volume_locks,
             _lease: lease,
             publisher,
@@ -996,6 +1000,7 @@ fn run(
     }
     drop(held._lease);
     drop(held._volume_locks);
+    drop(held._rootfs);
     let _ = fs::remove_dir_all(&sup.handle.run_dir);
     if sup.config.auto_remove {
         let _ = containers.remove(&sup.handle);
