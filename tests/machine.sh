@@ -51,6 +51,9 @@ status=$(h machine status)
 [ "$(echo "$status" | head -1)" = running ] || fail "status after start: $status"
 pid=$(echo "$status" | sed -n 's/^pid: //p')
 
+h machine ssh -- sh -c 'iptables -t nat -S >/dev/null && mkfs.ext4 -V 2>&1 | grep -q mke2fs' ||
+  fail "iptables or mkfs.ext4 do not work in the machine"
+
 h machine start | grep -q 'already running' || fail "second start is not a no-op"
 
 set +e

@@ -19,8 +19,11 @@
 //! forwards this side added).
 //!
 //! # Inside
-//! `/init` (busybox sh) mounts the pseudo file systems and cgroup2, loads
-//! `guest-kernel/machine-modules.txt`, sets eth0 to QEMU's user network
+//! The initramfs also holds the binaries and libraries of
+//! `guest-kernel/machine-binaries.txt` and `machine-net.txt` (iptables,
+//! mkfs.ext4...). `/init` (busybox sh) mounts the pseudo file systems and
+//! cgroup2, loads the modules of `guest-kernel/machine-modules.txt` then
+//! those `machine-net.txt` adds, sets eth0 to QEMU's user network
 //! defaults (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3), mounts the data
 //! disk and runs `husk machine serve` with `HUSK_IN_MACHINE=1
 //! HUSK_DATA_DIR=/var/lib/husk HUSK_LIB_DIR=/usr/lib/husk

@@ -26,6 +26,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const MODULES: &str = include_str!("../../../guest-kernel/machine-modules.txt");
 /// Extra binaries compiled in from the source tree.
 const BINARIES: &str = include_str!("../../../guest-kernel/machine-binaries.txt");
+/// What container networking needs (`module`/`binary`/`library` lines).
+const NET: &str = include_str!("../../../guest-kernel/machine-net.txt");
 
 /// The machine's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +161,26 @@ fn list(text: &str) -> impl Iterator<Item = &str> {
         .filter(|l| !l.is_empty())
 }
 
+/// The items of a `KIND PATH` list (machine-net.txt) of one kind.
+fn items<'a>(text: &'a str, kind: &'a str) -> impl Iterator<Item = &'a str> {
+    list(text).filter_map(move |l| {
+        let (k, path) = l.split_once(char::is_whitespace)?;
+        (k == kind).then(|| path.trim())
+    })
+}
+
+/// Every module to load, in order: machine-modules.txt, then the ones
+/// machine-net.txt adds.
+fn modules() -> Vec<&'static str> {
+    let mut m: Vec<&str> = list(MODULES).collect();
+    for x in items(NET, "module") {
+        if !m.contains(&x) {
+            m.push(x);
+        }
+    }
+    m
+}
+
 /// The `/init` script of the machine.
 fn init_script(ver: &str, modules: &[&str]) -> String {
     let mods = modules.join(" ");
@@ -209,7 +231,7 @@ fn inputs(mods_dir: &Path) -> Result<Inputs> {
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    let modules: Vec<&str> = list(MODULES).collect();
+    let modules = modules();
     let mut inp = Inputs {
         init: init_script(&ver, &modules),
         ..Default::default()
@@ -232,8 +254,11 @@ fn inputs(mods_dir: &Path) -> Result<Inputs> {
     inp.executable("/usr/lib/husk/husk-vmm", &assets.vmm)?;
     inp.file("/usr/lib/husk/vmlinux", &assets.kernel);
     inp.file("/usr/lib/husk/initramfs.cpio.gz", &assets.initrd);
-    for b in list(BINARIES) {
+    for b in list(BINARIES).chain(items(NET, "binary")) {
         inp.executable(b, Path::new(b))?;
+    }
+    for l in items(NET, "library") {
+        inp.file(l, Path::new(l));
     }
     Ok(inp)
 }
@@ -533,7 +558,9 @@ mod tests {
 
     #[test]
     fn module_list_has_kvm_in_order_and_exists() {
-        let m: Vec<&str> = list(MODULES).collect();
+        let m = modules();
+        assert!(m.contains(&"net/netfilter/nf_nat.ko"));
+        assert_eq!(m.iter().filter(|x| x.ends_with("virtio_net.ko")).count(), 1);
         let pos = |s: &str| m.iter().position(|x| x.ends_with(s)).unwrap();
         assert!(pos("irqbypass.ko") < pos("/kvm.ko"));
         assert!(pos("/kvm.ko") < pos("kvm-amd.ko"));
