@@ -96,6 +96,24 @@ echo "$err" | grep -q "cannot publish port 127.0.0.1:$port/tcp: it is already in
   fail "no port-in-use error: '$err'"
 h machine ssh -- sh -c 'echo "[]" > /run/husk-machine-ports.json' 2>/dev/null
 
+# Containers: `husk run` goes to the machine and boots a microVM there;
+# its -p port reaches this host while it runs.
+set +e
+out=$(HUSK_MACHINE=1 h run --rm busybox sh -c 'echo from-a-container; exit 3')
+rc=$?
+set -e
+[ "$rc" = 3 ] && [ "$out" = from-a-container ] || fail "husk run in the machine: status $rc, output '$out'"
+web=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HUSK_MACHINE=1 h run -d --name web -p "$web:80" busybox httpd -f -p 80 -h /etc >/dev/null
+got=
+for _ in $(seq 40); do
+  got=$(curl -s -m 5 "http://127.0.0.1:$web/hostname") && break
+  sleep 0.5
+done
+[ -n "$got" ] || fail "no answer from the container on port $web (forwards: $(cat "$data/machine/ports.json"))"
+HUSK_MACHINE=1 h rm -f web >/dev/null
+if curl -s -m 5 "http://127.0.0.1:$web/hostname" >/dev/null; then fail "port $web still forwarded after rm"; fi
+
 # Stop keeps the data disk; a command starts the machine again on its own.
 h machine ssh -- sh -c 'echo kept > /var/lib/husk/marker'
 h machine stop >/dev/null
