@@ -10,6 +10,7 @@ pub mod container;
 pub mod ext4;
 pub mod image;
 pub mod lockfile;
+pub mod machine;
 pub mod net;
 pub mod rootfs;
 pub mod volume;

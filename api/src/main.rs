@@ -100,6 +100,11 @@ enum Cmd {
     },
     /// Remove blobs and rootfs disks no image uses.
     Gc,
+    /// Manage the helper VM used on hosts without hardware virtualization.
+    Machine {
+        #[command(subcommand)]
+        cmd: husk::cli::machine::MachineCmd,
+    },
 }
 
 fn data_dir(cli: Option<PathBuf>) -> PathBuf {
@@ -146,6 +151,11 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             };
             cli::volume::run(v, &volumes, &in_use)?;
             Ok(0)
+        }
+        Cmd::Machine { cmd } => {
+            let ports = husk::cli::machine::container_ports(data.clone());
+            husk::cli::machine::run(cmd, &data, ports)
+                .map_err(|e| CliError::new(1, husk::machine::error_line(&e)))
         }
         Cmd::ContainerSupervise { id } => {
             // The CLI reads our ready line from stdout; afterwards stdout
@@ -259,6 +269,16 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if husk::machine::should_forward_args(&args) {
+        return match husk::machine::forward(&data_dir(cli.data_dir), args) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("husk: {}", husk::machine::error_line(&e));
+                ExitCode::from(125)
+            }
+        };
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {

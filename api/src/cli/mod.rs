@@ -6,6 +6,7 @@ pub mod exec;
 pub mod inspect;
 pub mod lifecycle;
 pub mod logs;
+pub mod machine;
 pub mod ps;
 pub mod run;
 pub mod volume;
