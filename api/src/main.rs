@@ -53,6 +53,20 @@ enum Cmd {
     /// Manage named volumes (disks the host keeps).
     #[command(subcommand)]
     Volume(cli::volume::VolumeCmd),
+    /// In the husk machine: whether the store has REF as DIGEST (status 0).
+    #[command(hide = true)]
+    ImagePresent {
+        /// Reference.
+        reference: String,
+        /// Manifest digest.
+        digest: String,
+    },
+    /// In the husk machine: load a tarred OCI layout from stdin as REF.
+    #[command(hide = true)]
+    ImageReceive {
+        /// Reference.
+        reference: String,
+    },
     /// The supervisor of one container (started by `run` and `start`).
     #[command(hide = true)]
     ContainerSupervise {
@@ -157,6 +171,18 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             husk::cli::machine::run(cmd, &data, ports)
                 .map_err(|e| CliError::new(1, husk::machine::error_line(&e)))
         }
+        Cmd::ImagePresent { reference, digest } => {
+            let store = Store::open(&data.join("images"))?;
+            Ok(i32::from(!husk::machine::images::image_present(
+                &store, &reference, &digest,
+            )))
+        }
+        Cmd::ImageReceive { reference } => {
+            let store = Store::open(&data.join("images"))?;
+            husk::machine::images::image_receive(&store, &reference, std::io::stdin().lock())
+                .map_err(|e| CliError::new(1, format!("receiving {reference}: {e}")))?;
+            Ok(0)
+        }
         Cmd::ContainerSupervise { id } => {
             // The CLI reads our ready line from stdout; afterwards stdout
             // points nowhere.
@@ -250,6 +276,24 @@ fn images(data: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the command in the husk machine; a `run` gets its image from this
+/// host's store and its host-side arguments resolved first.
+fn forward(
+    data: &std::path::Path,
+    cmd: &Cmd,
+    args: Vec<std::ffi::OsString>,
+) -> husk::machine::Result<i32> {
+    use husk::machine::images;
+    let mut argv = husk::machine::strip_data_dir(args)?;
+    if let Cmd::Run(a) = cmd {
+        let client = husk::machine::client(data)?;
+        images::sync_image(data, &client, &a.image, a.quiet)?;
+        argv = images::rewrite_run_args(argv)?;
+    }
+    let tty = husk::machine::wants_tty(&argv);
+    husk::machine::run_in_machine(data, husk::machine::proto::Kind::Husk, argv, tty)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -271,7 +315,7 @@ fn main() -> ExitCode {
     };
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     if husk::machine::should_forward_args(&args) {
-        return match husk::machine::forward(&data_dir(cli.data_dir), args) {
+        return match forward(&data_dir(cli.data_dir.clone()), &cli.cmd, args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 eprintln!("husk: {}", husk::machine::error_line(&e));

@@ -130,14 +130,14 @@ $husk volume rm data > /dev/null || fail "volume rm after the container went"
 pass "named volume persists across containers; in use refused for rm and a second container"
 
 # 8. -t through a real pty: size, a tty, Ctrl-C.
-printf 'stty size; tty\nexit 6\n' | husk-pty 33 101 -- $husk run --rm -it busybox sh > "$WORK/pty.out"
+printf '<</ # \nstty size; tty\nexit 6\n' | husk-pty 33 101 -- $husk run --rm -it busybox sh > "$WORK/pty.out"
 rc=$?
 tr -d '\r' < "$WORK/pty.out" > "$WORK/pty.txt"
 cat "$WORK/pty.txt"
 check "-it status" 6 "$rc"
 grep -q '^33 101$' "$WORK/pty.txt" || fail "stty size in the container is not 33 101"
 grep -q '^/dev/pts/' "$WORK/pty.txt" || fail "the container has no tty"
-printf '^C\n' | husk-pty 24 80 -- $husk run --rm -it busybox sh -c 'trap "echo got-int; exit 7" INT; echo waiting; while :; do sleep 1; done' > "$WORK/pty2.out"
+printf '<<waiting\n^C\n' | husk-pty 24 80 -- $husk run --rm -it busybox sh -c 'trap "echo got-int; exit 7" INT; echo waiting; while :; do sleep 1; done' > "$WORK/pty2.out"
 rc=$?
 check "Ctrl-C status" 7 "$rc"
 grep -q got-int "$WORK/pty2.out" || fail "Ctrl-C did not reach the container: $(cat "$WORK/pty2.out")"

@@ -51,6 +51,7 @@
 //! the ones it added that are gone ([`ports`]).
 
 pub mod client;
+pub mod images;
 pub mod initramfs;
 pub mod ports;
 pub mod proto;
@@ -237,6 +238,13 @@ pub fn forward(data_dir: &Path, args: Vec<OsString>) -> Result<i32> {
     let argv = strip_data_dir(args)?;
     let tty = wants_tty(&argv);
     run_in_machine(data_dir, proto::Kind::Husk, argv, tty)
+}
+
+/// The machine's control client, starting the machine if needed.
+pub fn client(data_dir: &Path) -> Result<client::Client> {
+    let dir = data_dir.join("machine");
+    let (m, _) = qemu::ensure(&dir, None, Some(STARTING))?;
+    m.client(&dir)
 }
 
 /// Runs a request of `kind` in the machine (started if needed) with this

@@ -1,9 +1,10 @@
 //! `husk-pty`: runs a command on a new pseudo-terminal, the way a person at
 //! a terminal would, for the e2e `-t` checks. Usage:
 //! `husk-pty ROWS COLS -- CMD [ARG...]`. Our stdin is typed into the
-//! terminal line by line, one line every 300 ms (a person typing, and
-//! time for the program to set up its terminal); everything the terminal
-//! shows goes to our stdout; the exit status is CMD's.
+//! terminal line by line, one line every 300 ms (a person typing); a line
+//! `<<TEXT` types nothing but waits until the terminal has shown TEXT (a
+//! person waiting for a prompt), and `^C` types Ctrl-C. Everything the
+//! terminal shows goes to our stdout; the exit status is CMD's.
 
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -51,8 +52,21 @@ fn run(args: &[String]) -> io::Result<i32> {
     let mut child = c.spawn()?;
     drop(c);
     let mut typer = master.try_clone()?;
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let seen = shown.clone();
     thread::spawn(move || {
         for line in io::stdin().lock().lines().map_while(Result::ok) {
+            if let Some(text) = line.strip_prefix("<<") {
+                // Wait up to 5 minutes for TEXT on the screen.
+                for _ in 0..3000 {
+                    let got = seen.lock().map(|v| contains(&v, text.as_bytes())).unwrap_or(true);
+                    if got {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
             thread::sleep(Duration::from_millis(300));
             // "^C" alone on a line types Ctrl-C.
             let bytes: Vec<u8> = if line == "^C" {
@@ -74,6 +88,9 @@ fn run(args: &[String]) -> io::Result<i32> {
             if n == 0 || stdout.write_all(&buf[..n]).is_err() {
                 break;
             }
+            if let Ok(mut v) = shown.lock() {
+                v.extend_from_slice(&buf[..n]);
+            }
             let _ = stdout.flush();
         }
     });
@@ -83,6 +100,10 @@ fn run(args: &[String]) -> io::Result<i32> {
     Ok(status
         .code()
         .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn main() -> ExitCode {
