@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All tests: formatting and lints, unit and integration tests of every crate
-# (including fast KVM tests with hand-made guests), then the end-to-end
-# scenarios that boot real guests (tests/e2e.sh).
+# (including fast KVM tests with hand-made guests), the end-to-end scenarios
+# that boot real guests (tests/e2e.sh), and the husk machine on this host
+# (tests/machine.sh; on a host with vmx/svm it is forced with HUSK_MACHINE=1).
 set -euo pipefail
 cd "$(dirname "$0")"
 . tests/lib/build.sh
@@ -10,4 +11,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
-tests/e2e.sh boot devices container
+tests/e2e.sh boot devices container run
+build_all
+HUSK=$HUSK_BIN HUSK_LIB_DIR=$CARGO_TARGET_DIR/release tests/machine.sh
+echo "machine: 1 passed, 0 failed"

@@ -114,6 +114,20 @@ done
 HUSK_MACHINE=1 h rm -f web >/dev/null
 if curl -s -m 5 "http://127.0.0.1:$web/hostname" >/dev/null; then fail "port $web still forwarded after rm"; fi
 
+# Images come from this host's store: one loaded here under a new name
+# runs in the machine (copied in once), with --env-file read here.
+h save -o "$data/layout" busybox >/dev/null
+h load -i "$data/layout" --name localtool >/dev/null
+printf 'FROM_HOST_FILE=yes\n' > "$data/env"
+out=$(HUSK_MACHINE=1 h run --rm --env-file "$data/env" localtool:latest sh -c 'echo transferred $FROM_HOST_FILE')
+[ "$out" = "transferred yes" ] || fail "a host-loaded image in the machine: '$out'"
+h machine ssh -- husk images | grep -q '^localtool ' || fail "the machine's store has no localtool"
+set +e
+err=$(HUSK_MACHINE=1 h run --rm no-such-local-image-xyz:1 true 2>&1 >/dev/null)
+rc=$?
+set -e
+[ "$rc" = 125 ] || fail "unknown image through the machine: status $rc: $err"
+
 # Stop keeps the data disk; a command starts the machine again on its own.
 h machine ssh -- sh -c 'echo kept > /var/lib/husk/marker'
 h machine stop >/dev/null

@@ -163,7 +163,7 @@ bad 125 'guest kernel not found' run --rm busybox true
 unset HUSK_KERNEL
 $husk run -d --name taken busybox sleep 600 > /dev/null || fail "run -d taken"
 bad 125 'already in use' run --rm --name taken busybox true
-bad 125 'invalid port' run --rm -p 99999:80 busybox true
+bad 125 'invalid hostPort' run --rm -p 99999:80 busybox true
 bad 125 'named volumes only' run --rm -v /etc:/x busybox true
 bad 1 'No such container' stop nosuchcontainer
 bad 1 'container is running' rm taken

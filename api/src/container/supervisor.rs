@@ -129,6 +129,8 @@ enum Event {
     VmmDied(String),
     /// The init could not be started (status, message).
     StartFailed(i32, String),
+    /// Waiting for the init failed (the agent's connection broke).
+    WaitFailed(String),
 }
 
 /// Resources held while the container runs; dropping them releases them.
@@ -684,8 +686,11 @@ impl Sup {
         });
         self.spawn_waiter(None, {
             let tx = self.events.clone();
-            move |code| {
-                let _ = tx.send(Event::Exited(code));
+            move |r| {
+                let _ = tx.send(match r {
+                    Ok(code) => Event::Exited(code),
+                    Err(why) => Event::WaitFailed(why),
+                });
             }
         })?;
         Ok(())
@@ -703,18 +708,19 @@ impl Sup {
     fn spawn_waiter(
         &self,
         exec_id: Option<String>,
-        done: impl FnOnce(i32) + Send + 'static,
+        done: impl FnOnce(Result<i32, String>) + Send + 'static,
     ) -> Result<(), StartError> {
         let mut c = AgentClient::connect(&self.uds).map_err(agent_error)?;
         thread::spawn(move || {
-            let code = match c.call(AgentRequest::Wait {
+            let r = match c.call(AgentRequest::Wait {
                 id: "c".into(),
                 exec_id,
             }) {
-                Ok(Response::Exited { status }) => exit_code(status),
-                _ => 137,
+                Ok(Response::Exited { status }) => Ok(exit_code(status)),
+                Ok(other) => Err(format!("unexpected answer to wait: {other:?}")),
+                Err(e) => Err(error_chain(&e)),
             };
-            done(code);
+            done(r);
         });
         Ok(())
     }
@@ -842,8 +848,8 @@ impl Sup {
                 .map_err(agent_error)?;
             let stdin = stdin_t.and_then(|t| t.join().ok()).and_then(Result::ok);
             let (tx, rx) = mpsc::channel();
-            self.spawn_waiter(Some(exec_id.clone()), move |code| {
-                let _ = tx.send(code);
+            self.spawn_waiter(Some(exec_id.clone()), move |r| {
+                let _ = tx.send(r.unwrap_or(137));
             })?;
             Self::reply(&mut c, &Reply::Ok);
             drop(go);
@@ -968,6 +974,15 @@ fn run(
             Some(format!("the microVM ended unexpectedly: husk-vmm {why}")),
             false,
         ),
+        Ok(Event::WaitFailed(why)) => match rx.recv_timeout(Duration::from_secs(3)) {
+            // The VM's end broke the connection: say that.
+            Ok(Event::VmmDied(v)) => (
+                137,
+                Some(format!("the microVM ended unexpectedly: husk-vmm {v}")),
+                false,
+            ),
+            _ => (137, Some(format!("lost the guest agent: {why}")), false),
+        },
         Err(_) => (137, Some("supervisor lost its threads".into()), false),
     };
     // Let the output drain (the streams close when the process is gone).

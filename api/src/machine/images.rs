@@ -35,7 +35,11 @@ pub fn sync_image(data_dir: &Path, client: &Client, image: &str, quiet: bool) ->
     let name = r.to_string();
     let present = client.run(
         Kind::Husk,
-        vec!["image-present".into(), name.clone(), img.manifest_digest.clone()],
+        vec![
+            "image-present".into(),
+            name.clone(),
+            img.manifest_digest.clone(),
+        ],
         Stdio {
             stdin: Box::new(io::empty()),
             stdout: Box::new(io::sink()),
@@ -116,9 +120,25 @@ pub fn image_receive(store: &Store, reference: &str, input: impl Read) -> io::Re
 pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
     // Options of `run` that take a value (short and long forms).
     const VALUED: &[&str] = &[
-        "-e", "--env", "--env-file", "-w", "--workdir", "-u", "--user", "--name", "-h",
-        "--hostname", "--entrypoint", "-p", "--publish", "-v", "--volume", "-m", "--memory",
-        "--cpus", "--network",
+        "-e",
+        "--env",
+        "--env-file",
+        "-w",
+        "--workdir",
+        "-u",
+        "--user",
+        "--name",
+        "-h",
+        "--hostname",
+        "--entrypoint",
+        "-p",
+        "--publish",
+        "-v",
+        "--volume",
+        "-m",
+        "--memory",
+        "--cpus",
+        "--network",
     ];
     let mut out = Vec::new();
     let mut it = argv.into_iter();
@@ -220,8 +240,23 @@ mod tests {
         assert_eq!(
             got,
             s(&[
-                "run", "--rm", "-e", "A=1", "-e", "B=2 3", "-e", "HUSK_TEST_FWD=v", "--name",
-                "x", "-p", "80", "busybox", "sh", "-e", "-c", "true"
+                "run",
+                "--rm",
+                "-e",
+                "A=1",
+                "-e",
+                "B=2 3",
+                "-e",
+                "HUSK_TEST_FWD=v",
+                "--name",
+                "x",
+                "-p",
+                "80",
+                "busybox",
+                "sh",
+                "-e",
+                "-c",
+                "true"
             ])
         );
         assert!(rewrite_run_args(s(&["run", "--env-file", "/nonexistent", "busybox"])).is_err());

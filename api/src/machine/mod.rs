@@ -26,8 +26,7 @@
 //! those `machine-net.txt` adds, sets eth0 to QEMU's user network
 //! defaults (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3), mounts the data
 //! disk and runs `husk machine serve` with `HUSK_IN_MACHINE=1
-//! HUSK_DATA_DIR=/var/lib/husk HUSK_LIB_DIR=/usr/lib/husk
-//! HUSK_REGISTRY_LOOPBACK=10.0.2.2`. When `serve` ends (a `stop` request) it
+//! HUSK_DATA_DIR=/var/lib/husk HUSK_LIB_DIR=/usr/lib/husk`. When `serve` ends (a `stop` request) it
 //! kills everything, syncs, unmounts the disk and powers off; QEMU exits.
 //!
 //! # Control channel

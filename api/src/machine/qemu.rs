@@ -208,7 +208,6 @@ echo nameserver 10.0.2.3 > /etc/resolv.conf
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 mount -t ext4 /dev/vda /var/lib/husk || echo "husk machine: cannot mount the data disk"
 export HOME=/root HUSK_IN_MACHINE=1 HUSK_DATA_DIR=/var/lib/husk HUSK_LIB_DIR=/usr/lib/husk
-export HUSK_REGISTRY_LOOPBACK=10.0.2.2
 cd /
 echo "husk machine: serving after $(cut -d' ' -f1 /proc/uptime) s"
 /usr/bin/husk machine serve --listen 0.0.0.0:{GUEST_PORT} --token-file /etc/husk/token \

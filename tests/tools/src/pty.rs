@@ -59,7 +59,10 @@ fn run(args: &[String]) -> io::Result<i32> {
             if let Some(text) = line.strip_prefix("<<") {
                 // Wait up to 5 minutes for TEXT on the screen.
                 for _ in 0..3000 {
-                    let got = seen.lock().map(|v| contains(&v, text.as_bytes())).unwrap_or(true);
+                    let got = seen
+                        .lock()
+                        .map(|v| contains(&v, text.as_bytes()))
+                        .unwrap_or(true);
                     if got {
                         break;
                     }
