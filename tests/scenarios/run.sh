@@ -69,14 +69,24 @@ check "exec output" "in-exec
 $(echo "$id" | cut -c1-12)" "$out"
 out=$(echo piped | $husk exec -i web cat)
 check "exec -i" piped "$out"
+$husk exec web sh -c 'echo kept-in-layer > /layer-file' || fail "exec writing a file"
 $husk stop -t 20 web > /dev/null || fail "stop failed"
 $husk ps -a | grep -q 'Exited (0) .*web$' || { $husk ps -a; fail "stopped container is not Exited (0)"; }
 $husk logs web | grep -q got-term || fail "the container did not get SIGTERM"
 check "inspect status" exited "$($husk inspect web | grep '"Status"' | head -1 | sed 's/.*: "\(.*\)".*/\1/')"
+# start boots a new microVM; what the container wrote is still there.
+$husk start web > /dev/null || fail "start of a stopped container"
+$husk ps | grep -q 'Up .*web$' || { $husk ps -a; fail "started container is not running"; }
+check "file written before stop, after start" kept-in-layer "$($husk exec web cat /layer-file)"
+$husk stop -t 20 web > /dev/null || fail "second stop failed"
+check "logs of both runs" "started
+got-term
+started
+got-term" "$($husk logs web)"
 $husk rm web > /dev/null || fail "rm failed"
 check "ps -aq after rm" "" "$($husk ps -aq)"
 check "husk-vmm processes after rm" 0 "$(vmm_count)"
-pass "-d, ps, logs, exec (status, stdin), stop (SIGTERM reached the trap), inspect, rm"
+pass "-d, ps, logs, exec (status, stdin), stop (SIGTERM reached the trap), inspect, start keeps the writable layer, rm"
 
 # 5. -p: busybox httpd on port 80 in the container, fetched from the host.
 $husk run -d --name www -p 8080:80 busybox sh -c 'mkdir -p /www && echo hi-from-httpd > /www/index.html && exec httpd -f -p 80 -h /www' > /dev/null \

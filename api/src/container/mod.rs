@@ -22,6 +22,7 @@ pub mod client;
 pub mod control;
 pub mod logs;
 pub mod names;
+pub mod scratch;
 pub mod spec;
 pub mod state;
 pub mod supervisor;

@@ -48,6 +48,9 @@ use crate::volume::{VolumeLock, Volumes};
 
 /// Guest mount point of the image's rootfs disk.
 const GUEST_IMAGE: &str = "/run/husk/image";
+/// Where the agent keeps container `c`'s overlay upper, work and etc
+/// files: the writable-layer disk is mounted there.
+const GUEST_RW: &str = "/run/husk/containers/c";
 /// Guest directory of volume mounts.
 const GUEST_VOLUMES: &str = "/run/husk/volumes";
 /// vsock ports of the init's stdio.
@@ -258,14 +261,23 @@ fn boot(
     let assets = crate::assets::find()?;
     let volumes = Volumes::open(&data_dir.join("volumes"))?;
     let mut volume_locks = Vec::new();
-    let mut disks = vec![format!("{},ro", rootfs.path.display())];
-    let mut cmdline =
-        format!("console=ttyS0 reboot=k panic=-1 quiet husk.disk=vda:{GUEST_IMAGE}:ro");
+    // The writable layer: kept with the container across starts.
+    let t = Instant::now();
+    let rw = h.dir.join("rw.ext4");
+    super::scratch::ensure(&data_dir.join("rootfs"), &rw)?;
+    timings.rootfs_ms += ms(t.elapsed());
+    let mut disks = vec![
+        format!("{},ro", rootfs.path.display()),
+        rw.display().to_string(),
+    ];
+    let mut cmdline = format!(
+        "console=ttyS0 reboot=k panic=-1 quiet husk.disk=vda:{GUEST_IMAGE}:ro husk.disk=vdb:{GUEST_RW}"
+    );
     let mut mounts = Vec::new();
     for (i, v) in config.volumes.iter().enumerate() {
         let (vol, _) = volumes.ensure(&v.name)?;
         volume_locks.push(volumes.lock(&vol, &h.id)?);
-        let dev = disk_name(i + 1);
+        let dev = disk_name(i + 2);
         disks.push(vol.disk.display().to_string());
         cmdline.push_str(&format!(" husk.disk={dev}:{GUEST_VOLUMES}/{}", v.name));
         mounts.push(MountSpec {
