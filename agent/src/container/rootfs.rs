@@ -211,20 +211,16 @@ pub fn plan(rootfs: &Path, etc: &[MountSpec], mounts: &[MountSpec]) -> Result<Ve
         MsFlags::MS_BIND,
         None,
     ));
-    for (dir, fstype, flags, data) in
-        [("shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")]
-    {
-        ops.push(MountOp::Mkdir {
-            path: cstring(&dev.join(dir)),
-        });
-        ops.push(mount(
-            Some(fstype),
-            &dev.join(dir),
-            Some(fstype),
-            flags,
-            Some(data),
-        ));
-    }
+    ops.push(MountOp::Mkdir {
+        path: cstring(&dev.join("shm")),
+    });
+    ops.push(mount(
+        Some("tmpfs"),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    ));
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),

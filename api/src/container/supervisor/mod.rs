@@ -1,0 +1,379 @@
+//! The supervisor: one process per running container, started by `husk
+//! run`/`husk start` and detached from the CLI. It prepares the container's
+//! disks and network, owns its `husk-vmm`, drives the guest agent over
+//! vsock, writes the logs and the state, serves the control socket
+//! (`control.rs`) and cleans everything up when the container ends.
+//!
+//! The CLI learns whether the start worked from one line the supervisor
+//! writes on its stdout (a pipe to the CLI): `ready`, or `error STATUS
+//! MESSAGE`. Everything the supervisor does not report there goes to
+//! `supervisor.log`.
+//!
+//! Lifetimes: husk-vmm gets `PR_SET_PDEATHSIG` so the VM dies with its
+//! supervisor; the TAP is non-persistent (it goes with husk-vmm); the
+//! supervisor's flock on `supervisor.lock`, the volume locks and the
+//! address lease are released by the kernel when it dies. A supervisor
+//! killed with SIGKILL therefore leaves a container that `ps -a` shows as
+//! exited (137) and `rm` removes.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use husk_agent::protocol::{
+    read_frame, write_frame, CreateRequest, ErrorKind, ExecRequest, ExitStatus, ImageSource,
+    Limits, MountSpec, ProcessSpec, Request as AgentRequest, Response, StdioPorts,
+};
+use nix::fcntl::{Flock, FlockArg};
+
+use super::client::{AgentClient, ClientError};
+use super::control::{Attach, ExecSpec, Frame, Reply, Request};
+use super::logs::{LogWriter, STDERR, STDOUT};
+use super::spec::{vm_mem_mib, vm_vcpus, ContainerConfig, NetworkMode};
+use super::state::{now_rfc3339, PortBinding, State, Status, Timings};
+use super::{Containers, Handle};
+use crate::image::store::Store;
+use crate::net;
+use crate::rootfs::RootfsCache;
+use crate::volume::{VolumeLock, Volumes};
+
+mod boot;
+mod session;
+
+use boot::{boot, ms, INIT_STDIO};
+
+/// Why a start failed: the message and the CLI's exit status.
+#[derive(Debug)]
+pub struct StartError {
+    /// One line.
+    pub message: String,
+    /// 125 (husk's fault or bad input), 126, 127 (the command).
+    pub status: i32,
+}
+
+impl<E: std::fmt::Display> From<E> for StartError {
+    fn from(e: E) -> Self {
+        StartError {
+            message: format!("{e:#}"),
+            status: 125,
+        }
+    }
+}
+
+fn fail<T>(message: impl Into<String>) -> Result<T, StartError> {
+    Err(StartError {
+        message: message.into(),
+        status: 125,
+    })
+}
+
+fn agent_error(e: ClientError) -> StartError {
+    let status = match &e {
+        ClientError::Agent { kind, .. } => match kind {
+            ErrorKind::CommandNotFound => 127,
+            ErrorKind::CommandNotExecutable => 126,
+            _ => 125,
+        },
+        _ => 125,
+    };
+    StartError {
+        message: error_chain(&e),
+        status,
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Exit status of a process as a shell reports it.
+pub fn exit_code(s: ExitStatus) -> i32 {
+    match s {
+        ExitStatus::Code { code } => code,
+        ExitStatus::Signal { signal } => 128 + signal,
+    }
+}
+
+/// What ends the supervisor.
+enum Event {
+    /// The container's init exited.
+    Exited(i32),
+    /// husk-vmm ended on its own.
+    VmmDied(String),
+    /// The init could not be started (status, message).
+    StartFailed(i32, String),
+    /// Waiting for the init failed (the agent's connection broke).
+    WaitFailed(String),
+}
+
+/// Resources held while the container runs; dropping them releases them.
+struct Held {
+    _rootfs: crate::rootfs::RootfsLease,
+    _volume_locks: Vec<VolumeLock>,
+    _lease: Option<net::Lease>,
+    publisher: Option<net::Publisher>,
+}
+
+/// The live supervisor, shared by its threads.
+struct Sup {
+    handle: Handle,
+    config: ContainerConfig,
+    state: Mutex<State>,
+    agent: Mutex<AgentClient>,
+    uds: PathBuf,
+    /// Clients receiving the init's output.
+    clients: Arc<Mutex<Vec<UnixStream>>>,
+    /// The init's stdin stream, once the agent connected it.
+    stdin: Arc<Mutex<Option<UnixStream>>>,
+    started: Mutex<bool>,
+    events: Sender<Event>,
+    relays: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropped once the starting client is attached: the output relays
+    /// wait for it, so no output precedes the `ok` reply.
+    go: Mutex<Vec<Sender<()>>>,
+    next_exec: AtomicU32,
+    vmm_pid: i32,
+    start_clock: Instant,
+    timings: Mutex<Timings>,
+}
+
+/// Runs the supervisor of container `id` (the hidden `husk
+/// container-supervise` command). `ready` is the pipe to the CLI.
+pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
+    let t0 = Instant::now();
+    let containers = match Containers::open(data_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(ready, "error 125 {e}");
+            return 1;
+        }
+    };
+    let h = containers.handle(id);
+    // Detach: the CLI may exit at any time; the supervisor goes on.
+    let _ = nix::unistd::setsid();
+    let lock = match take_lock(&h) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(ready, "error 125 {}", e.message);
+            return 1;
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    match boot(data_dir, &h, t0, tx) {
+        Ok((sup, held, vmm)) => {
+            let _ = writeln!(ready, "ready");
+            drop(ready);
+            let code = run(&containers, sup, held, vmm, rx);
+            drop(lock);
+            code
+        }
+        Err(e) => {
+            let mut s = h.state().unwrap_or_default();
+            s.status = if s.started_at.is_some() {
+                Status::Exited
+            } else {
+                Status::Created
+            };
+            s.supervisor_pid = None;
+            s.vmm_pid = None;
+            s.ports.clear();
+            let _ = h.write_state(&s);
+            let _ = fs::remove_dir_all(&h.run_dir);
+            log_line(&h, &format!("start failed: {}", e.message));
+            let _ = writeln!(ready, "error {} {}", e.status, e.message);
+            1
+        }
+    }
+}
+
+fn log_line(h: &Handle, msg: &str) {
+    if let Ok(mut f) = File::options()
+        .create(true)
+        .append(true)
+        .open(h.dir.join("supervisor.log"))
+    {
+        let _ = writeln!(f, "{} {msg}", now_rfc3339());
+    }
+}
+
+fn take_lock(h: &Handle) -> Result<Flock<File>, StartError> {
+    let path = h.dir.join("supervisor.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| StartError {
+        message: format!("container {} is already running", h.id),
+        status: 125,
+    })
+}
+
+/// Serves `sup.sock`: one thread per connection.
+fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
+    for c in listener.incoming() {
+        let Ok(mut c) = c else { continue };
+        let sup = sup.clone();
+        thread::spawn(move || {
+            let req: Request = match read_frame(&mut c) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            match req {
+                Request::Start { attach } => {
+                    let size = attach.as_ref().and_then(|a| a.console_size);
+                    match sup.start(size) {
+                        Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                        Err(e) => {
+                            Sup::err_reply(&mut c, &e);
+                            let _ = sup.events.send(Event::StartFailed(e.status, e.message));
+                            return;
+                        }
+                    }
+                    match attach {
+                        // Output flows once this client is registered.
+                        Some(a) => {
+                            sup.attach_started(&c);
+                            sup.client_input(c, None, a.stdin);
+                        }
+                        None => lock(&sup.go).clear(),
+                    }
+                }
+                Request::Attach(a) => {
+                    if let Ok(cc) = c.try_clone() {
+                        Sup::reply(&mut c, &Reply::Ok);
+                        lock(&sup.clients).push(cc);
+                        sup.client_input(c, None, a.stdin);
+                    }
+                }
+                Request::Exec { spec, attach } => sup.exec(c, spec, attach),
+                Request::Signal { signal } => match sup.signal(signal) {
+                    Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                    Err(e) => Sup::err_reply(&mut c, &e),
+                },
+                Request::Stop { timeout_secs } => {
+                    let _ = sup.signal(libc::SIGTERM);
+                    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+                    while lock(&sup.state).status == Status::Running && Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    if lock(&sup.state).status == Status::Running {
+                        let _ = sup.signal(libc::SIGKILL);
+                    }
+                    // The reply comes when the supervisor ends (the socket
+                    // closes), so `husk stop` returns once it stopped.
+                    let mut b = [0u8; 1];
+                    let _ = c.read(&mut b);
+                }
+            }
+        });
+    }
+}
+
+/// Waits for the end, then cleans up and reports it.
+fn run(
+    containers: &Containers,
+    sup: Arc<Sup>,
+    held: Held,
+    mut vmm: Child,
+    rx: Receiver<Event>,
+) -> i32 {
+    let vmm_pid = sup.vmm_pid;
+    let (vtx, vrx) = mpsc::channel::<String>();
+    let tx = sup.events.clone();
+    // husk-vmm's end: the reaper thread owns the Child.
+    let reaper = thread::spawn(move || {
+        let st = vmm.wait();
+        let why = match st {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = vtx.send(why.clone());
+        let _ = tx.send(Event::VmmDied(why));
+    });
+    let (code, error, vm_ok) = match rx.recv() {
+        Ok(Event::Exited(code)) => (code, None, true),
+        Ok(Event::StartFailed(code, why)) => (code, Some(why), true),
+        Ok(Event::VmmDied(why)) => (
+            137,
+            Some(format!("the microVM ended unexpectedly: husk-vmm {why}")),
+            false,
+        ),
+        Ok(Event::WaitFailed(why)) => match rx.recv_timeout(Duration::from_secs(3)) {
+            // The VM's end broke the connection: say that.
+            Ok(Event::VmmDied(v)) => (
+                137,
+                Some(format!("the microVM ended unexpectedly: husk-vmm {v}")),
+                false,
+            ),
+            _ => (137, Some(format!("lost the guest agent: {why}")), false),
+        },
+        Err(_) => (137, Some("supervisor lost its threads".into()), false),
+    };
+    // Let the output drain (the streams close when the process is gone).
+    lock(&sup.go).clear();
+    let relays: Vec<_> = lock(&sup.relays).drain(..).collect();
+    let drain_deadline = Instant::now() + Duration::from_secs(5);
+    for r in relays {
+        while !r.is_finished() && Instant::now() < drain_deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if r.is_finished() {
+            let _ = r.join();
+        }
+    }
+    sup.write_state(|s| {
+        s.mark_exited(code, error.clone());
+        s.ports.clear();
+    });
+    // Power the VM off, or kill it.
+    if vm_ok {
+        let _ = lock(&sup.agent).call(AgentRequest::Shutdown);
+    }
+    if vrx.recv_timeout(Duration::from_secs(10)).is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(vmm_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = vrx.recv_timeout(Duration::from_secs(5));
+    }
+    let _ = reaper.join();
+    if let Some(mut p) = held.publisher {
+        p.stop();
+    }
+    drop(held._lease);
+    drop(held._volume_locks);
+    drop(held._rootfs);
+    let _ = fs::remove_dir_all(&sup.handle.run_dir);
+    if sup.config.auto_remove {
+        let _ = containers.remove(&sup.handle);
+    }
+    let clients: Vec<UnixStream> = lock(&sup.clients).drain(..).collect();
+    for mut c in clients {
+        let _ = Frame::Exit(code).write_to(&mut c);
+        let _ = c.shutdown(Shutdown::Both);
+    }
+    0
+}

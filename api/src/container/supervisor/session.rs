@@ -1,0 +1,371 @@
+//! A running container's sessions: starting the init with its stdio
+//! relayed to the log and attached clients, `exec`, signals, and what
+//! clients send (stdin, resize, signals).
+
+use super::*;
+
+/// Listens on `<uds>_<port>` for the agent's stdio connection.
+pub(super) fn stdio_listener(uds: &Path, port: u32) -> io::Result<UnixListener> {
+    let p = PathBuf::from(format!("{}_{port}", uds.display()));
+    let _ = fs::remove_file(&p);
+    UnixListener::bind(p)
+}
+
+/// Accepts one agent stdio connection (with a deadline) and reads its hello.
+pub(super) fn accept_stdio(l: &UnixListener, limit: Duration) -> io::Result<UnixStream> {
+    l.set_nonblocking(true)?;
+    let start = Instant::now();
+    loop {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false)?;
+                let _hello: husk_agent::protocol::StreamHello =
+                    read_frame(&mut s).map_err(io::Error::other)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < limit => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Copies an output stream to the log and the attached clients.
+pub(super) fn relay_output(
+    mut from: UnixStream,
+    stream: u8,
+    log: Option<Arc<Mutex<LogWriter>>>,
+    clients: Arc<Mutex<Vec<UnixStream>>>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let data = &buf[..n];
+        if let Some(log) = &log {
+            let _ = lock(log).write(stream, data);
+        }
+        let frame = if stream == STDERR {
+            Frame::Stderr(data.to_vec())
+        } else {
+            Frame::Stdout(data.to_vec())
+        };
+        lock(&clients).retain_mut(|c| frame.write_to(c).is_ok());
+    }
+}
+
+impl Sup {
+    pub(super) fn reply(s: &mut UnixStream, r: &Reply) {
+        let _ = write_frame(s, r);
+    }
+
+    pub(super) fn err_reply(s: &mut UnixStream, e: &StartError) {
+        Self::reply(
+            s,
+            &Reply::Error {
+                message: e.message.clone(),
+                status: e.status,
+            },
+        );
+    }
+
+    pub(super) fn write_state(&self, f: impl FnOnce(&mut State)) {
+        let mut st = lock(&self.state);
+        f(&mut st);
+        if let Err(e) = self.handle.write_state(&st) {
+            log_line(&self.handle, &format!("writing state: {e}"));
+        }
+    }
+
+    /// Starts the init: stdio listeners first, then the agent's Start.
+    pub(super) fn start(
+        self: &Arc<Self>,
+        console_size: Option<(u16, u16)>,
+    ) -> Result<(), StartError> {
+        let mut started = lock(&self.started);
+        if *started {
+            return fail("container already started");
+        }
+        let p = &self.config.process;
+        let log = Arc::new(Mutex::new(
+            LogWriter::open(&self.handle.log_path())
+                .map_err(|e| format!("{}: {e}", self.handle.log_path().display()))?,
+        ));
+        let mut outs = vec![(INIT_STDIO.stdout.unwrap_or(0), STDOUT)];
+        if !p.tty {
+            outs.push((INIT_STDIO.stderr.unwrap_or(0), STDERR));
+        }
+        let listeners = outs
+            .iter()
+            .map(|(port, stream)| Ok((stdio_listener(&self.uds, *port)?, *stream)))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| format!("stdio socket: {e}"))?;
+        let stdin_l = if p.stdin {
+            Some(
+                stdio_listener(&self.uds, INIT_STDIO.stdin.unwrap_or(0))
+                    .map_err(|e| format!("stdio socket: {e}"))?,
+            )
+        } else {
+            None
+        };
+        // Accept the agent's connections while Start runs.
+        let mut relays = Vec::new();
+        for (l, stream) in listeners {
+            let (log, clients) = (log.clone(), self.clients.clone());
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            lock(&self.go).push(go_tx);
+            relays.push(thread::spawn(move || {
+                if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
+                    let _ = go_rx.recv();
+                    relay_output(s, stream, Some(log), clients);
+                }
+            }));
+        }
+        let stdin_slot = self.stdin.clone();
+        let stdin_t = stdin_l.map(|l| {
+            thread::spawn(move || {
+                if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
+                    *lock(&stdin_slot) = Some(s);
+                }
+            })
+        });
+        let t = Instant::now();
+        let pid = match lock(&self.agent).call(AgentRequest::Start { id: "c".into() }) {
+            Ok(Response::Started { pid }) => pid,
+            Ok(other) => return fail(format!("unexpected answer to start: {other:?}")),
+            Err(e) => return Err(agent_error(e)),
+        };
+        // The pty got the size known at creation; a later `start -a` from
+        // another terminal brings its own.
+        if let Some((rows, cols)) = console_size.filter(|s| Some(*s) != p.console_size) {
+            let _ = lock(&self.agent).call(AgentRequest::Resize {
+                id: "c".into(),
+                exec_id: None,
+                rows,
+                cols,
+            });
+        }
+        if let Some(t) = stdin_t {
+            let _ = t.join();
+        }
+        *started = true;
+        *lock(&self.relays) = relays;
+        {
+            let mut tm = lock(&self.timings);
+            tm.exec_ms = ms(t.elapsed());
+            tm.total_ms = ms(self.start_clock.elapsed());
+        }
+        let timings = lock(&self.timings).clone();
+        self.write_state(|s| {
+            s.status = Status::Running;
+            s.started_at = Some(now_rfc3339());
+            s.guest_pid = Some(pid);
+            s.timings = Some(timings);
+        });
+        self.spawn_waiter(None, {
+            let tx = self.events.clone();
+            move |r| {
+                let _ = tx.send(match r {
+                    Ok(code) => Event::Exited(code),
+                    Err(why) => Event::WaitFailed(why),
+                });
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Registers a client for the init's output and lets output flow.
+    pub(super) fn attach_started(&self, c: &UnixStream) {
+        if let Ok(cc) = c.try_clone() {
+            lock(&self.clients).push(cc);
+        }
+        lock(&self.go).clear();
+    }
+
+    /// A thread that waits for a process on its own agent connection.
+    pub(super) fn spawn_waiter(
+        &self,
+        exec_id: Option<String>,
+        done: impl FnOnce(Result<i32, String>) + Send + 'static,
+    ) -> Result<(), StartError> {
+        let mut c = AgentClient::connect(&self.uds).map_err(agent_error)?;
+        thread::spawn(move || {
+            let r = match c.call(AgentRequest::Wait {
+                id: "c".into(),
+                exec_id,
+            }) {
+                Ok(Response::Exited { status }) => Ok(exit_code(status)),
+                Ok(other) => Err(format!("unexpected answer to wait: {other:?}")),
+                Err(e) => Err(error_chain(&e)),
+            };
+            done(r);
+        });
+        Ok(())
+    }
+
+    /// Reads a client's frames: stdin, EOF, resize, signals.
+    pub(super) fn client_input(
+        &self,
+        mut c: UnixStream,
+        exec: Option<(String, UnixStream)>,
+        stdin: bool,
+    ) {
+        let exec_id = exec.as_ref().map(|(id, _)| id.clone());
+        let mut exec_stdin = exec.map(|(_, s)| s);
+        while let Ok(Some(f)) = Frame::read_from(&mut c) {
+            match f {
+                Frame::Stdin(d) if stdin => {
+                    if let Some(s) = exec_stdin.as_mut() {
+                        let _ = s.write_all(&d);
+                    } else if let Some(s) = lock(&self.stdin).as_mut() {
+                        let _ = s.write_all(&d);
+                    }
+                }
+                Frame::StdinEof if stdin => {
+                    if let Some(s) = exec_stdin.as_ref() {
+                        let _ = s.shutdown(Shutdown::Write);
+                    } else if let Some(s) = lock(&self.stdin).take() {
+                        let _ = s.shutdown(Shutdown::Write);
+                    }
+                }
+                Frame::Resize(rows, cols) => {
+                    let _ = lock(&self.agent).call(AgentRequest::Resize {
+                        id: "c".into(),
+                        exec_id: exec_id.clone(),
+                        rows,
+                        cols,
+                    });
+                }
+                Frame::Signal(signal) => {
+                    let _ = lock(&self.agent).call(AgentRequest::Signal {
+                        id: "c".into(),
+                        exec_id: exec_id.clone(),
+                        signal,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn exec(self: &Arc<Self>, mut c: UnixStream, spec: ExecSpec, attach: Attach) {
+        if lock(&self.state).status != Status::Running {
+            Self::err_reply(
+                &mut c,
+                &StartError {
+                    message: format!("container {} is not running", self.handle.id),
+                    status: 1,
+                },
+            );
+            return;
+        }
+        let n = self.next_exec.fetch_add(1, Ordering::SeqCst);
+        let exec_id = format!("e{n}");
+        let base = 5100 + 3 * n;
+        let ports = StdioPorts {
+            stdin: attach.stdin.then_some(base),
+            stdout: Some(base + 1),
+            stderr: (!spec.tty).then_some(base + 2),
+        };
+        let r = (|| -> Result<(), StartError> {
+            let mut listeners = Vec::new();
+            for (port, stream) in [(ports.stdout, STDOUT), (ports.stderr, STDERR)] {
+                if let Some(port) = port {
+                    listeners.push((
+                        stdio_listener(&self.uds, port).map_err(|e| format!("stdio: {e}"))?,
+                        stream,
+                    ));
+                }
+            }
+            let stdin_l = match ports.stdin {
+                Some(p) => Some(stdio_listener(&self.uds, p).map_err(|e| format!("stdio: {e}"))?),
+                None => None,
+            };
+            let client = Arc::new(Mutex::new(vec![c
+                .try_clone()
+                .map_err(|e| format!("client socket: {e}"))?]));
+            let mut relays = Vec::new();
+            let mut go = Vec::new();
+            for (l, stream) in listeners {
+                let client = client.clone();
+                let (go_tx, go_rx) = mpsc::channel::<()>();
+                go.push(go_tx);
+                relays.push(thread::spawn(move || {
+                    if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
+                        let _ = go_rx.recv();
+                        relay_output(s, stream, None, client);
+                    }
+                }));
+            }
+            let stdin_t =
+                stdin_l.map(|l| thread::spawn(move || accept_stdio(&l, Duration::from_secs(30))));
+            let p = &self.config.process;
+            let mut env = p.env.clone();
+            env.extend(spec.env.iter().cloned());
+            let process = ProcessSpec {
+                cmd: spec.argv.clone(),
+                env,
+                workdir: if spec.workdir.is_empty() {
+                    p.workdir.clone()
+                } else {
+                    spec.workdir.clone()
+                },
+                user: if spec.user.is_empty() {
+                    p.user.clone()
+                } else {
+                    spec.user.clone()
+                },
+                tty: spec.tty,
+                stdio: ports.clone(),
+                console_size: attach
+                    .console_size
+                    .map(|(rows, cols)| husk_agent::protocol::ConsoleSize { rows, cols }),
+                ..ProcessSpec::default()
+            };
+            lock(&self.agent)
+                .call(AgentRequest::Exec(ExecRequest {
+                    id: "c".into(),
+                    exec_id: exec_id.clone(),
+                    process,
+                }))
+                .map_err(agent_error)?;
+            let stdin = stdin_t.and_then(|t| t.join().ok()).and_then(Result::ok);
+            let (tx, rx) = mpsc::channel();
+            self.spawn_waiter(Some(exec_id.clone()), move |r| {
+                let _ = tx.send(r.unwrap_or(137));
+            })?;
+            Self::reply(&mut c, &Reply::Ok);
+            drop(go);
+            let input = c.try_clone().map_err(|e| format!("client socket: {e}"))?;
+            let me = self.clone();
+            let id2 = exec_id.clone();
+            thread::spawn(move || me.client_input(input, stdin.map(|s| (id2, s)), attach.stdin));
+            let code = rx.recv().unwrap_or(137);
+            for r in relays {
+                let _ = r.join();
+            }
+            let _ = Frame::Exit(code).write_to(&mut c);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            Self::err_reply(&mut c, &e);
+        }
+    }
+
+    pub(super) fn signal(&self, signal: i32) -> Result<(), StartError> {
+        if !*lock(&self.started) {
+            return fail(format!("container {} is not running", self.handle.id));
+        }
+        lock(&self.agent)
+            .call(AgentRequest::Signal {
+                id: "c".into(),
+                exec_id: None,
+                signal,
+            })
+            .map_err(agent_error)?;
+        Ok(())
+    }
+}
