@@ -431,7 +431,11 @@ impl<C: Connector> Server<C> {
             return Err(ServerError::AlreadyExists { id: req.id });
         }
         let dir = self.config.run_dir.join("containers").join(&req.id);
-        if dir.exists() {
+        // The host may have mounted a disk there for the container's
+        // writable layer (kept across VMs): then the directory exists, as a
+        // mount point, and is reused; its content is never removed here.
+        let kept = is_mount_point(&dir);
+        if dir.exists() && !kept {
             return Err(ServerError::AlreadyExists { id: req.id });
         }
         let lower = match &req.image {
@@ -468,7 +472,9 @@ impl<C: Connector> Server<C> {
             Ok(c) => c,
             Err(e) => {
                 overlay.unmount();
-                let _ = fs::remove_dir_all(&dir);
+                if !kept {
+                    let _ = fs::remove_dir_all(&dir);
+                }
                 return Err(e.into());
             }
         };
@@ -631,6 +637,19 @@ impl Entry {
     fn container_process(&self) -> &ProcessSpec {
         self.container.process()
     }
+}
+
+/// Whether `dir` is the root of a mounted file system (its device differs
+/// from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Some(Ok(p))) = (
+        fs::symlink_metadata(dir),
+        dir.parent().map(fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    d.is_dir() && d.dev() != p.dev()
 }
 
 fn error_response(e: &ServerError) -> Response {

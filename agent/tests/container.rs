@@ -1316,3 +1316,71 @@ fn sigterm_to_init_with_handler_and_two_waiters() {
     out.read_to_end(&mut buf).unwrap();
     assert_eq!(String::from_utf8(buf).unwrap(), "ready\nterm\n");
 }
+
+/// The host mounts a disk at the container's directory for its writable
+/// layer; a new VM's agent reuses it (what the container wrote before is
+/// there) instead of refusing an existing directory.
+#[test]
+fn writable_layer_on_a_mounted_disk_is_reused() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let dir = h.dir.path().join("run/containers/kept");
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    // What an earlier VM's container left in its upper layer.
+    std::fs::create_dir_all(dir.join("upper")).unwrap();
+    std::fs::write(dir.join("upper/left-before"), "from-before\n").unwrap();
+    let (out_port, out) = h.port(None);
+    let p = ProcessSpec {
+        cmd: sh("cat /left-before; echo again > /left-now"),
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = h.create("kept", &layer, p, "", Limits::default());
+    assert!(matches!(r, Response::Created { .. }), "{r:?}");
+    assert!(matches!(
+        h.call(Request::Start { id: "kept".into() }),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "kept", None), exited(0));
+    assert_eq!(text(out).1, "from-before\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("upper/left-now")).unwrap(),
+        "again\n"
+    );
+    // A plain existing directory is still refused.
+    std::fs::create_dir_all(h.dir.path().join("run/containers/plain")).unwrap();
+    let r = h.create(
+        "plain",
+        &layer,
+        ProcessSpec {
+            cmd: sh("true"),
+            ..Default::default()
+        },
+        "",
+        Limits::default(),
+    );
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::AlreadyExists,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // Detached now, gone once the overlay above it is unmounted.
+    nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    drop(h);
+}
