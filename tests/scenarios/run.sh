@@ -171,6 +171,11 @@ bad 125 'no-such-image' run --rm 127.0.0.1:1/no-such-image true
 export HUSK_KERNEL=/nonexistent/vmlinux
 bad 125 'guest kernel not found' run --rm busybox true
 unset HUSK_KERNEL
+# No usable KVM (here /dev/kvm is /dev/null in a private mount namespace).
+unshare -m sh -c "mount --bind /dev/null /dev/kvm && exec $husk run --rm busybox true" > "$WORK/out" 2> "$WORK/err" < /dev/null
+check "no KVM status" 125 "$?"
+grep -q 'the microVM did not start: husk-vmm: ' "$WORK/err" || fail "no KVM: $(cat "$WORK/err")"
+check "no KVM message lines" 1 "$(wc -l < "$WORK/err")"
 $husk run -d --name taken busybox sleep 600 > /dev/null || fail "run -d taken"
 bad 125 'already in use' run --rm --name taken busybox true
 bad 125 'invalid hostPort' run --rm -p 99999:80 busybox true

@@ -117,8 +117,21 @@ pub(super) fn boot(
     timings.vmm_ms = ms(t0.elapsed());
 
     if let Some(l) = &lease {
-        if let Err(e) = net::configure_host(l, Duration::from_secs(30)) {
+        // husk-vmm creates the TAP; wait for it while husk-vmm lives.
+        let tap = Path::new("/sys/class/net").join(&l.tap_name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !tap.exists() && Instant::now() < deadline {
+            if let Ok(Some(st)) = vmm.try_wait() {
+                return fail(match vmm_error(&h.dir.join("vmm.log")) {
+                    Some(line) => format!("the microVM did not start: {line}"),
+                    None => format!("the microVM did not start: husk-vmm exited ({st})"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Err(e) = net::configure_host(l, Duration::from_secs(1)) {
             let _ = vmm.kill();
+            let _ = vmm.wait();
             return Err(e.into());
         }
     }
@@ -133,10 +146,13 @@ pub(super) fn boot(
         Ok(a) => a,
         Err(e) => {
             let why = match vmm.try_wait() {
-                Ok(Some(st)) => format!(
-                    "the microVM exited ({st}) before its agent answered; see {}",
-                    h.dir.join("console.log").display()
-                ),
+                Ok(Some(st)) => match vmm_error(&h.dir.join("vmm.log")) {
+                    Some(line) => format!("the microVM did not start: {line}"),
+                    None => format!(
+                        "the microVM exited ({st}) before its agent answered; see {}",
+                        h.dir.join("console.log").display()
+                    ),
+                },
                 _ => format!(
                     "{}; see {}",
                     error_chain(&e),
@@ -214,6 +230,15 @@ pub(super) fn ms(d: Duration) -> f64 {
 fn disk_name(i: usize) -> String {
     let letter = char::from(b'a' + u8::try_from(i % 26).unwrap_or(0));
     format!("vd{letter}")
+}
+
+/// husk-vmm's own error line (`husk-vmm: ...`), if it printed one.
+fn vmm_error(vmm_log: &Path) -> Option<String> {
+    let text = fs::read_to_string(vmm_log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("husk-vmm: "))
+        .map(str::to_string)
 }
 
 /// Reads husk-vmm's `guest boot marker: N ms` line.
