@@ -56,7 +56,7 @@ for s in "$@"; do
     rc=$?
     set -e
   fi
-  [ -z "$host_pid" ] || { kill "$host_pid" 2>/dev/null; wait "$host_pid" 2>/dev/null; }
+  [ -z "$host_pid" ] || { kill "$host_pid" 2>/dev/null; wait "$host_pid" 2>/dev/null || true; }
   rm -rf "$DATA_DIR"
   took=$(( $(date +%s) - start ))
   if [ "$rc" = 0 ]; then say "scenario $s: PASS (${took}s)"; else say "scenario $s: FAIL, status $rc (${took}s)"; failed=$((failed + 1)); fi

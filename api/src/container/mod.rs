@@ -145,7 +145,12 @@ impl Containers {
     /// Opens (creating) `<data_dir>/containers`.
     pub fn open(data_dir: &Path) -> Result<Containers> {
         let root = data_dir.join("containers");
-        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        if !root.exists() {
+            fs::create_dir_all(&root).map_err(io_err(&root))?;
+            // Configs hold environment variables: the owner's only.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(io_err(&root))?;
+        }
         Ok(Containers {
             root,
             run_root: default_run_root(),

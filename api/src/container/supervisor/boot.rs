@@ -92,6 +92,12 @@ pub(super) fn boot(
     };
 
     fs::create_dir_all(&h.run_dir).map_err(|e| format!("{}: {e}", h.run_dir.display()))?;
+    // Only the container's owner may reach its control and vsock sockets.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&h.run_dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", h.run_dir.display()))?;
+    }
     if let Ok(rd) = fs::read_dir(&h.run_dir) {
         for e in rd.flatten() {
             let _ = fs::remove_file(e.path());
