@@ -7,6 +7,7 @@
 pub mod assets;
 pub mod cli;
 pub mod container;
+pub mod error;
 pub mod ext4;
 pub mod image;
 pub mod lockfile;

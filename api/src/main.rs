@@ -169,7 +169,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::Machine { cmd } => {
             let ports = husk::cli::machine::container_ports(data.clone());
             husk::cli::machine::run(cmd, &data, ports)
-                .map_err(|e| CliError::new(1, husk::machine::error_line(&e)))
+                .map_err(|e| CliError::new(1, husk::error::chain(&e)))
         }
         Cmd::ImagePresent { reference, digest } => {
             let store = Store::open(&data.join("images"))?;
@@ -318,7 +318,7 @@ fn main() -> ExitCode {
         return match forward(&data_dir(cli.data_dir.clone()), &cli.cmd, args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
-                eprintln!("husk: {}", husk::machine::error_line(&e));
+                eprintln!("husk: {}", husk::error::chain(&e));
                 ExitCode::from(125)
             }
         };

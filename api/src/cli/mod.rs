@@ -43,7 +43,7 @@ impl CliError {
 
 impl<E: std::error::Error> From<E> for CliError {
     fn from(e: E) -> Self {
-        CliError::new(1, crate::container::supervisor::error_chain(&e))
+        CliError::new(1, crate::error::chain(&e))
     }
 }
 

@@ -110,7 +110,7 @@ pub fn resolve_image(store: &Store, image: &str, quiet: bool) -> Result<StoredIm
     let creds = config_credentials(&r.registry);
     Registry::new(&r, creds, quiet)
         .pull(store, &r)
-        .map_err(|e| usage(crate::container::supervisor::error_chain(&e)))?;
+        .map_err(|e| usage(crate::error::chain(&e)))?;
     store.image(&r).map_err(|e| usage(e.to_string()))
 }
 

@@ -178,21 +178,9 @@ fn each(
     for name in &names {
         if let Err(e) = f(name) {
             if let Err(prev) = std::mem::replace(&mut last, Err(e)) {
-                eprintln!("husk: {}", chain(&prev));
+                eprintln!("husk: {}", crate::error::chain(&prev));
             }
         }
     }
     last
-}
-
-/// An error with its causes, `a: b: c`, as `husk` prints errors.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -174,16 +174,9 @@ impl Containers {
     /// Takes the lock that serialises name allocation and removal.
     pub fn lock(&self) -> Result<Flock<File>> {
         let path = self.root.join(".lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Io {
-            path,
-            source: e.into(),
-        })
+        crate::lockfile::lock_file(&path, FlockArg::LockExclusive)
+            .and_then(|l| l.ok_or_else(|| io::Error::other("lock not taken")))
+            .map_err(io_err(&path))
     }
 
     /// Every container id, oldest first.
@@ -328,13 +321,11 @@ impl Handle {
     /// Whether a supervisor holds this container's lock.
     pub fn supervisor_alive(&self) -> bool {
         let path = self.dir.join("supervisor.lock");
-        let Ok(f) = File::options().write(true).open(&path) else {
-            return false;
-        };
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(_unlocked_on_drop) => false,
-            Err(_) => true,
-        }
+        path.exists()
+            && matches!(
+                crate::lockfile::lock_file(&path, FlockArg::LockExclusiveNonblock),
+                Ok(None)
+            )
     }
 
     /// The state, corrected when its supervisor died without writing the

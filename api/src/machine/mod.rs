@@ -110,18 +110,6 @@ pub enum MachineError {
 /// `Result` for this module.
 pub type Result<T> = std::result::Result<T, MachineError>;
 
-/// An error and its causes on one line, for the user.
-pub fn error_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 /// A port published inside the machine that the host should forward.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ForwardedPort {

@@ -107,7 +107,7 @@ fn handle(ctx: &Ctx, mut stream: TcpStream) -> Result<()> {
         }
         Kind::Husk | Kind::Ssh => {
             if let Err(e) = run(ctx, &req, stream.try_clone().map_err(sock)?) {
-                let _ = write_frame(&mut stream, &Frame::Error(super::error_line(&e)));
+                let _ = write_frame(&mut stream, &Frame::Error(crate::error::chain(&e)));
             }
         }
     }

@@ -161,7 +161,7 @@ pub(super) fn boot(
                 },
                 _ => format!(
                     "{}; see {}",
-                    error_chain(&e),
+                    crate::error::chain(&e),
                     h.dir.join("console.log").display()
                 ),
             };

@@ -86,21 +86,9 @@ fn agent_error(e: ClientError) -> StartError {
         _ => 125,
     };
     StartError {
-        message: error_chain(&e),
+        message: crate::error::chain(&e),
         status,
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,16 +207,12 @@ fn log_line(h: &Handle, msg: &str) {
 
 fn take_lock(h: &Handle) -> Result<Flock<File>, StartError> {
     let path = h.dir.join("supervisor.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| StartError {
-        message: format!("container {} is already running", h.id),
-        status: 125,
-    })
+    crate::lockfile::lock_file(&path, FlockArg::LockExclusiveNonblock)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| StartError {
+            message: format!("container {} is already running", h.id),
+            status: 125,
+        })
 }
 
 /// Serves `sup.sock`: one thread per connection.

@@ -199,7 +199,7 @@ impl Sup {
             }) {
                 Ok(Response::Exited { status }) => Ok(exit_code(status)),
                 Ok(other) => Err(format!("unexpected answer to wait: {other:?}")),
-                Err(e) => Err(error_chain(&e)),
+                Err(e) => Err(crate::error::chain(&e)),
             };
             done(r);
         });
