@@ -19,6 +19,20 @@ copy_with_libs() {
   done
 }
 
+# install_bin ROOT FILE NAME: FILE as ROOT/husk/bin/NAME, its shared
+# libraries at their own paths (FILE's own path may be hidden in the test
+# host, e.g. under /tmp, which is a tmpfs there).
+install_bin() {
+  local lib
+  mkdir -p "$1/husk/bin"
+  cp -L "$2" "$1/husk/bin/$3"
+  for lib in $(ldd "$2" 2>/dev/null | grep -o '/[^ )]*'); do
+    [ -e "$1$lib" ] && continue
+    mkdir -p "$1$(dirname "$lib")"
+    cp -L "$lib" "$1$lib"
+  done
+}
+
 # machine_modules / machine_binaries: what husk needs in a test host or
 # the husk machine beyond busybox (guest-kernel/machine-net.txt).
 machine_modules() {
@@ -47,8 +61,7 @@ nested_run() {
   cp /bin/busybox "$l1/bin/busybox"
   cp "$mods/virt/lib/irqbypass.ko" "$mods/arch/x86/kvm/kvm.ko" "$mods/arch/x86/kvm/kvm-amd.ko" \
     "$mods/drivers/net/tun.ko" "$l1/lib/modules/"
-  copy_with_libs "$l1" "$HUSK_VMM"
-  ln -sf "$HUSK_VMM" "$l1/husk/bin/husk-vmm"
+  install_bin "$l1" "$HUSK_VMM" husk-vmm
   cp "$GUEST_KERNEL" "$l1/husk/guest/vmlinux"
   cp "$GUEST_INITRD" "$l1/husk/guest/initramfs.cpio.gz"
   cp "$kernel" "$l1/husk/guest/bzImage"
@@ -67,11 +80,10 @@ nested_run() {
   # husk itself, with what it runs: e2fsprogs for rootfs and volume disks,
   # iptables (and its extensions) and the NAT modules for container networks.
   if [ -n "${HUSK_BIN:-}" ]; then
-    copy_with_libs "$l1" "$HUSK_BIN" "$HUSK_PTY"
-    ln -sf "$HUSK_BIN" "$l1/husk/bin/husk"
-    ln -sf "$HUSK_PTY" "$l1/husk/bin/husk-pty"
+    install_bin "$l1" "$HUSK_BIN" husk
+    install_bin "$l1" "$HUSK_PTY" husk-pty
     mkdir -p "$l1/husk/lib"
-    ln -sf "$HUSK_VMM" "$l1/husk/lib/husk-vmm"
+    ln -sf /husk/bin/husk-vmm "$l1/husk/lib/husk-vmm"
     ln -sf /husk/guest/vmlinux "$l1/husk/lib/vmlinux"
     ln -sf /husk/guest/initramfs.cpio.gz "$l1/husk/lib/initramfs.cpio.gz"
     local bin

@@ -88,6 +88,25 @@ check "ps -aq after rm" "" "$($husk ps -aq)"
 check "husk-vmm processes after rm" 0 "$(vmm_count)"
 pass "-d, ps, logs, exec (status, stdin), stop (SIGTERM reached the trap), inspect, start keeps the writable layer, rm"
 
+# kill -s, wait, logs --tail and -f.
+$husk run -d --name sleeper busybox sh -c 'trap "echo got-usr1; exit 5" USR1; echo up; while :; do sleep 1; done' > /dev/null \
+  || fail "run -d sleeper"
+i=0; until $husk logs sleeper | grep -q up || [ $i -ge 30 ]; do sleep 1; i=$((i + 1)); done
+$husk kill -s USR1 sleeper > /dev/null || fail "kill -s USR1"
+check "wait" 5 "$($husk wait sleeper)"
+check "logs --tail 1" got-usr1 "$($husk logs --tail 1 sleeper)"
+check "logs -f of an exited container" "up
+got-usr1" "$(timeout 20 $husk logs -f sleeper)"
+$husk rm sleeper > /dev/null || fail "rm sleeper"
+pass "kill -s USR1 reaches the trap, wait prints 5, logs --tail and -f"
+
+# --memory and --cpus size the microVM (and the container's cgroup).
+out=$($husk run --rm -m 100m --cpus 1.5 busybox sh -c 'nproc; sed -n "s/MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo')
+check "--cpus 1.5 vCPUs" 2 "$(echo "$out" | head -1)"
+mem=$(echo "$out" | tail -1)
+[ "$mem" -gt 150000 ] && [ "$mem" -lt 240000 ] || fail "-m 100m gave a guest of $mem kB"
+pass "--cpus 1.5 gives 2 vCPUs, -m 100m a guest of $mem kB"
+
 # 5. -p: busybox httpd on port 80 in the container, fetched from the host.
 $husk run -d --name www -p 8080:80 busybox sh -c 'mkdir -p /www && echo hi-from-httpd > /www/index.html && exec httpd -f -p 80 -h /www' > /dev/null \
   || fail "run -d -p failed"
