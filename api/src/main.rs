@@ -32,6 +32,8 @@ struct Cli {
 enum Cmd {
     /// Run a command in a new container (its own microVM).
     Run(Box<cli::run::RunArgs>),
+    /// Create a container without starting it (`husk start` boots it).
+    Create(Box<cli::run::RunArgs>),
     /// List containers.
     Ps(cli::ps::PsArgs),
     /// Stop running containers (SIGTERM, then SIGKILL).
@@ -42,6 +44,12 @@ enum Cmd {
     Rm(cli::lifecycle::RmArgs),
     /// Start stopped containers (each boots a new microVM).
     Start(cli::lifecycle::StartArgs),
+    /// Stop, then start containers again.
+    Restart(cli::lifecycle::RestartArgs),
+    /// Attach to a running container's output (and stdin).
+    Attach(cli::lifecycle::AttachArgs),
+    /// List a container's published ports.
+    Port(cli::lifecycle::PortArgs),
     /// Block until containers stop; print their exit statuses.
     Wait(cli::lifecycle::WaitArgs),
     /// Fetch a container's logs.
@@ -144,6 +152,10 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     };
     match cli.cmd {
         Cmd::Run(a) => cli::run::run(&data, *a),
+        Cmd::Create(a) => cli::run::create_only(&data, *a),
+        Cmd::Restart(a) => cli::lifecycle::restart(&data, a),
+        Cmd::Attach(a) => cli::lifecycle::attach(&data, a),
+        Cmd::Port(a) => cli::lifecycle::port(&data, a),
         Cmd::Ps(a) => cli::ps::run(&data, a),
         Cmd::Stop(a) => cli::lifecycle::stop(&data, a),
         Cmd::Kill(a) => cli::lifecycle::kill(&data, a),
@@ -285,7 +297,7 @@ fn forward(
 ) -> husk::machine::Result<i32> {
     use husk::machine::images;
     let mut argv = husk::machine::strip_data_dir(args)?;
-    if let Cmd::Run(a) = cmd {
+    if let Cmd::Run(a) | Cmd::Create(a) = cmd {
         let client = husk::machine::client(data)?;
         images::sync_image(data, &client, &a.image, a.quiet)?;
         argv = images::rewrite_run_args(argv)?;

@@ -100,6 +100,26 @@ got-usr1" "$(timeout 20 $husk logs -f sleeper)"
 $husk rm sleeper > /dev/null || fail "rm sleeper"
 pass "kill -s USR1 reaches the trap, wait prints 5, logs --tail and -f"
 
+# create, then start -a; restart; attach.
+$husk create --name made busybox sh -c 'echo made-run; exit 2' > /dev/null || fail "create"
+$husk ps -a | grep -q 'Created .*made$' || { $husk ps -a; fail "created container not listed as Created"; }
+out=$($husk start -a made)
+check "start -a status" 2 "$?"
+check "start -a output" made-run "$out"
+$husk rm made > /dev/null
+$husk run -d --name rs busybox sh -c 'echo boot; sleep 600' > /dev/null || fail "run -d rs"
+i=0; until $husk logs rs | grep -q boot || [ $i -ge 30 ]; do sleep 1; i=$((i + 1)); done
+$husk restart -t 1 rs > /dev/null || fail "restart"
+i=0; until [ "$($husk logs rs | grep -c boot)" = 2 ] || [ $i -ge 30 ]; do sleep 1; i=$((i + 1)); done
+check "boots after restart" 2 "$($husk logs rs | grep -c boot)"
+$husk rm -f rs > /dev/null
+$husk run -d --name att busybox sh -c 'sleep 4; echo from-attach; exit 4' > /dev/null || fail "run -d att"
+out=$($husk attach att)
+check "attach status" 4 "$?"
+check "attach output" from-attach "$out"
+$husk rm att > /dev/null
+pass "create + start -a, restart, attach"
+
 # --memory and --cpus size the microVM (and the container's cgroup).
 out=$($husk run --rm -m 100m --cpus 1.5 busybox sh -c 'nproc; sed -n "s/MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo')
 check "--cpus 1.5 vCPUs" 2 "$(echo "$out" | head -1)"
@@ -117,6 +137,7 @@ while [ $i -lt 60 ]; do
 done
 check "GET http://127.0.0.1:8080/" hi-from-httpd "$got"
 $husk ps | grep -q '0.0.0.0:8080->80/tcp' || { $husk ps; fail "ps does not show the published port"; }
+check "port" "80/tcp -> 0.0.0.0:8080" "$($husk port www)"
 # The same host port again: a one-line error, status 125, nothing left.
 before=$($husk ps -aq | wc -l)
 $husk run --rm -p 8080:80 busybox true > "$WORK/out" 2> "$WORK/err"

@@ -51,6 +51,34 @@ pub struct WaitArgs {
     pub containers: Vec<String>,
 }
 
+/// Options of `husk restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Seconds to wait for the container to stop before killing it.
+    #[arg(short, long, default_value_t = 10)]
+    pub time: u64,
+    /// Containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// Options of `husk attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Do not attach stdin.
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Container.
+    pub container: String,
+}
+
+/// Options of `husk port`.
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Container.
+    pub container: String,
+}
+
 /// Options of `husk start`.
 #[derive(Debug, Args)]
 pub struct StartArgs {
@@ -226,6 +254,58 @@ pub fn start(data_dir: &Path, args: StartArgs) -> CliResult {
         }
         super::run::start_and_attach(data_dir, &cs, &h, None, false, false).map(|_| ())
     })
+}
+
+/// `husk restart`: stop, then start (a new microVM).
+pub fn restart(data_dir: &Path, args: RestartArgs) -> CliResult {
+    let cs = super::containers(data_dir)?;
+    each(&args.containers, |n| {
+        let h = cs.find(n)?;
+        stop_one(&h, args.time)?;
+        super::run::start_and_attach(data_dir, &cs, &h, None, false, false).map(|_| ())
+    })
+}
+
+/// `husk attach`: the running container's output (and stdin) until it ends;
+/// exits with its status.
+pub fn attach(data_dir: &Path, args: AttachArgs) -> CliResult {
+    let cs = super::containers(data_dir)?;
+    let h = cs.find(&args.container)?;
+    let config = h.config()?;
+    if h.live_state()?.status != Status::Running {
+        return Err(CliError::new(
+            1,
+            "You cannot attach to a stopped container, start it first",
+        ));
+    }
+    let stdin = config.process.stdin && !args.no_stdin;
+    let tty = config.process.tty;
+    let conn = request(
+        &h,
+        &Request::Attach(Attach {
+            stdin,
+            console_size: None,
+        }),
+    )?;
+    match super::attach::stream(conn, stdin, tty)
+        .map_err(|e| CliError::new(1, format!("attach: {e}")))?
+    {
+        Some(code) => Ok(code),
+        None => Ok(h.live_state()?.exit_code.unwrap_or(0)),
+    }
+}
+
+/// `husk port`: the container's published ports, as Docker prints them.
+pub fn port(data_dir: &Path, args: PortArgs) -> CliResult {
+    let cs = super::containers(data_dir)?;
+    let s = cs.find(&args.container)?.live_state()?;
+    for p in &s.ports {
+        println!(
+            "{}/{} -> {}:{}",
+            p.container_port, p.proto, p.host_ip, p.host_port
+        );
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -412,11 +412,9 @@ pub fn start_and_attach(
     }
 }
 
-/// `husk run`.
-pub fn run(data_dir: &Path, args: RunArgs) -> CliResult {
-    if args.detach && args.rm && args.interactive {
-        // Allowed by Docker too; nothing special.
-    }
+/// Resolves the image (pulling it when missing) and creates the container
+/// (config written, nothing started).
+fn create_container(data_dir: &Path, args: &RunArgs) -> Result<(Containers, Handle), CliError> {
     // A missing kernel or VMM is reported before anything is created.
     crate::assets::find().map_err(|e| CliError::new(125, e.to_string()))?;
     let store =
@@ -424,7 +422,21 @@ pub fn run(data_dir: &Path, args: RunArgs) -> CliResult {
     let img = resolve_image(&store, &args.image, args.quiet)?;
     let ic = image_config(&store, &img)?;
     let containers = super::containers(data_dir).map_err(|e| CliError::new(125, e.message))?;
-    let h = create(&containers, &args, &img, &ic)?;
+    let h = create(&containers, args, &img, &ic)?;
+    Ok((containers, h))
+}
+
+/// `husk create`: the container exists (`ps -a` shows it `Created`); its
+/// microVM boots at `husk start`.
+pub fn create_only(data_dir: &Path, args: RunArgs) -> CliResult {
+    let (_, h) = create_container(data_dir, &args)?;
+    println!("{}", h.id);
+    Ok(0)
+}
+
+/// `husk run`.
+pub fn run(data_dir: &Path, args: RunArgs) -> CliResult {
+    let (containers, h) = create_container(data_dir, &args)?;
     if args.detach {
         start_and_attach(data_dir, &containers, &h, None, args.timings, true)?;
         println!("{}", h.id);

@@ -144,7 +144,7 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
     let mut it = argv.into_iter();
     // Up to and including "run".
     for a in it.by_ref() {
-        let done = a == "run";
+        let done = a == "run" || a == "create";
         out.push(a);
         if done {
             break;
