@@ -241,6 +241,15 @@ pub fn plan(rootfs: &Path, etc: &[MountSpec], mounts: &[MountSpec]) -> Result<Ve
         nosuid_nodev_noexec | MsFlags::MS_RDONLY,
         None,
     ));
+    // The container's own cgroup (the child is in its cgroup namespace by
+    // now), read-only, as Docker shows it: memory.max, cpu.max, ...
+    ops.push(mount(
+        Some("cgroup2"),
+        &sys.join("fs/cgroup"),
+        Some("cgroup2"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+    ));
     for m in etc {
         if let Some(t) = etc_target(rootfs, &m.destination)? {
             ops.push(mount(
@@ -366,6 +375,9 @@ mod tests {
         assert!(calls.iter().any(
             |c| c.starts_with(&format!("mount sysfs {r}/sys sysfs")) && c.contains("MS_RDONLY")
         ));
+        assert!(calls.iter().any(|c| c
+            .starts_with(&format!("mount cgroup2 {r}/sys/fs/cgroup cgroup2"))
+            && c.contains("MS_RDONLY")));
         let n = calls.len();
         assert!(
             calls[n - 2].contains("MS_REMOUNT") && calls[n - 2].contains(&format!("{r}/data/in"))
