@@ -121,13 +121,15 @@ $husk rm att > /dev/null
 pass "create + start -a, restart, attach"
 
 # --memory and --cpus size the microVM (and the container's cgroup).
-out=$($husk run --rm -m 100m --cpus 1.5 busybox sh -c 'nproc; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; sed -n "s/MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo')
-check "--cpus 1.5 vCPUs" 2 "$(echo "$out" | sed -n 1p)"
+# (Guests here keep to 1 vCPU: on the 2-CPU nested host, guests holding
+# both CPUs can stall it; the vCPU count for --cpus 1.5 is a unit test.)
+out=$($husk run --rm -m 100m --cpus 0.5 busybox sh -c 'nproc; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; sed -n "s/MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo')
+check "--cpus 0.5 vCPUs" 1 "$(echo "$out" | sed -n 1p)"
 check "-m 100m memory.max" 104857600 "$(echo "$out" | sed -n 2p)"
-check "--cpus 1.5 cpu.max" "150000 100000" "$(echo "$out" | sed -n 3p)"
+check "--cpus 0.5 cpu.max" "50000 100000" "$(echo "$out" | sed -n 3p)"
 mem=$(echo "$out" | sed -n 4p)
 [ "$mem" -gt 150000 ] && [ "$mem" -lt 240000 ] || fail "-m 100m gave a guest of $mem kB"
-pass "--cpus 1.5: 2 vCPUs and cpu.max 150000 100000; -m 100m: memory.max 104857600, a guest of $mem kB"
+pass "--cpus 0.5: 1 vCPU and cpu.max 50000 100000; -m 100m: memory.max 104857600, a guest of $mem kB"
 
 # 5. -p: busybox httpd on port 80 in the container, fetched from the host.
 $husk run -d --name www -p 8080:80 busybox sh -c 'mkdir -p /www && echo hi-from-httpd > /www/index.html && exec httpd -f -p 80 -h /www' > /dev/null \

@@ -109,16 +109,22 @@ pub fn vm_mem_mib(memory_bytes: Option<u64>) -> u32 {
     }
 }
 
-/// vCPUs for a container: enough for its CPU limit, else 2 (at most the
-/// host's count), capped at 32.
+/// vCPUs for a container: enough for its CPU limit, capped at 32; without
+/// one, 2, but never more than the host's CPUs less one, so that husk-vmm's
+/// device thread and the host keep a CPU (on a 2-CPU host: 1 vCPU). That
+/// also keeps nested hosts, such as the husk machine, responsive: a guest
+/// whose vCPUs hold every CPU of an emulated host can stall it.
 pub fn vm_vcpus(cpu_millis: Option<u64>) -> u32 {
     let host = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let host = u32::try_from(host).unwrap_or(32).min(32);
+    default_vcpus(cpu_millis, u32::try_from(host).unwrap_or(32))
+}
+
+fn default_vcpus(cpu_millis: Option<u64>, host: u32) -> u32 {
     match cpu_millis {
         Some(m) => u32::try_from(m.div_ceil(1000)).unwrap_or(32).clamp(1, 32),
-        None => host.min(2),
+        None => host.saturating_sub(1).clamp(1, 2),
     }
 }
 
@@ -168,6 +174,11 @@ mod tests {
         assert_eq!(parse_cpus("0"), None);
         assert_eq!(vm_vcpus(Some(1500)), 2);
         assert_eq!(vm_vcpus(Some(500)), 1);
+        assert_eq!(default_vcpus(None, 1), 1);
+        assert_eq!(default_vcpus(None, 2), 1);
+        assert_eq!(default_vcpus(None, 3), 2);
+        assert_eq!(default_vcpus(None, 64), 2);
+        assert_eq!(default_vcpus(Some(100_000), 2), 32);
         assert_eq!(vm_mem_mib(Some(256 << 20)), 384);
     }
 }
