@@ -3,19 +3,26 @@
 # a real /dev/kvm to the scenario running inside it (see shared/NESTED-KVM.md).
 # shellcheck shell=bash
 
+# copy_libs ROOT FILE: copies FILE's shared libraries into ROOT at their own
+# absolute paths.
+copy_libs() {
+  local lib
+  for lib in $(ldd "$2" 2>/dev/null | grep -o '/[^ )]*'); do
+    [ -e "$1$lib" ] && continue
+    mkdir -p "$1$(dirname "$lib")"
+    cp -L "$lib" "$1$lib"
+  done
+}
+
 # copy_with_libs ROOT FILE...: copies each executable and its shared
 # libraries into ROOT at the same absolute paths.
 copy_with_libs() {
-  local root=$1 f lib
+  local root=$1 f
   shift
   for f in "$@"; do
     mkdir -p "$root$(dirname "$f")"
     cp -L "$f" "$root$f"
-    for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ )]*'); do
-      [ -e "$root$lib" ] && continue
-      mkdir -p "$root$(dirname "$lib")"
-      cp -L "$lib" "$root$lib"
-    done
+    copy_libs "$root" "$f"
   done
 }
 
@@ -23,14 +30,9 @@ copy_with_libs() {
 # libraries at their own paths (FILE's own path may be hidden in the test
 # host, e.g. under /tmp, which is a tmpfs there).
 install_bin() {
-  local lib
   mkdir -p "$1/husk/bin"
   cp -L "$2" "$1/husk/bin/$3"
-  for lib in $(ldd "$2" 2>/dev/null | grep -o '/[^ )]*'); do
-    [ -e "$1$lib" ] && continue
-    mkdir -p "$1$(dirname "$lib")"
-    cp -L "$lib" "$1$lib"
-  done
+  copy_libs "$1" "$2"
 }
 
 # machine_modules / machine_binaries: what husk needs in a test host or

@@ -128,7 +128,7 @@ fn image_config(store: &Store, img: &StoredImage) -> Result<ImageConfig, CliErro
 
 /// `KEY=VALUE` stays; a bare `KEY` takes the value from this environment
 /// (and is dropped when unset), as Docker does.
-fn env_entry(e: &str) -> Option<String> {
+pub fn env_entry(e: &str) -> Option<String> {
     if e.contains('=') {
         Some(e.to_string())
     } else {
@@ -136,7 +136,9 @@ fn env_entry(e: &str) -> Option<String> {
     }
 }
 
-fn read_env_file(path: &Path) -> Result<Vec<String>, CliError> {
+/// The `KEY=VALUE` entries of an `--env-file` (`#` comments, blank lines
+/// skipped, bare `KEY`s as [`env_entry`]).
+pub fn read_env_file(path: &Path) -> Result<Vec<String>, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(format!("open {}: {e}", path.display())))?;
     Ok(text

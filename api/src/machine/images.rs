@@ -150,13 +150,6 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
             break;
         }
     }
-    let env = |v: &str| -> Option<String> {
-        if v.contains('=') {
-            Some(v.to_string())
-        } else {
-            std::env::var(v).ok().map(|val| format!("{v}={val}"))
-        }
-    };
     while let Some(a) = it.next() {
         if !a.starts_with('-') || a == "--" {
             out.push(a);
@@ -174,20 +167,15 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
         };
         match (flag.as_str(), value) {
             ("--env-file", Some(path)) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| MachineError::BadArgs(format!("open {path}: {e}")))?;
-                for line in text.lines().map(str::trim) {
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    if let Some(kv) = env(line) {
-                        out.push("-e".into());
-                        out.push(kv);
-                    }
+                let entries = crate::cli::run::read_env_file(Path::new(&path))
+                    .map_err(|e| MachineError::BadArgs(e.message))?;
+                for kv in entries {
+                    out.push("-e".into());
+                    out.push(kv);
                 }
             }
             ("-e" | "--env", Some(v)) => {
-                if let Some(kv) = env(&v) {
+                if let Some(kv) = crate::cli::run::env_entry(&v) {
                     out.push("-e".into());
                     out.push(kv);
                 }

@@ -128,10 +128,9 @@ pub(super) fn boot(
         let deadline = Instant::now() + Duration::from_secs(30);
         while !tap.exists() && Instant::now() < deadline {
             if let Ok(Some(st)) = vmm.try_wait() {
-                return fail(match vmm_error(&h.dir.join("vmm.log")) {
-                    Some(line) => format!("the microVM did not start: {line}"),
-                    None => format!("the microVM did not start: husk-vmm exited ({st})"),
-                });
+                return fail(vmm_failure(&h.dir.join("vmm.log")).unwrap_or_else(|| {
+                    format!("the microVM did not start: husk-vmm exited ({st})")
+                }));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -152,13 +151,12 @@ pub(super) fn boot(
         Ok(a) => a,
         Err(e) => {
             let why = match vmm.try_wait() {
-                Ok(Some(st)) => match vmm_error(&h.dir.join("vmm.log")) {
-                    Some(line) => format!("the microVM did not start: {line}"),
-                    None => format!(
+                Ok(Some(st)) => vmm_failure(&h.dir.join("vmm.log")).unwrap_or_else(|| {
+                    format!(
                         "the microVM exited ({st}) before its agent answered; see {}",
                         h.dir.join("console.log").display()
-                    ),
-                },
+                    )
+                }),
                 _ => format!(
                     "{}; see {}",
                     crate::error::chain(&e),
@@ -207,7 +205,7 @@ pub(super) fn boot(
             _rootfs: rootfs_lease,
             _volume_locks: volume_locks,
             _lease: lease,
-            publisher,
+            _publisher: publisher,
         },
         vmm,
     ))
@@ -238,13 +236,14 @@ fn disk_name(i: usize) -> String {
     format!("vd{letter}")
 }
 
-/// husk-vmm's own error line (`husk-vmm: ...`), if it printed one.
-fn vmm_error(vmm_log: &Path) -> Option<String> {
+/// "the microVM did not start: " and husk-vmm's own error line
+/// (`husk-vmm: ...`), if it printed one.
+fn vmm_failure(vmm_log: &Path) -> Option<String> {
     let text = fs::read_to_string(vmm_log).ok()?;
     text.lines()
         .rev()
         .find(|l| l.starts_with("husk-vmm: "))
-        .map(str::to_string)
+        .map(|l| format!("the microVM did not start: {l}"))
 }
 
 /// Reads husk-vmm's `guest boot marker: N ms` line.

@@ -120,7 +120,7 @@ struct Held {
     _rootfs: crate::rootfs::RootfsLease,
     _volume_locks: Vec<VolumeLock>,
     _lease: Option<net::Lease>,
-    publisher: Option<net::Publisher>,
+    _publisher: Option<net::Publisher>,
 }
 
 /// The live supervisor, shared by its threads.
@@ -276,6 +276,10 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
     }
 }
 
+fn vmm_died(why: &str) -> String {
+    format!("the microVM ended unexpectedly: husk-vmm {why}")
+}
+
 /// Waits for the end, then cleans up and reports it.
 fn run(
     containers: &Containers,
@@ -300,18 +304,10 @@ fn run(
     let (code, error, vm_ok) = match rx.recv() {
         Ok(Event::Exited(code)) => (code, None, true),
         Ok(Event::StartFailed(code, why)) => (code, Some(why), true),
-        Ok(Event::VmmDied(why)) => (
-            137,
-            Some(format!("the microVM ended unexpectedly: husk-vmm {why}")),
-            false,
-        ),
+        Ok(Event::VmmDied(why)) => (137, Some(vmm_died(&why)), false),
         Ok(Event::WaitFailed(why)) => match rx.recv_timeout(Duration::from_secs(3)) {
             // The VM's end broke the connection: say that.
-            Ok(Event::VmmDied(v)) => (
-                137,
-                Some(format!("the microVM ended unexpectedly: husk-vmm {v}")),
-                false,
-            ),
+            Ok(Event::VmmDied(v)) => (137, Some(vmm_died(&v)), false),
             _ => (137, Some(format!("lost the guest agent: {why}")), false),
         },
         Err(_) => (137, Some("supervisor lost its threads".into()), false),
@@ -344,12 +340,8 @@ fn run(
         let _ = vrx.recv_timeout(Duration::from_secs(5));
     }
     let _ = reaper.join();
-    if let Some(mut p) = held.publisher {
-        p.stop();
-    }
-    drop(held._lease);
-    drop(held._volume_locks);
-    drop(held._rootfs);
+    // Ports, address lease, volume locks, the rootfs disk hold.
+    drop(held);
     let _ = fs::remove_dir_all(&sup.handle.run_dir);
     if sup.config.auto_remove {
         let _ = containers.remove(&sup.handle);
