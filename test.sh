@@ -11,7 +11,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
-tests/e2e.sh boot devices container run
+cargo build -p husk
+HUSK=$CARGO_TARGET_DIR/debug/husk tests/api.sh
+tests/e2e.sh boot devices container run foundation guest api
 build_all
 HUSK=$HUSK_BIN HUSK_LIB_DIR=$CARGO_TARGET_DIR/release tests/machine.sh
-echo "machine: 1 passed, 0 failed"

@@ -2,7 +2,9 @@
 # Builds husk's guest kernel (an ELF vmlinux with the PVH entry) from Debian's
 # linux-source-6.12 package: tinyconfig + microvm.config, everything built in.
 # The result is cached under $HUSK_CACHE_DIR/kernel/<sha256 of fragment + source version>/
-# and its path is printed as the only line on stdout. Progress goes to stderr.
+# and its path is printed as the only line on stdout. Progress goes to stderr,
+# one line a step; the configure and build output goes to
+# $HUSK_CACHE_DIR/kernel/build.log, whose tail is shown when a step fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 fragment="$here/microvm.config"
@@ -33,13 +35,28 @@ tarball=/usr/src/linux-source-6.12.tar.xz
 mkdir -p "$cache_root/kernel"
 work=$(mktemp -d "$cache_root/kernel/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+build_log="$cache_root/kernel/build.log"
+: > "$build_log"
+# step DESCRIPTION CMD...: runs CMD with its output in the build log; on
+# failure shows the log's tail and stops.
+step() {
+  local what=$1
+  shift
+  echo "+ $*" >> "$build_log"
+  "$@" >> "$build_log" 2>&1 || {
+    log "$what failed; last lines of $build_log:"
+    tail -n 40 "$build_log" >&2
+    exit 1
+  }
+}
 log "unpacking $tarball (source $src_version)"
 tar -xf "$tarball" -C "$work"
 cd "$work"/linux-source-6.12
 start=$(date +%s)
-make -s ARCH=x86_64 tinyconfig >&2
-scripts/kconfig/merge_config.sh -m .config "$fragment" >&2
-make -s ARCH=x86_64 olddefconfig >&2
+log "configuring (tinyconfig + $(basename "$fragment")); output in $build_log"
+step "make tinyconfig" make -s ARCH=x86_64 tinyconfig
+step "merge_config.sh" scripts/kconfig/merge_config.sh -m .config "$fragment"
+step "make olddefconfig" make -s ARCH=x86_64 olddefconfig
 # Every option the fragment sets must survive olddefconfig (a dependency we
 # missed silently drops an option otherwise).
 bad=0
@@ -51,7 +68,7 @@ while IFS= read -r line; do
 done < <(grep -v '^#' "$fragment" | sed '/^$/d')
 [ "$bad" = 0 ] || { echo "guest-kernel: config fragment not fully applied" >&2; exit 1; }
 log "building vmlinux with $(nproc) jobs"
-make -s ARCH=x86_64 -j"$(nproc)" vmlinux >&2
+step "building vmlinux" make -s ARCH=x86_64 -j"$(nproc)" vmlinux
 took=$(( $(date +%s) - start ))
 mkdir -p "$out.tmp"
 cp vmlinux "$out.tmp/vmlinux"

@@ -19,6 +19,11 @@ done
 build_all
 
 failed=0
+host_pid=
+# A scenario's host-side server never outlives e2e.sh, even when it is
+# interrupted.
+trap '[ -z "$host_pid" ] || kill "$host_pid" 2>/dev/null' EXIT
+trap 'exit 130' INT TERM
 for s in "$@"; do
   start=$(date +%s)
   # A scenario's NAME.prep.sh runs here, on the machine running e2e.sh, and

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The husk machine end to end: starts the helper VM with QEMU (TCG + SVM),
 # runs commands in it (stdio, exit status, /dev/kvm), publishes a port from
-# it to this host, and stops it, keeping its data disk.
+# it to this host, and stops it, keeping its data disk. Each check counts;
+# the last line is "machine: N passed, M failed" and the status is non-zero
+# when a check failed (a failure that leaves nothing to test stops the run).
 #
 # Needs qemu-system-x86, linux-image-cloud-amd64, busybox-static, e2fsprogs
 # and the microVM files: $HUSK_LIB_DIR, or $HUSK_KERNEL/$HUSK_INITRD/$HUSK_VMM,
@@ -12,7 +14,29 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 say() { echo "machine.sh: $*" >&2; }
-fail() { say "FAIL: $*"; exit 1; }
+passed=0 failed=0
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); say "FAIL: $*"; }
+die() { fail "$*"; exit 1; }
+summary() {
+  local rc=$1
+  if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
+    failed=1
+    say "FAIL: stopped by an unexpected error (status $rc)"
+  fi
+  echo "machine: $passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+data=
+cleanup() {
+  local rc=$?
+  if [ -n "$data" ]; then
+    h machine stop >/dev/null 2>&1 || true
+    rm -rf "$data"
+  fi
+  summary "$rc" || exit 1
+}
+trap cleanup EXIT
 
 if [ -z "${HUSK:-}" ]; then
   cargo build -q -p husk
@@ -24,7 +48,7 @@ if [ -z "${HUSK_LIB_DIR:-}" ]; then
   initrd=${HUSK_INITRD:-$HOME/.cache/husk/initramfs/husk-initramfs.cpio.gz}
   vmm=${HUSK_VMM:-$CARGO_TARGET_DIR/release/husk-vmm}
   for f in "$kernel" "$initrd" "$vmm"; do
-    [ -f "$f" ] || fail "microVM file ${f:-(guest kernel)} missing: run ./run.sh or set HUSK_LIB_DIR"
+    [ -f "$f" ] || die "microVM file ${f:-(guest kernel)} missing: run ./run.sh or set HUSK_LIB_DIR"
   done
   ln -s "$kernel" "$lib/vmlinux"
   ln -s "$initrd" "$lib/initramfs.cpio.gz"
@@ -35,44 +59,39 @@ unset HUSK_KERNEL HUSK_INITRD HUSK_VMM HUSK_IN_MACHINE
 
 data=$(mktemp -d)
 h() { "$HUSK" --data-dir "$data" "$@"; }
-cleanup() {
-  h machine stop >/dev/null 2>&1 || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
 
 t0=$(date +%s.%N)
-h machine start >/dev/null || fail "machine start"
+h machine start >/dev/null && ok || die "machine start"
 t1=$(date +%s.%N)
 say "cold start (initramfs build, disk creation, boot) to ready: $(echo "$t1 - $t0" | bc) s"
 grep -a 'serving after' "$data/machine/console.log" | sed 's/^/machine.sh: console: /' >&2 || true
 
 status=$(h machine status)
-[ "$(echo "$status" | head -1)" = running ] || fail "status after start: $status"
+[ "$(echo "$status" | head -1)" = running ] && ok || die "status after start: $status"
 pid=$(echo "$status" | sed -n 's/^pid: //p')
 
-h machine ssh -- sh -c 'iptables -t nat -S >/dev/null && mkfs.ext4 -V 2>&1 | grep -q mke2fs' ||
+h machine ssh -- sh -c 'iptables -t nat -S >/dev/null && mkfs.ext4 -V 2>&1 | grep -q mke2fs' && ok ||
   fail "iptables or mkfs.ext4 do not work in the machine"
 
-h machine start | grep -q 'already running' || fail "second start is not a no-op"
+h machine start | grep -q 'already running' && ok || fail "second start is not a no-op"
 
 set +e
 out=$(h machine ssh -- sh -c 'test -c /dev/kvm && echo kvm; echo to-stderr >&2; exit 4' 2>"$data/err")
 rc=$?
 set -e
-[ "$rc" = 4 ] || fail "ssh exit status $rc, want 4"
-[ "$out" = kvm ] || fail "ssh stdout '$out', want kvm"
-[ "$(cat "$data/err")" = to-stderr ] || fail "ssh stderr '$(cat "$data/err")'"
+[ "$rc" = 4 ] && ok || fail "ssh exit status $rc, want 4"
+[ "$out" = kvm ] && ok || fail "ssh stdout '$out', want kvm"
+[ "$(cat "$data/err")" = to-stderr ] && ok || fail "ssh stderr '$(cat "$data/err")'"
 
-[ "$(printf 'a\nb\n' | h machine ssh -- wc -l)" = 2 ] || fail "stdin is not passed through"
+[ "$(printf 'a\nb\n' | h machine ssh -- wc -l)" = 2 ] && ok || fail "stdin is not passed through"
 
 # husk commands are forwarded (HUSK_MACHINE=1 forces it on any host).
-HUSK_MACHINE=1 h images | grep -q '^REPOSITORY' || fail "forwarded 'husk images' printed no table"
+HUSK_MACHINE=1 h images | grep -q '^REPOSITORY' && ok || fail "forwarded 'husk images' printed no table"
 set +e
 err=$(HUSK_MACHINE=1 h rmi no-such-image 2>&1 >/dev/null)
 rc=$?
 set -e
-[ "$rc" = 1 ] && [ "$err" = "husk: No such image: no-such-image" ] ||
+[ "$rc" = 1 ] && [ "$err" = "husk: No such image: no-such-image" ] && ok ||
   fail "forwarded 'husk rmi' gave status $rc and '$err'"
 
 # A published port: the machine reports it, the client adds the forward.
@@ -80,10 +99,10 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 h machine ssh -- sh -c "mkdir -p /www && echo hello-from-the-machine > /www/index.html &&
   httpd -p $port -h /www &&
   echo '[{\"host_ip\":\"127.0.0.1\",\"host_port\":$port,\"proto\":\"tcp\"}]' > /run/husk-machine-ports.json"
-got=$(curl -s -m 20 "http://127.0.0.1:$port/") || fail "no answer on the published port $port"
-[ "$got" = hello-from-the-machine ] || fail "published port answered '$got'"
+got=$(curl -s -m 20 "http://127.0.0.1:$port/") && ok || fail "no answer on the published port $port"
+[ "$got" = hello-from-the-machine ] && ok || fail "published port answered '$got'"
 h machine ssh -- sh -c 'echo "[]" > /run/husk-machine-ports.json'
-if curl -s -m 5 "http://127.0.0.1:$port/" >/dev/null; then fail "port $port still forwarded after it was unpublished"; fi
+if curl -s -m 5 "http://127.0.0.1:$port/" >/dev/null; then fail "port $port still forwarded after it was unpublished"; else ok; fi
 
 # A port taken on this host gives a one-line error, and the command still runs.
 python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,7 +111,7 @@ taker=$!
 sleep 0.5
 err=$(h machine ssh -- sh -c "echo '[{\"host_ip\":\"127.0.0.1\",\"host_port\":$port,\"proto\":\"tcp\"}]' > /run/husk-machine-ports.json" 2>&1)
 kill "$taker"
-echo "$err" | grep -q "cannot publish port 127.0.0.1:$port/tcp: it is already in use on this host" ||
+echo "$err" | grep -q "cannot publish port 127.0.0.1:$port/tcp: it is already in use on this host" && ok ||
   fail "no port-in-use error: '$err'"
 h machine ssh -- sh -c 'echo "[]" > /run/husk-machine-ports.json' 2>/dev/null
 
@@ -102,7 +121,7 @@ set +e
 out=$(HUSK_MACHINE=1 h run --rm busybox sh -c 'echo from-a-container; exit 3')
 rc=$?
 set -e
-[ "$rc" = 3 ] && [ "$out" = from-a-container ] || fail "husk run in the machine: status $rc, output '$out'"
+[ "$rc" = 3 ] && [ "$out" = from-a-container ] && ok || fail "husk run in the machine: status $rc, output '$out'"
 web=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HUSK_MACHINE=1 h run -d --name web -p "$web:80" busybox httpd -f -p 80 -h /etc >/dev/null
 got=
@@ -110,9 +129,9 @@ for _ in $(seq 40); do
   got=$(curl -s -m 5 "http://127.0.0.1:$web/hostname") && break
   sleep 0.5
 done
-[ -n "$got" ] || fail "no answer from the container on port $web (forwards: $(cat "$data/machine/ports.json"))"
+[ -n "$got" ] && ok || fail "no answer from the container on port $web (forwards: $(cat "$data/machine/ports.json"))"
 HUSK_MACHINE=1 h rm -f web >/dev/null
-if curl -s -m 5 "http://127.0.0.1:$web/hostname" >/dev/null; then fail "port $web still forwarded after rm"; fi
+if curl -s -m 5 "http://127.0.0.1:$web/hostname" >/dev/null; then fail "port $web still forwarded after rm"; else ok; fi
 
 # Images come from this host's store: one loaded here under a new name
 # runs in the machine (copied in once), with --env-file read here.
@@ -120,20 +139,20 @@ h save -o "$data/layout" busybox >/dev/null
 h load -i "$data/layout" --name localtool >/dev/null
 printf 'FROM_HOST_FILE=yes\n' > "$data/env"
 out=$(HUSK_MACHINE=1 h run --rm --env-file "$data/env" localtool:latest sh -c 'echo transferred $FROM_HOST_FILE')
-[ "$out" = "transferred yes" ] || fail "a host-loaded image in the machine: '$out'"
-h machine ssh -- husk images | grep -q '^localtool ' || fail "the machine's store has no localtool"
+[ "$out" = "transferred yes" ] && ok || fail "a host-loaded image in the machine: '$out'"
+h machine ssh -- husk images | grep -q '^localtool ' && ok || fail "the machine's store has no localtool"
 set +e
 err=$(HUSK_MACHINE=1 h run --rm no-such-local-image-xyz:1 true 2>&1 >/dev/null)
 rc=$?
 set -e
-[ "$rc" = 125 ] || fail "unknown image through the machine: status $rc: $err"
+[ "$rc" = 125 ] && ok || fail "unknown image through the machine: status $rc: $err"
 
 # Stop keeps the data disk; a command starts the machine again on its own.
 h machine ssh -- sh -c 'echo kept > /var/lib/husk/marker'
 h machine stop >/dev/null
 st=$(ps -o stat= -p "$pid" || true)
-[ -z "$st" ] || [ "${st:0:1}" = Z ] || fail "qemu $pid still runs after stop"
-[ "$(h machine status)" = stopped ] || fail "status after stop: $(h machine status)"
+[ -z "$st" ] || [ "${st:0:1}" = Z ] && ok || fail "qemu $pid still runs after stop"
+[ "$(h machine status)" = stopped ] && ok || fail "status after stop: $(h machine status)"
 # Two commands at once start one machine, which says so once.
 t0=$(date +%s.%N)
 h machine ssh -- cat /var/lib/husk/marker >"$data/out1" 2>"$data/err1" &
@@ -141,10 +160,9 @@ h machine ssh -- cat /var/lib/husk/marker >"$data/out2" 2>"$data/err2"
 wait $!
 t1=$(date +%s.%N)
 [ "$(cat "$data/out1" "$data/out2")" = "kept
-kept" ] || fail "the data disk lost its content: '$(cat "$data/out1" "$data/out2")'"
-[ "$(cat "$data/err1" "$data/err2" | grep -c 'starting the husk machine')" = 1 ] ||
+kept" ] && ok || fail "the data disk lost its content: '$(cat "$data/out1" "$data/out2")'"
+[ "$(cat "$data/err1" "$data/err2" | grep -c 'starting the husk machine')" = 1 ] && ok ||
   fail "want one start message on stderr: $(cat "$data/err1" "$data/err2")"
-[ "$(pgrep -c -f "husk-machine.*$data/machine/")" = 1 ] || fail "not exactly one machine runs"
+[ "$(pgrep -c -f "husk-machine.*$data/machine/")" = 1 ] && ok || fail "not exactly one machine runs"
 say "warm start (cached initramfs) + command: $(echo "$t1 - $t0" | bc) s"
 h machine stop >/dev/null
-say "PASS"

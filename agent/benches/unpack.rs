@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use husk_agent::layers::{self, UnpackOptions};
+use husk_layers::{self as layers, UnpackOptions};
 use sha2::{Digest, Sha256};
 
 const MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

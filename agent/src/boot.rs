@@ -13,12 +13,8 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-/// husk's debug I/O port (see husk-vmm's `DebugPort`).
-pub const DEBUG_PORT: u16 = 0x3f0;
-/// Debug-port value: the guest's init has started.
-pub const DEBUG_PORT_BOOT_MARKER: u8 = 123;
-/// Debug-port value: power the VM off.
-pub const DEBUG_PORT_POWER_OFF: u8 = 0xad;
+use husk_proto::boot::DiskMount;
+pub use husk_proto::guest::{DEBUG_PORT, DEBUG_PORT_BOOT_MARKER, DEBUG_PORT_POWER_OFF};
 
 /// Boot errors.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +30,20 @@ pub enum BootError {
         #[source]
         source: nix::Error,
     },
+    /// A disk named by the boot parameters could not be mounted.
+    #[error("cannot mount /dev/{device} on {path}")]
+    MountDisk {
+        /// Device name under /dev.
+        device: String,
+        /// Mount point.
+        path: String,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// The boot parameters on the kernel command line are malformed.
+    #[error("bad kernel command line")]
+    Params(#[from] husk_proto::boot::BootParamError),
     /// A file under /proc or /sys could not be read or parsed.
     #[error("cannot read {path}")]
     Read {
@@ -256,41 +266,6 @@ pub fn has_vsock_device(sys: &Path) -> bool {
         .any(|d| fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == "0x0013"))
 }
 
-/// A disk the host asks PID 1 to mount: `husk.disk=DEV:PATH[:ro]` on the
-/// kernel command line (`DEV` under /dev, an ext4 filesystem).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskMount {
-    /// Device name under /dev, e.g. `vdb`.
-    pub device: String,
-    /// Absolute mount point.
-    pub path: String,
-    /// Mount read-only.
-    pub read_only: bool,
-}
-
-/// Parses every `husk.disk=` parameter of a kernel command line.
-pub fn disk_mounts(cmdline: &str) -> Vec<DiskMount> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|p| p.strip_prefix("husk.disk="))
-        .filter_map(|spec| {
-            let mut parts = spec.split(':');
-            let device = parts.next().filter(|d| !d.is_empty() && !d.contains('/'))?;
-            let path = parts.next().filter(|p| p.starts_with('/'))?;
-            let read_only = match parts.next() {
-                None | Some("rw") => false,
-                Some("ro") => true,
-                Some(_) => return None,
-            };
-            Some(DiskMount {
-                device: device.to_string(),
-                path: path.to_string(),
-                read_only,
-            })
-        })
-        .collect()
-}
-
 /// Mounts one requested disk.
 pub fn mount_disk(d: &DiskMount) -> Result<()> {
     let _ = fs::create_dir_all(&d.path);
@@ -305,9 +280,9 @@ pub fn mount_disk(d: &DiskMount) -> Result<()> {
         flags,
         None::<&str>,
     )
-    .map_err(|source| BootError::Mount {
-        fstype: "ext4",
-        target: "a husk.disk mount point",
+    .map_err(|source| BootError::MountDisk {
+        device: d.device.clone(),
+        path: d.path.clone(),
         source,
     })
 }
@@ -315,26 +290,6 @@ pub fn mount_disk(d: &DiskMount) -> Result<()> {
 #[cfg(test)]
 mod disk_tests {
     use super::*;
-
-    #[test]
-    fn disk_parameters() {
-        let m = disk_mounts("console=ttyS0 husk.disk=vdb:/mnt/blobs:ro husk.disk=vdc:/data husk.disk=../x:/y husk.disk=vdd:rel husk.disk=vde:/z:bogus");
-        assert_eq!(
-            m,
-            vec![
-                DiskMount {
-                    device: "vdb".into(),
-                    path: "/mnt/blobs".into(),
-                    read_only: true
-                },
-                DiskMount {
-                    device: "vdc".into(),
-                    path: "/data".into(),
-                    read_only: false
-                },
-            ]
-        );
-    }
 
     #[test]
     fn no_vsock_in_an_empty_sysfs() {
@@ -423,17 +378,6 @@ pub fn configure_interface(name: &str, addr: Option<([u8; 4], u8)>) -> Result<()
     ioctl(&fd, SIOCSIFFLAGS, &mut r, &format!("{name}: set flags"))
 }
 
-/// Parses `husk.ip=A.B.C.D/PREFIX` (the address the host gives eth0).
-pub fn guest_ip(cmdline: &str) -> Option<([u8; 4], u8)> {
-    let spec = cmdline
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("husk.ip="))?;
-    let (ip, prefix) = spec.split_once('/')?;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
-    Some((ip.octets(), prefix))
-}
-
 const SIOCADDRT: libc::c_ulong = 0x890b;
 const RTF_UP: libc::c_ushort = 0x0001;
 const RTF_GATEWAY: libc::c_ushort = 0x0002;
@@ -513,26 +457,6 @@ pub fn add_default_route(device: &str, gateway: std::net::Ipv4Addr) -> Result<()
     Ok(())
 }
 
-/// Parses `husk.gw=A.B.C.D` (the guest's default gateway).
-pub fn gateway(cmdline: &str) -> Option<std::net::Ipv4Addr> {
-    cmdline
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("husk.gw="))?
-        .parse()
-        .ok()
-}
-
-/// Parses `husk.dns=IP[,IP...]` (IPv4 nameservers; malformed entries are
-/// skipped).
-pub fn dns_servers(cmdline: &str) -> Vec<std::net::Ipv4Addr> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|p| p.strip_prefix("husk.dns="))
-        .flat_map(|list| list.split(','))
-        .filter_map(|ip| ip.parse().ok())
-        .collect()
-}
-
 /// Writes `<root>/etc/resolv.conf` naming `servers`. The file is replaced
 /// (written beside it, then renamed), so a symlink there is replaced, not
 /// followed.
@@ -556,17 +480,6 @@ pub fn write_resolv_conf(root: &Path, servers: &[std::net::Ipv4Addr]) -> Result<
 #[cfg(test)]
 mod net_tests {
     use super::*;
-
-    #[test]
-    fn ip_parameter() {
-        assert_eq!(
-            guest_ip("a husk.ip=169.254.77.2/24 b"),
-            Some(([169, 254, 77, 2], 24))
-        );
-        assert_eq!(guest_ip("husk.ip=1.2.3.4/33"), None);
-        assert_eq!(guest_ip("husk.ip=1.2.3/24"), None);
-        assert_eq!(guest_ip("nothing"), None);
-    }
 
     #[test]
     fn ifreq_is_the_kernel_size() {
@@ -640,35 +553,6 @@ mod net_tests {
         assert_eq!(i32::from(sa.sa_family), libc::AF_INET);
         let bytes: Vec<u8> = sa.sa_data.iter().map(|c| c.to_ne_bytes()[0]).collect();
         assert_eq!(&bytes[..6], &[0, 0, 10, 88, 0, 1]);
-    }
-
-    #[test]
-    fn gateway_parameter() {
-        assert_eq!(
-            gateway("husk.ip=10.88.0.2/30 husk.gw=10.88.0.1 quiet"),
-            Some(std::net::Ipv4Addr::new(10, 88, 0, 1))
-        );
-        assert_eq!(gateway("husk.gw=10.88.0"), None);
-        assert_eq!(gateway("husk.gw="), None);
-        assert_eq!(gateway("husk.gateway=1.2.3.4"), None);
-    }
-
-    #[test]
-    fn dns_parameter() {
-        use std::net::Ipv4Addr;
-        assert_eq!(
-            dns_servers("husk.dns=10.0.2.3"),
-            vec![Ipv4Addr::new(10, 0, 2, 3)]
-        );
-        assert_eq!(
-            dns_servers("a husk.dns=1.1.1.1,bad,,8.8.8.8 husk.dns=9.9.9.9"),
-            vec![
-                Ipv4Addr::new(1, 1, 1, 1),
-                Ipv4Addr::new(8, 8, 8, 8),
-                Ipv4Addr::new(9, 9, 9, 9)
-            ]
-        );
-        assert!(dns_servers("husk.dns= nothing").is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! husk-agent as a library: the guest-side container runtime.
 //!
-//! - [`protocol`]: the framed, versioned JSON control protocol.
-//! - [`layers`]: verify and unpack image layers into a root directory.
+//! - the control protocol is `husk_proto::agent`.
+//! - layers are verified and unpacked by the `husk-layers` crate.
 //! - [`overlay`]: pristine lower + writable upper for a container's rootfs.
 //! - [`container`]: namespaces, cgroups, pivot_root, processes.
 //! - [`server`]: the request handlers, generic over the stream type.
@@ -9,9 +9,7 @@
 //! - [`reaper`]: exit statuses of container processes (PID 1 reaps all).
 
 pub mod container;
-pub mod layers;
 pub mod overlay;
-pub mod protocol;
 pub mod reaper;
 pub mod server;
 pub mod vsock;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::protocol::ExitStatus;
+use husk_proto::agent::ExitStatus;
 
 /// Which children the reaper waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

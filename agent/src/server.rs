@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::container::sys::RealSys;
 use crate::container::{etc, Container, ContainerConfig, ContainerError, Stdio};
-use crate::layers::{self, LayerError, UnpackOptions};
 use crate::overlay::{OverlayError, OverlayLayout};
-use crate::protocol::{
-    self, BlobSource, ConsoleSize, CreateRequest, Envelope, ErrorKind, ExecRequest, ImageSource,
-    ProcessSpec, ProtocolError, Request, Response, StreamHello, PROTOCOL_VERSION,
-};
 use crate::reaper::{ReapMode, Reaper};
+use husk_layers::{self as layers, LayerError, UnpackOptions};
+use husk_proto::agent::{
+    self, BlobSource, ConsoleSize, CreateRequest, Envelope, ErrorKind, ExecRequest, FrameError,
+    ImageSource, ProtocolError, Request, Response, StdioPorts, StreamHello, PROTOCOL_VERSION,
+};
 
 /// Server errors.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ impl ServerError {
     /// The class sent to the host.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Protocol(ProtocolError::Io(_)) => ErrorKind::Internal,
+            Self::Protocol(ProtocolError::Frame(FrameError::Io(_))) => ErrorKind::Internal,
             Self::Protocol(_) => ErrorKind::InvalidRequest,
             Self::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
             Self::NotFound { .. } => ErrorKind::NotFound,
@@ -131,7 +131,8 @@ impl ServerError {
 
 /// Opens data connections to the host.
 pub trait Connector: Send + Sync {
-    /// The stream type; it becomes a process's stdio descriptor.
+    /// The stream type; a process's stdio is relayed to it (or pumped, for
+    /// a terminal).
     type Stream: Read + Write + Into<OwnedFd> + Send + 'static;
     /// Connects to `port` on the host.
     fn connect(&self, port: u32) -> io::Result<Self::Stream>;
@@ -159,7 +160,7 @@ impl Connector for UnixConnector {
 pub const RUN_ONCE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The guest's run directory (on tmpfs: the overlay uppers live there).
-pub const GUEST_RUN_DIR: &str = "/run/husk";
+pub use husk_proto::guest::RUN_DIR as GUEST_RUN_DIR;
 /// The guest's cgroup v2 mount.
 pub const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The guest's resolver configuration.
@@ -223,6 +224,8 @@ pub enum Outcome {
 struct Entry {
     container: Container,
     overlay: OverlayLayout,
+    /// Where the init's stdio goes (from `create`).
+    init_stdio: StdioPorts,
 }
 
 /// The agent's state, shared by all control connections.
@@ -338,15 +341,15 @@ impl<C: Connector> Server<C> {
     /// Serves one control connection until it closes or `Shutdown`.
     pub fn serve<S: Read + Write>(&self, mut stream: S) -> Result<Outcome> {
         loop {
-            let env: Envelope<Request> = match protocol::read_frame(&mut stream) {
+            let env: Envelope<Request> = match agent::read_frame(&mut stream) {
                 Ok(e) => e,
-                Err(ProtocolError::Closed) => return Ok(Outcome::Closed),
-                Err(ProtocolError::Json(e)) => {
-                    let err = ServerError::Protocol(ProtocolError::Json(e));
+                Err(FrameError::Closed) => return Ok(Outcome::Closed),
+                Err(FrameError::Json(e)) => {
+                    let err = ServerError::Protocol(FrameError::Json(e).into());
                     self.reply(&mut stream, 0, error_response(&err))?;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(ProtocolError::from(e).into()),
             };
             let shutdown = env.body == Request::Shutdown;
             let init_wait = match &env.body {
@@ -380,7 +383,7 @@ impl<C: Connector> Server<C> {
             seq,
             body,
         };
-        Ok(protocol::write_frame(stream, &env)?)
+        Ok(agent::write_frame(stream, &env).map_err(ProtocolError::from)?)
     }
 
     /// Handles one request.
@@ -438,6 +441,7 @@ impl<C: Connector> Server<C> {
         if dir.exists() && !kept {
             return Err(ServerError::AlreadyExists { id: req.id });
         }
+        let init_stdio = req.stdio.clone();
         let lower = match &req.image {
             ImageSource::Layers { layers } => self.unpack_image(&req.id, layers)?,
             ImageSource::Unpacked { path } => path.clone(),
@@ -478,14 +482,18 @@ impl<C: Connector> Server<C> {
                 return Err(e.into());
             }
         };
-        let entry = Arc::new(Mutex::new(Entry { container, overlay }));
+        let entry = Arc::new(Mutex::new(Entry {
+            container,
+            overlay,
+            init_stdio,
+        }));
         lock(&self.containers).insert(req.id.clone(), entry);
         Ok(Response::Created { id: req.id })
     }
 
     /// Verifies and unpacks the layers into `images/<chain key>` unless a
     /// previous container already did; returns that directory.
-    fn unpack_image(&self, id: &str, layers: &[protocol::Layer]) -> Result<PathBuf> {
+    fn unpack_image(&self, id: &str, layers: &[agent::Layer]) -> Result<PathBuf> {
         let images = self.config.run_dir.join("images");
         fs::create_dir_all(&images).map_err(io_err(&images))?;
         let key = layers::chain_key(layers.iter().map(|l| l.digest.as_str()));
@@ -514,13 +522,7 @@ impl<C: Connector> Server<C> {
         Ok(done)
     }
 
-    fn apply_layer(
-        &self,
-        id: &str,
-        root: &Path,
-        tmp_dir: &Path,
-        l: &protocol::Layer,
-    ) -> Result<()> {
+    fn apply_layer(&self, id: &str, root: &Path, tmp_dir: &Path, l: &agent::Layer) -> Result<()> {
         let wrap = |source| ServerError::Layer {
             digest: l.digest.clone(),
             source,
@@ -556,11 +558,11 @@ impl<C: Connector> Server<C> {
     fn open(&self, port: u32, hello: &StreamHello) -> Result<C::Stream> {
         let connect = |source| ServerError::Connect { port, source };
         let mut s = self.connector.connect(port).map_err(connect)?;
-        protocol::write_frame(&mut s, hello)?;
+        agent::write_frame(&mut s, hello).map_err(ProtocolError::from)?;
         Ok(s)
     }
 
-    fn stdio(&self, id: &str, exec_id: Option<&str>, p: &ProcessSpec) -> Result<Stdio> {
+    fn stdio(&self, id: &str, exec_id: Option<&str>, ports: &StdioPorts) -> Result<Stdio> {
         let open = |port: Option<u32>, name: &str| -> Result<Option<OwnedFd>> {
             port.map(|port| {
                 let hello = StreamHello {
@@ -573,17 +575,17 @@ impl<C: Connector> Server<C> {
             .transpose()
         };
         Ok(Stdio {
-            stdin: open(p.stdio.stdin, "stdin")?,
-            stdout: open(p.stdio.stdout, "stdout")?,
-            stderr: open(p.stdio.stderr, "stderr")?,
+            stdin: open(ports.stdin, "stdin")?,
+            stdout: open(ports.stdout, "stdout")?,
+            stderr: open(ports.stderr, "stderr")?,
         })
     }
 
     fn do_start(&self, id: &str) -> Result<Response> {
         let entry = self.entry(id)?;
         let mut e = lock(&entry);
-        let process = e.container_process().clone();
-        let stdio = self.stdio(id, None, &process)?;
+        let ports = e.init_stdio.clone();
+        let stdio = self.stdio(id, None, &ports)?;
         let pid = e.container.start(stdio, &self.reaper)?;
         Ok(Response::Started { pid })
     }
@@ -591,7 +593,7 @@ impl<C: Connector> Server<C> {
     fn do_exec(&self, req: ExecRequest) -> Result<Response> {
         let entry = self.entry(&req.id)?;
         let mut e = lock(&entry);
-        let stdio = self.stdio(&req.id, Some(&req.exec_id), &req.process)?;
+        let stdio = self.stdio(&req.id, Some(&req.exec_id), &req.stdio)?;
         let pid = e
             .container
             .exec(&req.exec_id, &req.process, stdio, &self.reaper)?;
@@ -612,13 +614,21 @@ impl<C: Connector> Server<C> {
         Ok(Response::Resized)
     }
 
+    /// Answers once the process has exited and its output is relayed and
+    /// the stream connections closed (see [`crate::container::relay`]).
     fn do_wait(&self, id: &str, exec_id: Option<&str>) -> Result<Response> {
         let entry = self.entry(id)?;
-        let pid = lock(&entry).container.pid(exec_id)?;
+        let (pid, relay) = {
+            let e = lock(&entry);
+            (e.container.pid(exec_id)?, e.container.relay(exec_id))
+        };
         let status = self
             .reaper
             .wait(pid)
             .ok_or_else(|| ServerError::NotFound { id: id.to_string() })?;
+        if let Some(relay) = relay {
+            relay.wait();
+        }
         Ok(Response::Exited { status })
     }
 
@@ -630,12 +640,6 @@ impl<C: Connector> Server<C> {
             e.overlay.unmount();
         }
         Ok(Response::ShuttingDown)
-    }
-}
-
-impl Entry {
-    fn container_process(&self) -> &ProcessSpec {
-        self.container.process()
     }
 }
 
@@ -684,7 +688,7 @@ mod tests {
     }
 
     fn call(s: &mut UnixStream, version: u32, body: Request) -> Envelope<Response> {
-        protocol::write_frame(
+        agent::write_frame(
             s,
             &Envelope {
                 version,
@@ -693,7 +697,7 @@ mod tests {
             },
         )
         .unwrap();
-        protocol::read_frame(s).unwrap()
+        agent::read_frame(s).unwrap()
     }
 
     #[test]
@@ -727,7 +731,7 @@ mod tests {
         a.write_all(&u32::try_from(junk.len()).unwrap().to_be_bytes())
             .unwrap();
         a.write_all(junk).unwrap();
-        let r: Envelope<Response> = protocol::read_frame(&mut a).unwrap();
+        let r: Envelope<Response> = agent::read_frame(&mut a).unwrap();
         assert!(matches!(
             r.body,
             Response::Error {

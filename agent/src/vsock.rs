@@ -11,10 +11,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 
 use crate::server::{Connector, Server, ServerConfig};
 
-/// The host's context id.
-pub const HOST_CID: u32 = 2;
-/// The default control port.
-pub const CONTROL_PORT: u32 = 1024;
+pub use husk_proto::guest::{CONTROL_PORT, HOST_CID};
 
 fn vsock_socket() -> io::Result<OwnedFd> {
     socket::socket(

@@ -10,17 +10,18 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use husk_agent::layers::UnpackOptions;
-use husk_agent::protocol::{
-    self, BlobSource, ConsoleSize, CreateRequest, Envelope, ErrorKind, ExecRequest, ExitStatus,
+use husk_agent::reaper::ReapMode;
+use husk_agent::server::{Server, ServerConfig, UnixConnector};
+use husk_layers::UnpackOptions;
+use husk_proto::agent::{
+    BlobSource, ConsoleSize, CreateRequest, Envelope, ErrorKind, ExecRequest, ExitStatus,
     ImageSource, Layer, Limits, ProcessSpec, Request, Response, StdioPorts, StreamHello,
     PROTOCOL_VERSION,
 };
-use husk_agent::reaper::ReapMode;
-use husk_agent::server::{Server, ServerConfig, UnixConnector};
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "hostname", "id", "sleep", "cat", "grep", "test", "ls", "true", "stty", "pwd",
+    "seq",
 ];
 
 fn require_root_and_busybox() -> PathBuf {
@@ -103,8 +104,8 @@ impl Conn {
             seq: self.seq,
             body,
         };
-        protocol::write_frame(&mut self.s, &env).unwrap();
-        let resp: Envelope<Response> = protocol::read_frame(&mut self.s).unwrap();
+        husk_proto::agent::write_frame(&mut self.s, &env).unwrap();
+        let resp: Envelope<Response> = husk_proto::agent::read_frame(&mut self.s).unwrap();
         assert_eq!(resp.seq, self.seq);
         assert_eq!(resp.version, PROTOCOL_VERSION);
         resp.body
@@ -186,7 +187,7 @@ impl Harness {
         let l = UnixListener::bind(self.dir.path().join(format!("v.sock_{port}"))).unwrap();
         let h = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let hello: StreamHello = protocol::read_frame(&mut s).unwrap();
+            let hello: StreamHello = husk_proto::agent::read_frame(&mut s).unwrap();
             (hello, s)
         });
         (port, h)
@@ -200,7 +201,7 @@ impl Harness {
         let l = UnixListener::bind(self.dir.path().join(format!("v.sock_{port}"))).unwrap();
         let h = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let hello: StreamHello = protocol::read_frame(&mut s).unwrap();
+            let hello: StreamHello = husk_proto::agent::read_frame(&mut s).unwrap();
             if let Some(data) = input {
                 s.write_all(data).unwrap();
                 s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -216,16 +217,18 @@ impl Harness {
         &mut self,
         id: &str,
         layer: &Layer,
-        process: ProcessSpec,
+        process: Proc,
         hostname: &str,
         limits: Limits,
     ) -> Response {
+        let (process, stdio) = process.split();
         self.call(Request::Create(Box::new(CreateRequest {
             id: id.into(),
             image: ImageSource::Layers {
                 layers: vec![layer.clone()],
             },
             process,
+            stdio,
             hostname: hostname.into(),
             mounts: vec![],
             limits,
@@ -242,7 +245,7 @@ impl Drop for Harness {
                 s.join().unwrap();
             }
         } else {
-            let _ = protocol::write_frame(
+            let _ = husk_proto::agent::write_frame(
                 &mut self.client.s,
                 &Envelope {
                     version: PROTOCOL_VERSION,
@@ -250,6 +253,52 @@ impl Drop for Harness {
                     body: Request::Shutdown,
                 },
             );
+        }
+    }
+}
+
+/// Test shorthand: a process and where its stdio goes.
+#[derive(Debug, Clone, Default)]
+struct Proc {
+    cmd: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
+    user: String,
+    tty: bool,
+    console_size: Option<ConsoleSize>,
+    stdio: StdioPorts,
+}
+
+impl Proc {
+    fn split(self) -> (ProcessSpec, StdioPorts) {
+        let spec = ProcessSpec {
+            cmd: self.cmd,
+            env: self.env,
+            workdir: self.workdir,
+            user: self.user,
+            tty: self.tty,
+            console_size: self.console_size,
+            ..Default::default()
+        };
+        (spec, self.stdio)
+    }
+}
+
+/// Test shorthand for an [`ExecRequest`] built from a [`Proc`].
+struct ExecReq {
+    id: String,
+    exec_id: String,
+    process: Proc,
+}
+
+impl From<ExecReq> for ExecRequest {
+    fn from(r: ExecReq) -> Self {
+        let (process, stdio) = r.process.split();
+        ExecRequest {
+            id: r.id,
+            exec_id: r.exec_id,
+            process,
+            stdio,
         }
     }
 }
@@ -269,7 +318,7 @@ fn sh_runs_as_pid_1_with_hostname_uid_and_exit_status() {
     let layer = busybox_layer(h.dir.path());
     let (out_port, out) = h.port(None);
     let (err_port, err) = h.port(None);
-    let process = ProcessSpec {
+    let process = Proc {
         cmd: sh("echo hello; hostname; id -u; echo $$; echo oops >&2; exit 3"),
         user: "app".into(),
         workdir: "/home/app".into(),
@@ -329,7 +378,7 @@ fn sh_runs_as_pid_1_with_hostname_uid_and_exit_status() {
 fn exec_stdin_signals_and_isolation() {
     let mut h = Harness::new();
     let layer = busybox_layer(h.dir.path());
-    let init = ProcessSpec {
+    let init = Proc {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
@@ -348,15 +397,18 @@ fn exec_stdin_signals_and_isolation() {
         grep -q '^sysfs /sys sysfs ro' /proc/mounts && echo sys-ro; \
         grep -c : /proc/net/dev; ls /; exit 5";
     let exec = |exec_id: &str, cmd: Vec<String>, stdio: StdioPorts| {
-        Request::Exec(ExecRequest {
-            id: "c2".into(),
-            exec_id: exec_id.into(),
-            process: ProcessSpec {
-                cmd,
-                stdio,
-                ..Default::default()
-            },
-        })
+        Request::Exec(
+            ExecReq {
+                id: "c2".into(),
+                exec_id: exec_id.into(),
+                process: Proc {
+                    cmd,
+                    stdio,
+                    ..Default::default()
+                },
+            }
+            .into(),
+        )
     };
     let r = h.call(exec(
         "e1",
@@ -495,7 +547,7 @@ fn exec_stdin_signals_and_isolation() {
 fn errors_are_typed() {
     let mut h = Harness::new();
     let layer = busybox_layer(h.dir.path());
-    let cmd = |c: &str| ProcessSpec {
+    let cmd = |c: &str| Proc {
         cmd: vec![c.into()],
         ..Default::default()
     };
@@ -557,7 +609,7 @@ fn errors_are_typed() {
     let r = h.create(
         "u",
         &layer,
-        ProcessSpec {
+        Proc {
             user: "nobody".into(),
             ..cmd("true")
         },
@@ -617,7 +669,7 @@ fn real_cgroup2_membership_and_cgroup_namespace() {
     let mut h = Harness::with_cgroup_root(Some(parent.clone()));
     let layer = busybox_layer(h.dir.path());
     let (out_port, out) = h.port(None);
-    let process = ProcessSpec {
+    let process = Proc {
         // Print, then wait for the exec below to say so: the output is
         // always complete before the init exits (no kill racing the pipe).
         cmd: sh(
@@ -646,19 +698,22 @@ fn real_cgroup2_membership_and_cgroup_namespace() {
     );
     // With a pty too: an exec whose stdin is a terminal.
     let (tty_port, tty_out) = h.port(None);
-    let r = h.call(Request::Exec(ExecRequest {
-        id: "cg".into(),
-        exec_id: "t".into(),
-        process: ProcessSpec {
-            cmd: sh("test -t 0 && test -t 1 && echo is-a-tty; touch /tmp/done; exit 4"),
-            tty: true,
-            stdio: StdioPorts {
-                stdout: Some(tty_port),
+    let r = h.call(Request::Exec(
+        ExecReq {
+            id: "cg".into(),
+            exec_id: "t".into(),
+            process: Proc {
+                cmd: sh("test -t 0 && test -t 1 && echo is-a-tty; exit 4"),
+                tty: true,
+                stdio: StdioPorts {
+                    stdout: Some(tty_port),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
-            ..Default::default()
-        },
-    }));
+        }
+        .into(),
+    ));
     assert!(matches!(r, Response::Started { .. }), "{r:?}");
     let w = h.call(Request::Wait {
         id: "cg".into(),
@@ -671,6 +726,21 @@ fn real_cgroup2_membership_and_cgroup_namespace() {
         }
     );
     assert_eq!(text(tty_out).1, "is-a-tty\r\n");
+    // Only now let the init end: its exit kills every process left in its
+    // PID namespace, so an exec that ended the init itself could be killed
+    // before reporting its own status.
+    let r = h.call(Request::Exec(
+        ExecReq {
+            id: "cg".into(),
+            exec_id: "done".into(),
+            process: Proc {
+                cmd: sh("touch /tmp/done"),
+                ..Default::default()
+            },
+        }
+        .into(),
+    ));
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
     assert_eq!(
         h.call(Request::Wait {
             id: "cg".into(),
@@ -720,7 +790,7 @@ fn run_once_ends_after_the_last_exit_is_reported() {
         std::thread::spawn(move || server.serve_all(move || listener.accept().map(|(s, _)| s)));
     let mut c = UnixStream::connect(&sock).unwrap();
     let mut call = |body: Request| {
-        protocol::write_frame(
+        husk_proto::agent::write_frame(
             &mut c,
             &Envelope {
                 version: PROTOCOL_VERSION,
@@ -729,7 +799,7 @@ fn run_once_ends_after_the_last_exit_is_reported() {
             },
         )
         .unwrap();
-        protocol::read_frame::<_, Envelope<Response>>(&mut c)
+        husk_proto::agent::read_frame::<_, Envelope<Response>>(&mut c)
             .unwrap()
             .body
     };
@@ -742,6 +812,7 @@ fn run_once_ends_after_the_last_exit_is_reported() {
             cmd: sh("sleep 0.3; exit 0"),
             ..Default::default()
         },
+        stdio: StdioPorts::default(),
         hostname: String::new(),
         mounts: vec![],
         limits: Limits::default(),
@@ -803,12 +874,15 @@ fn read_until(s: &mut UnixStream, buf: &mut Vec<u8>, needle: &str) {
     }
 }
 
-fn exec_req(id: &str, exec_id: &str, process: ProcessSpec) -> Request {
-    Request::Exec(ExecRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        process,
-    })
+fn exec_req(id: &str, exec_id: &str, process: Proc) -> Request {
+    Request::Exec(
+        ExecReq {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            process,
+        }
+        .into(),
+    )
 }
 
 fn wait(conn: &mut Conn, id: &str, exec_id: Option<&str>) -> Response {
@@ -834,7 +908,7 @@ fn tty_size_resize_and_ctrl_c() {
     let layer = busybox_layer(h.dir.path());
     let (in_port, stdin) = h.live_port();
     let (out_port, stdout) = h.live_port();
-    let process = ProcessSpec {
+    let process = Proc {
         cmd: sh("stty size; tty; ls /proc/self/fd | tr '\\n' ' '; echo; \
              trap 'stty size' WINCH; trap 'echo got-int; exit 7' INT; \
              echo ready; while :; do sleep 0.1; done"),
@@ -874,7 +948,7 @@ fn tty_size_resize_and_ctrl_c() {
     let r = h.call(exec_req(
         "t",
         "cat",
-        ProcessSpec {
+        Proc {
             cmd: sh("stty size; exec cat"),
             tty: true,
             console_size: Some(ConsoleSize { rows: 5, cols: 7 }),
@@ -969,7 +1043,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
         ),
     ];
     for (id, cmd, want_kind, want_msg) in cases {
-        let p = ProcessSpec {
+        let p = Proc {
             cmd: vec![cmd.to_string()],
             ..Default::default()
         };
@@ -985,7 +1059,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
         assert!(message.contains(want_msg), "{cmd}: {message}");
     }
 
-    let init = ProcessSpec {
+    let init = Proc {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
@@ -1001,7 +1075,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
         let r = h.call(exec_req(
             "run",
             &format!("e{i}"),
-            ProcessSpec {
+            Proc {
                 cmd: vec![cmd.to_string()],
                 ..Default::default()
             },
@@ -1016,7 +1090,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
     let r = h.call(exec_req(
         "run",
         "setup",
-        ProcessSpec {
+        Proc {
             cmd: sh("cp /bin/busybox /tmp/mine && chmod 700 /tmp/mine"),
             ..Default::default()
         },
@@ -1026,7 +1100,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
     let r = h.call(exec_req(
         "run",
         "as-app",
-        ProcessSpec {
+        Proc {
             cmd: vec!["/tmp/mine".into(), "true".into()],
             user: "app".into(),
             ..Default::default()
@@ -1046,7 +1120,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
     let r = h.call(exec_req(
         "run",
         "wd",
-        ProcessSpec {
+        Proc {
             cmd: vec!["true".into()],
             workdir: "/nonexistent".into(),
             ..Default::default()
@@ -1065,7 +1139,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
     let r = h.call(exec_req(
         "run",
         "ok",
-        ProcessSpec {
+        Proc {
             cmd: vec!["true".into()],
             ..Default::default()
         },
@@ -1081,7 +1155,7 @@ fn missing_workdir_is_created_inside_the_rootfs() {
     let mut h = Harness::new();
     let layer = busybox_layer(h.dir.path());
     let (out_port, out) = h.port(None);
-    let p = ProcessSpec {
+    let p = Proc {
         cmd: sh("pwd; ls -ld /srv/app /srv/app/data"),
         user: "app".into(),
         workdir: "/srv/app/data".into(),
@@ -1107,7 +1181,7 @@ fn missing_workdir_is_created_inside_the_rootfs() {
         assert!(l.starts_with("drwxr-xr-x") && l.contains(" root "), "{l}");
     }
 
-    let p = ProcessSpec {
+    let p = Proc {
         cmd: vec!["true".into()],
         workdir: "/evil/x".into(),
         ..Default::default()
@@ -1136,7 +1210,7 @@ fn etc_hostname_hosts_and_resolv_conf() {
     let layer = busybox_layer(h.dir.path());
     for (id, new_network, addr) in [("shared", false, "127.0.0.1"), ("own", true, "127.0.1.1")] {
         let (out_port, out) = h.port(None);
-        let p = ProcessSpec {
+        let p = Proc {
             cmd: sh("cat /etc/hostname /etc/hosts /etc/resolv.conf; grep -c app /etc/passwd"),
             stdio: StdioPorts {
                 stdout: Some(out_port),
@@ -1144,12 +1218,14 @@ fn etc_hostname_hosts_and_resolv_conf() {
             },
             ..Default::default()
         };
+        let (process, stdio) = p.split();
         let r = h.call(Request::Create(Box::new(CreateRequest {
             id: id.into(),
             image: ImageSource::Layers {
                 layers: vec![layer.clone()],
             },
-            process: p,
+            process,
+            stdio,
             hostname: format!("web-{id}"),
             mounts: vec![],
             limits: Limits::default(),
@@ -1195,7 +1271,7 @@ fn stdin_eof_ends_cat_for_init_and_exec() {
     let layer = busybox_layer(h.dir.path());
     let (in_port, inp) = h.port(Some(b"hi\n"));
     let (out_port, out) = h.port(None);
-    let p = ProcessSpec {
+    let p = Proc {
         cmd: vec!["cat".into()],
         stdio: StdioPorts {
             stdin: Some(in_port),
@@ -1216,7 +1292,7 @@ fn stdin_eof_ends_cat_for_init_and_exec() {
     assert_eq!(text(out).1, "hi\n");
     assert_eq!(text(inp).0.stream, "stdin");
 
-    let init = ProcessSpec {
+    let init = Proc {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
@@ -1233,7 +1309,7 @@ fn stdin_eof_ends_cat_for_init_and_exec() {
     let r = h.call(exec_req(
         "in2",
         "cat",
-        ProcessSpec {
+        Proc {
             cmd: vec!["cat".into()],
             stdio: StdioPorts {
                 stdin: Some(in_port),
@@ -1257,7 +1333,7 @@ fn sigterm_to_init_with_handler_and_two_waiters() {
     let mut h = Harness::new();
     let layer = busybox_layer(h.dir.path());
     let (out_port, out) = h.live_port();
-    let p = ProcessSpec {
+    let p = Proc {
         cmd: sh("trap 'echo term; exit 9' TERM; echo ready; while :; do sleep 0.1; done"),
         stdio: StdioPorts {
             stdout: Some(out_port),
@@ -1338,7 +1414,7 @@ fn writable_layer_on_a_mounted_disk_is_reused() {
     std::fs::create_dir_all(dir.join("upper")).unwrap();
     std::fs::write(dir.join("upper/left-before"), "from-before\n").unwrap();
     let (out_port, out) = h.port(None);
-    let p = ProcessSpec {
+    let p = Proc {
         cmd: sh("cat /left-before; echo again > /left-now"),
         stdio: StdioPorts {
             stdout: Some(out_port),
@@ -1363,7 +1439,7 @@ fn writable_layer_on_a_mounted_disk_is_reused() {
     let r = h.create(
         "plain",
         &layer,
-        ProcessSpec {
+        Proc {
             cmd: sh("true"),
             ..Default::default()
         },
@@ -1383,4 +1459,230 @@ fn writable_layer_on_a_mounted_disk_is_reused() {
     // Detached now, gone once the overlay above it is unmounted.
     nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).unwrap();
     drop(h);
+}
+
+/// `echo a > /dev/stdout; echo b > /dev/stderr` (an nginx image's log
+/// symlinks): without a terminal, stdio is pipes as Docker's, which can be
+/// opened through /proc (a socket cannot), for the init and for an exec.
+#[test]
+fn stdio_is_pipes_for_init_and_exec() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let script = "echo a > /dev/stdout; echo b > /dev/stderr; exit 3";
+    let (out_port, out) = h.port(None);
+    let (err_port, err) = h.port(None);
+    let p = Proc {
+        cmd: sh(script),
+        stdio: StdioPorts {
+            stdin: None,
+            stdout: Some(out_port),
+            stderr: Some(err_port),
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("pi", &layer, p, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "pi".into() }),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "pi", None), exited(3));
+    assert_eq!(text(out).1, "a\n");
+    assert_eq!(text(err).1, "b\n");
+
+    // The init reads /dev/stdin to the host's end-of-file.
+    let (in_port, inp) = h.port(Some(b"hi\n"));
+    let (out_port, out) = h.port(None);
+    let p = Proc {
+        cmd: vec!["cat".into(), "/dev/stdin".into()],
+        stdio: StdioPorts {
+            stdin: Some(in_port),
+            stdout: Some(out_port),
+            stderr: None,
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("pe", &layer, p, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "pe".into() }),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "pe", None), exited(0));
+    assert_eq!(text(out).1, "hi\n");
+    drop(inp);
+
+    let init = Proc {
+        cmd: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("px", &layer, init, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "px".into() }),
+        Response::Started { .. }
+    ));
+    let (out_port, out) = h.port(None);
+    let (err_port, err) = h.port(None);
+    let p = Proc {
+        cmd: sh(script),
+        stdio: StdioPorts {
+            stdin: None,
+            stdout: Some(out_port),
+            stderr: Some(err_port),
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.call(exec_req("px", "e", p)),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "px", Some("e")), exited(3));
+    assert_eq!(text(out).1, "a\n");
+    assert_eq!(text(err).1, "b\n");
+
+    // All three are pipes; the exec reads /dev/stdin to end-of-file too.
+    let (in_port, inp) = h.port(Some(b"in\n"));
+    let (out_port, out) = h.port(None);
+    let (err_port, err) = h.port(None);
+    let p = Proc {
+        cmd: sh("cat /dev/stdin; ls -l /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2 >&2"),
+        stdio: StdioPorts {
+            stdin: Some(in_port),
+            stdout: Some(out_port),
+            stderr: Some(err_port),
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.call(exec_req("px", "ls", p)),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "px", Some("ls")), exited(0));
+    assert_eq!(text(out).1, "in\n");
+    let listing = text(err).1;
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{listing}");
+    for l in lines {
+        assert!(l.contains("-> pipe:["), "{listing}");
+    }
+    drop(inp);
+}
+
+/// All of the output is on the stream connection, closed, before `Wait`
+/// answers; a large output arrives whole.
+#[test]
+fn output_is_relayed_before_exited() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let init = Proc {
+        cmd: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("o", &layer, init, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "o".into() }),
+        Response::Started { .. }
+    ));
+    let seq = |n: u32| -> String { (1..=n).map(|i| format!("{i}\n")).collect() };
+    let (out_port, out) = h.port(None);
+    let p = Proc {
+        cmd: vec!["seq".into(), "100000".into()],
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.call(exec_req("o", "big", p)),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "o", Some("big")), exited(0));
+    assert!(text(out).1 == seq(100_000), "output differs");
+
+    // The host reads nothing until `Wait` has answered: then everything
+    // and the end of the stream are there already.
+    let (out_port, out) = h.live_port();
+    let p = Proc {
+        cmd: vec!["seq".into(), "3000".into()],
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.call(exec_req("o", "small", p)),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "o", Some("small")), exited(0));
+    let (_, mut out) = out.join().unwrap();
+    out.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    out.read_to_end(&mut got)
+        .expect("output and end-of-stream before Exited");
+    assert!(
+        String::from_utf8(got).unwrap() == seq(3000),
+        "output differs"
+    );
+}
+
+/// An exec that leaves a background child holding its stdout: `Wait`
+/// answers and the stream ends shortly after the exec's exit, with what it
+/// wrote, instead of when the child exits.
+#[test]
+fn a_background_child_holds_neither_wait_nor_the_stream() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let init = Proc {
+        cmd: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("bg", &layer, init, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "bg".into() }),
+        Response::Started { .. }
+    ));
+    let (in_port, inp) = h.live_port();
+    let (out_port, out) = h.live_port();
+    let p = Proc {
+        cmd: sh("sleep 60 & echo x"),
+        stdio: StdioPorts {
+            stdin: Some(in_port),
+            stdout: Some(out_port),
+            stderr: None,
+        },
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        h.call(exec_req("bg", "e", p)),
+        Response::Started { .. }
+    ));
+    // The host keeps stdin open: that does not hold `Wait` either.
+    let (_, inp) = inp.join().unwrap();
+    assert_eq!(wait(&mut h.client, "bg", Some("e")), exited(0));
+    // Read only now: the output and the end of the stream came first.
+    let (_, mut out) = out.join().unwrap();
+    out.set_nonblocking(true).unwrap();
+    let mut got = String::new();
+    out.read_to_string(&mut got)
+        .expect("output and end-of-stream before Exited");
+    assert_eq!(got, "x\n");
+    let took = t.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    drop(inp);
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
-use husk_agent::layers::{self, LayerError, UnpackOptions};
+use husk_layers::{self as layers, LayerError, UnpackOptions};
 
 fn apply(root: &Path, blob: &[u8], media_type: &str) -> Result<layers::UnpackStats, LayerError> {
     let dir = tempfile::tempdir().unwrap();
@@ -201,11 +201,11 @@ fn assert_refused(entries: &[E], want: &str) {
 fn dotdot_traversal_refused() {
     assert_refused(
         &[E::File("../escape", 0o644, b"x".to_vec())],
-        "path \"../escape\" contains '..'",
+        "entry \"../escape\" refused: '..' escapes the root",
     );
     assert_refused(
         &[E::File("a/../../escape", 0o644, b"x".to_vec())],
-        "contains '..'",
+        "'..' escapes the root",
     );
     assert_refused(
         &[E::File("a/.wh...", 0o644, vec![])],

@@ -13,7 +13,7 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use husk_agent::layers::{self, UnpackOptions};
+use husk_layers::{self as layers, UnpackOptions};
 use sha2::{Digest, Sha256};
 
 fn umoci(dir: &Path, args: &[&str]) {

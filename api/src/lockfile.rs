@@ -38,6 +38,13 @@ pub fn lock_file(path: &Path, arg: FlockArg) -> io::Result<Option<Flock<File>>> 
     }
 }
 
+/// Opens (creating) `path` and takes an exclusive flock on it, waiting
+/// for other holders.
+pub fn lock_exclusive(path: &Path) -> io::Result<Flock<File>> {
+    lock_file(path, FlockArg::LockExclusive)?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

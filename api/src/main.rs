@@ -4,17 +4,11 @@
 //! for husk's own errors and bad usage in `run`, 126/127 for a command that
 //! cannot run, else the container's status; 1 for other commands).
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use husk::cli::{self, CliError};
-use husk::image::default::ensure_default_image;
-use husk::image::layout;
-use husk::image::reference::Reference;
-use husk::image::registry::{Credentials, Registry};
-use husk::image::store::Store;
 
 /// husk: containers in microVMs.
 #[derive(Debug, Parser)]
@@ -46,6 +40,10 @@ enum Cmd {
     Start(cli::lifecycle::StartArgs),
     /// Stop, then start containers again.
     Restart(cli::lifecycle::RestartArgs),
+    /// Pause the microVMs of running containers (their vCPUs stop).
+    Pause(cli::pause::PauseArgs),
+    /// Resume paused containers.
+    Unpause(cli::pause::PauseArgs),
     /// Attach to a running container's output (and stdin).
     Attach(cli::lifecycle::AttachArgs),
     /// List a container's published ports.
@@ -82,46 +80,19 @@ enum Cmd {
         id: String,
     },
     /// Pull an image from a registry.
-    Pull {
-        /// Image reference (busybox, host:5000/ns/name:tag, name@sha256:...).
-        image: String,
-        /// Registry user name (or HUSK_REGISTRY_USER).
-        #[arg(long, env = "HUSK_REGISTRY_USER")]
-        user: Option<String>,
-        /// Registry password (or HUSK_REGISTRY_PASSWORD).
-        #[arg(long, env = "HUSK_REGISTRY_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
-        /// Print nothing but errors.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Pull(cli::images::PullArgs),
     /// List images.
     Images,
     /// Remove an image name (blobs go with `husk gc`).
-    Rmi {
-        /// Image references.
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rmi(cli::images::RmiArgs),
     /// Write an image as an OCI image layout directory.
-    Save {
-        /// Output directory.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Image reference.
-        image: String,
-    },
+    Save(cli::images::SaveArgs),
     /// Load images from a `docker save` tarball or an OCI image layout (directory or tar).
-    Load {
-        /// A `docker save` tarball, an OCI layout directory or a tarred OCI layout.
-        #[arg(short, long)]
-        input: PathBuf,
-        /// Repository name to tag the images with (default: the directory name).
-        #[arg(long)]
-        name: Option<String>,
-    },
+    Load(cli::images::LoadArgs),
     /// Remove blobs and rootfs disks no image uses.
     Gc,
+    /// Serve the Docker Engine API on a Unix socket (docker, docker-py).
+    Serve(cli::serve::ServeArgs),
     /// Manage the helper VM used on hosts without hardware virtualization.
     Machine {
         #[command(subcommand)]
@@ -146,15 +117,13 @@ fn data_dir(cli: Option<PathBuf>) -> PathBuf {
 
 fn run(cli: Cli) -> Result<i32, CliError> {
     let data = data_dir(cli.data_dir);
-    let anyhow_status = |r: anyhow::Result<()>| {
-        r.map(|()| 0)
-            .map_err(|e| CliError::new(1, format!("{e:#}")))
-    };
     match cli.cmd {
         Cmd::Run(a) => cli::run::run(&data, *a),
         Cmd::Create(a) => cli::run::create_only(&data, *a),
         Cmd::Restart(a) => cli::lifecycle::restart(&data, a),
         Cmd::Attach(a) => cli::lifecycle::attach(&data, a),
+        Cmd::Pause(a) => cli::pause::run(&data, a, true),
+        Cmd::Unpause(a) => cli::pause::run(&data, a, false),
         Cmd::Port(a) => cli::lifecycle::port(&data, a),
         Cmd::Ps(a) => cli::ps::run(&data, a),
         Cmd::Stop(a) => cli::lifecycle::stop(&data, a),
@@ -165,127 +134,21 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::Logs(a) => cli::logs::run(&data, a),
         Cmd::Exec(a) => cli::exec::run(&data, a),
         Cmd::Inspect(a) => cli::inspect::run(&data, a),
-        Cmd::Volume(v) => {
-            let volumes = husk::volume::Volumes::open(&data.join("volumes"))?;
-            let containers = cli::containers(&data)?;
-            let in_use = |name: &str| {
-                containers.list().ok().and_then(|all| {
-                    all.into_iter()
-                        .find(|(c, _)| c.volumes.iter().any(|v| v.name == name))
-                        .map(|(c, _)| c.id)
-                })
-            };
-            cli::volume::run(v, &volumes, &in_use)?;
-            Ok(0)
-        }
-        Cmd::Machine { cmd } => {
-            let ports = husk::cli::machine::container_ports(data.clone());
-            husk::cli::machine::run(cmd, &data, ports)
-                .map_err(|e| CliError::new(1, husk::error::chain(&e)))
-        }
+        Cmd::Volume(v) => cli::volume::dispatch(&data, v),
+        Cmd::Machine { cmd } => cli::machine::dispatch(&data, cmd),
         Cmd::ImagePresent { reference, digest } => {
-            let store = Store::open(&data.join("images"))?;
-            Ok(i32::from(!husk::machine::images::image_present(
-                &store, &reference, &digest,
-            )))
+            cli::internal::image_present(&data, &reference, &digest)
         }
-        Cmd::ImageReceive { reference } => {
-            let store = Store::open(&data.join("images"))?;
-            husk::machine::images::image_receive(&store, &reference, std::io::stdin().lock())
-                .map_err(|e| CliError::new(1, format!("receiving {reference}: {e}")))?;
-            Ok(0)
-        }
-        Cmd::ContainerSupervise { id } => {
-            // The CLI reads our ready line from stdout; afterwards stdout
-            // points nowhere.
-            let ready = std::fs::File::from(
-                std::io::stdout()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| CliError::new(1, e.to_string()))?,
-            );
-            if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
-                let _ = nix::unistd::dup2_stdout(&null);
-            }
-            Ok(husk::container::supervisor::supervise(&data, &id, ready))
-        }
-        other => anyhow_status(images(&data, other)),
+        Cmd::ImageReceive { reference } => cli::internal::image_receive(&data, &reference),
+        Cmd::ContainerSupervise { id } => cli::internal::container_supervise(&data, &id),
+        Cmd::Pull(a) => cli::images::pull(&data, a),
+        Cmd::Images => cli::images::list(&data),
+        Cmd::Rmi(a) => cli::images::rmi(&data, a),
+        Cmd::Save(a) => cli::images::save(&data, a),
+        Cmd::Load(a) => cli::images::load(&data, a),
+        Cmd::Gc => cli::images::gc(&data),
+        Cmd::Serve(a) => cli::serve::run(&data, a),
     }
-}
-
-fn images(data: &std::path::Path, cmd: Cmd) -> anyhow::Result<()> {
-    let store = Store::open(&data.join("images"))?;
-    match cmd {
-        Cmd::Pull {
-            image,
-            user,
-            password,
-            quiet,
-        } => {
-            let r = Reference::parse(&image)?;
-            let creds = match (user, password) {
-                (Some(user), Some(password)) => Some(Credentials { user, password }),
-                (None, None) => husk::image::registry::config_credentials(&r.registry),
-                _ => anyhow::bail!("give both --user and --password, or neither"),
-            };
-            let digest = Registry::new(&r, creds, quiet).pull(&store, &r)?;
-            if !quiet {
-                println!("Digest: {digest}");
-                println!("Status: Downloaded image for {}", r.familiar());
-            }
-            println!("{r}");
-        }
-        Cmd::Images => {
-            ensure_default_image(&store)?;
-            println!(
-                "{:<40} {:<16} {:<14} {:>10}",
-                "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
-            );
-            for (name, digest) in store.refs()? {
-                let r = Reference::parse(&name)?;
-                let m = store.manifest(&digest)?;
-                let size: u64 = m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size;
-                let repo = r
-                    .familiar()
-                    .rsplit_once(':')
-                    .map(|(a, _)| a.to_string())
-                    .unwrap_or_else(|| r.familiar());
-                println!(
-                    "{:<40} {:<16} {:<14} {:>9.1}MB",
-                    repo.split('@').next().unwrap_or(""),
-                    r.tag.as_deref().unwrap_or("<none>"),
-                    &m.config.digest[7..19],
-                    size as f64 / 1e6
-                );
-            }
-        }
-        Cmd::Rmi { images } => {
-            for i in images {
-                let r = Reference::parse(&i)?;
-                if !store.untag(&r)? {
-                    anyhow::bail!("No such image: {i}");
-                }
-                println!("Untagged: {}", r.familiar());
-            }
-        }
-        Cmd::Save { output, image } => {
-            ensure_default_image(&store)?;
-            layout::save(&store, &Reference::parse(&image)?, &output)?;
-        }
-        Cmd::Load { input, name } => {
-            for r in layout::load_any(&store, &input, name.as_deref())? {
-                println!("Loaded image: {}", r.familiar());
-            }
-        }
-        Cmd::Gc => {
-            println!("removed {} blobs", store.gc()?);
-            let cache = husk::rootfs::RootfsCache::open(&data.join("rootfs"))?;
-            let n = cache.remove_unused(&husk::rootfs::referenced_keys(&store)?)?;
-            println!("removed {n} rootfs disks");
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// Runs the command in the husk machine; a `run` gets its image from this

@@ -14,7 +14,7 @@ use husk::image::default::ensure_default_image;
 use husk::image::oci::{Descriptor, Manifest, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP, MT_OCI_MANIFEST};
 use husk::image::reference::Reference;
 use husk::image::store::Store;
-use husk::rootfs::{RootfsCache, RootfsError};
+use husk::storage::rootfs::{RootfsCache, RootfsError};
 
 fn busybox(store: &Store) -> Manifest {
     ensure_default_image(store).expect("the default image needs busybox-static");
@@ -150,7 +150,7 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     let again = cache.ensure(&store, &manifest).unwrap();
     assert!(!again.built, "second ensure is a hit");
     assert_eq!(cache.cached(&manifest).unwrap(), Some(again.clone()));
-    let keys = husk::rootfs::referenced_keys(&store).unwrap();
+    let keys = husk::storage::rootfs::referenced_keys(&store).unwrap();
     assert_eq!(keys, HashSet::from([disk.chain_key.clone()]));
     assert_eq!(again.path, disk.path);
     assert_eq!(again.build_time, std::time::Duration::ZERO);
@@ -405,4 +405,56 @@ fn full_disk_leaves_nothing() {
     }
     assert!(msg.contains("No space left on device"), "{msg}");
     assert_eq!(cache_files(&cache), Vec::<String>::new());
+}
+
+/// A gzip layer with one regular file whose tar name is `name`, written
+/// raw (the tar crate refuses `..` in `set_path`).
+fn raw_name_layer(name: &str) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_size(3);
+    let field = &mut h.as_old_mut().name;
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"bad"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// An entry that would land outside the rootfs fails the build with one
+/// line naming the layer, the entry and why.
+#[test]
+fn escaping_entry_is_named_in_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
+    let bad = raw_name_layer("../../x");
+    let digest = store.put_bytes(&bad).unwrap();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MT_OCI_MANIFEST.into()),
+        config: desc(
+            MT_OCI_CONFIG,
+            store.put_bytes(config).unwrap(),
+            config.len(),
+        ),
+        layers: vec![desc(MT_OCI_LAYER_GZIP, digest.clone(), bad.len())],
+    };
+    let err = cache.ensure(&store, &manifest).unwrap_err();
+    let chain = husk::error::chain(&err);
+    assert!(chain.starts_with(&format!("layer {digest}: ")), "{chain}");
+    assert!(
+        chain.contains("entry \"../../x\" refused: '..' escapes the root"),
+        "{chain}"
+    );
+    assert_eq!(chain.matches("../../x").count(), 1, "{chain}");
+    assert_eq!(cache_files(&cache), Vec::<String>::new());
+    assert!(!tmp.path().join("x").exists());
 }

@@ -79,6 +79,13 @@ nested_run() {
     cp /usr/share/qemu/{qboot.rom,bios-microvm.bin,pvh.bin,linuxboot_dma.bin} "$l1/usr/share/qemu/"
   fi
   for extra in ${HUSK_E2E_EXTRA_FILES:-}; do copy_with_libs "$l1" "$extra"; done
+  # A scenario's NAME.files: host programs it needs (the docker client for
+  # scenario api), with their libraries.
+  if [ -f "$HUSK_ROOT/tests/scenarios/$scenario.files" ]; then
+    for extra in $(grep -v '^#' "$HUSK_ROOT/tests/scenarios/$scenario.files"); do
+      copy_with_libs "$l1" "$extra"
+    done
+  fi
   # husk itself, with what it runs: e2fsprogs for rootfs and volume disks,
   # iptables (and its extensions) and the NAT modules for container networks.
   if [ -n "${HUSK_BIN:-}" ]; then

@@ -55,6 +55,9 @@ want=$(yes husk-disk-pattern | head -c 8388608 | sha256sum | cut -d' ' -f1)
 got=$(sha256sum "$WORK/vda.img" | cut -d' ' -f1)
 [ "$want" = "$got" ] || fail "vda image after the guest wrote it: sha256 $got, want $want"
 pass "guest's write to vda landed in the image (sha256 $got)"
+grep -q 'guest: vda-end last-sector=512 past-end=0' "$log" ||
+  fail "reads at vda's end: want the last sector whole and nothing past it, got: $(grep 'guest: vda-end' "$log" || echo 'no guest: vda-end line')"
+pass "vda's last sector reads whole, a read past its end is empty"
 grep -q 'husk-vsock: guest-send: 8 connections x 1048576 bytes echoed intact' "$log" || fail "guest->host vsock echo failed"
 grep -q 'husk-vsock: guest-echo: 8 connections, 8388608 bytes echoed' "$log" || fail "guest echo server did not serve 8 connections"
 pass "vsock echo both directions, 8 concurrent connections of 1 MiB each way"

@@ -3,7 +3,7 @@
 # -e/-w/-u, -d then ps/logs/exec/stop/rm, -p with busybox httpd fetched from
 # the host, outbound access through NAT, a named volume written by one
 # container and read by the next, -t through a real pty, Docker's 125/126/127,
-# bad input, and SIGKILLed supervisors and VMMs.
+# bad input, SIGKILLed supervisors and VMMs, and husk-vmm's jail.
 . "$HUSK_E2E_DIR/lib/assert.sh"
 export HUSK_DATA_DIR=$WORK/husk-data
 export HUSK_RUN_DIR=$WORK/husk-run
@@ -32,6 +32,20 @@ grep -q '^oops$' "$WORK/err" || fail "stderr did not come back: $(cat "$WORK/err
 grep -q 'start-up .*rootfs .*(built)' "$WORK/err" || fail "first run did not build the rootfs disk: $(cat "$WORK/err")"
 check "ps -aq after --rm" "" "$($husk ps -aq)"
 pass "run --rm: stdout, stderr, exit status 3, container removed"
+
+# 1b. Without -t, stdio is pipes (as Docker's): /dev/stdout and /dev/stderr
+# can be opened (an nginx image's logs are symlinks to them).
+out=$($husk run --rm busybox sh -c 'echo a > /dev/stdout; echo b > /dev/stderr' 2> "$WORK/err")
+check "run --rm /dev/stdout status" 0 "$?"
+check "run --rm /dev/stdout" a "$out"
+check "run --rm /dev/stderr" b "$(cat "$WORK/err")"
+$husk run -d --name devout busybox sh -c 'echo a > /dev/stdout; echo b > /dev/stderr' > /dev/null || fail "run -d devout"
+check "run -d /dev/stdout: wait" 0 "$($husk wait devout)"
+out=$($husk logs devout 2> "$WORK/err")
+check "logs /dev/stdout" a "$out"
+check "logs /dev/stderr" b "$(cat "$WORK/err")"
+$husk rm devout > /dev/null || fail "rm devout"
+pass "/dev/stdout and /dev/stderr open in a container (run --rm, and -d with logs)"
 
 # 2. The second run of the image does not unpack it again.
 out=$($husk run --rm --timings busybox echo again 2> "$WORK/err")
@@ -155,11 +169,11 @@ check "husk-vmm processes after rm -f" 0 "$(vmm_count)"
 pass "-p 8080:80 reaches httpd in the container; a taken port gets one line and status 125"
 
 # 6. Outbound access (NAT): a server on the outer machine, through the nested host's network.
-if [ -n "${HUSK_E2E_OUTSIDE:-}" ]; then
-  out=$($husk run --rm busybox timeout 20 wget -q -O - "$HUSK_E2E_OUTSIDE")
-  check "outbound GET $HUSK_E2E_OUTSIDE" outside-ok "$out"
-  pass "outbound network access from the container"
-fi
+[ -n "${HUSK_E2E_OUTSIDE:-}" ] ||
+  fail "outbound check: HUSK_E2E_OUTSIDE is not set (tests/scenarios/run.host did not start its HTTP server)"
+out=$($husk run --rm busybox timeout 20 wget -q -O - "$HUSK_E2E_OUTSIDE")
+check "outbound GET $HUSK_E2E_OUTSIDE" outside-ok "$out"
+pass "outbound network access from the container"
 out=$($husk run --rm --network none busybox sh -c 'test -e /sys/class/net/lo && echo lo; test -e /sys/class/net/eth0 && echo eth0; ip route 2>/dev/null | grep -c default')
 check "--network none interfaces" "lo
 0" "$out"
@@ -244,6 +258,36 @@ i=0; until $husk ps -a | grep -q 'Exited (137) .*victim$' || [ $i -ge 20 ]; do s
 $husk ps -a | grep -q 'Exited (137) .*victim$' || { $husk ps -a; fail "container of a killed husk-vmm is not Exited (137)"; }
 $husk inspect victim | grep -q 'ended unexpectedly' || fail "inspect does not say why it ended"
 $husk rm victim > /dev/null || fail "rm victim"
+
+# 11. The jail: every husk-vmm runs as an unprivileged uid with no
+# capabilities, no_new_privs and seccomp filters on all its threads (and the
+# containers above booted, used disks, the TAP and vsock that way); a system
+# call outside its filter kills it, and the container says why.
+$husk run -d --name jailed busybox sleep 600 > /dev/null || fail "run -d jailed"
+vmm=$($husk inspect jailed | sed -n 's/.*"VmmPid": \([0-9]*\).*/\1/p' | head -1)
+[ -n "$vmm" ] && [ -f "/proc/$vmm/status" ] || fail "no husk-vmm for jailed (pid [$vmm])"
+field() { sed -n "s/^$2:[[:space:]]*\([^[:space:]]*\).*/\1/p" "$1"; }
+cat "/proc/$vmm/status" | grep -E '^(Uid|Gid|Cap|NoNewPrivs|Seccomp)'
+check "husk-vmm Seccomp" 2 "$(field "/proc/$vmm/status" Seccomp)"
+check "husk-vmm NoNewPrivs" 1 "$(field "/proc/$vmm/status" NoNewPrivs)"
+check "husk-vmm CapEff" 0000000000000000 "$(field "/proc/$vmm/status" CapEff)"
+check "husk-vmm CapPrm" 0000000000000000 "$(field "/proc/$vmm/status" CapPrm)"
+uid=$(field "/proc/$vmm/status" Uid)
+[ -n "$uid" ] && [ "$uid" != 0 ] || fail "husk-vmm runs as uid [$uid]"
+for t in /proc/$vmm/task/*/status; do
+  check "Seccomp of husk-vmm thread $(field "$t" Name)" 2 "$(field "$t" Seccomp)"
+done
+out=$($husk exec jailed sh -c 'echo jailed > /f; cat /f')
+check "exec in a jailed microVM" jailed "$out"
+$husk rm -f jailed > /dev/null || fail "rm -f jailed"
+HUSK_VMM_TEST_FORBIDDEN_SYSCALL=1 $husk run -d --name sigsys busybox sleep 600 > /dev/null || fail "run -d sigsys"
+vmm=$($husk inspect sigsys | sed -n 's/.*"VmmPid": \([0-9]*\).*/\1/p' | head -1)
+kill -USR2 "$vmm"
+i=0; until $husk ps -a | grep -q 'Exited (137) .*sigsys$' || [ $i -ge 20 ]; do sleep 1; i=$((i + 1)); done
+$husk ps -a | grep -q 'Exited (137) .*sigsys$' || { $husk ps -a; fail "container of a seccomp-killed husk-vmm is not Exited (137)"; }
+$husk inspect sigsys | grep -q 'husk-vmm was killed by its seccomp filter (SIGSYS)' || { $husk inspect sigsys; fail "inspect does not say seccomp killed husk-vmm"; }
+$husk rm sigsys > /dev/null || fail "rm sigsys"
+pass "jailed husk-vmm: uid $uid, no capabilities, no_new_privs, seccomp on every thread; a forbidden call: Exited (137), killed by its seccomp filter"
 check "containers at the end" "" "$($husk ps -aq)"
 check "husk-vmm at the end" 0 "$(vmm_count)"
 [ -z "$(ls /sys/class/net | grep '^husk')" ] || fail "stray tap devices: $(ls /sys/class/net)"

@@ -2,14 +2,14 @@
 //! steps: KVM VM and irqchip, guest memory, kernel and initramfs, boot
 //! information, legacy devices, vCPUs.
 
-use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use husk_devices::legacy::{
-    DebugPort, EventFdTrigger, Serial, DEBUG_PORT, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
-    SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+    DebugPort, EventFdTrigger, Serial, SerialState, DEBUG_PORT, I8042, I8042_PORT_BASE,
+    I8042_PORT_LEN, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -19,15 +19,17 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::boot::{self, KernelEntry};
 use crate::arch::{mptable, regs::EntryMode};
 use crate::bus::{Bus, BusError};
-use crate::config::{Console, VmConfig, MAX_CMDLINE_LEN};
+use crate::config::{Console, VmConfig, VmConfigExt, MAX_CMDLINE_LEN};
+use crate::console::{CappedFile, CONSOLE_FILE_CAP};
 use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::memory::{self, MemoryError};
+use crate::snapshot::{self, DevicesState, SnapshotError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vmm::{ExitEvents, Subscriber, Vmm};
-use husk_devices::virtio::block::{Block, BlockError, BlockHandler};
+use husk_devices::virtio::block::{persist as block_persist, Block, BlockError, BlockHandler};
 use husk_devices::virtio::mmio::MmioTransport;
-use husk_devices::virtio::net::{Net, NetError, NetHandler};
-use husk_devices::virtio::vsock::{Vsock, VsockError, VsockHandler};
+use husk_devices::virtio::net::{persist as net_persist, Net, NetError, NetHandler};
+use husk_devices::virtio::vsock::{persist as vsock_persist, Vsock, VsockError, VsockHandler};
 
 /// Address of the TSS KVM needs on Intel hosts (three pages below 4 GiB,
 /// inside the MMIO gap so it never overlaps RAM).
@@ -90,6 +92,33 @@ pub enum BuildError {
     /// The command line with the device announcements is too long.
     #[error("kernel command line with device announcements is {0} bytes; the limit is {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
+    /// A snapshot could not be loaded.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot's devices differ from the configured ones.
+    #[error("snapshot has {saved} {what}, the configuration gives {given}")]
+    SnapshotDevices {
+        /// "disks", "network interfaces", "vsock devices".
+        what: &'static str,
+        /// Count in the snapshot.
+        saved: usize,
+        /// Count configured.
+        given: usize,
+    },
+    /// A device's saved state does not fit the configured device.
+    #[error("cannot restore {what}: {reason}")]
+    DeviceRestore {
+        /// Which device.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// COM1's saved state is unusable.
+    #[error("cannot restore the serial port")]
+    SerialState(#[source] std::io::Error),
+    /// The VM-wide KVM state could not be restored.
+    #[error(transparent)]
+    VmState(#[from] crate::snapshot::vm::VmStateError),
     /// The console file could not be opened.
     #[error("cannot open console file {path}")]
     ConsoleFile {
@@ -191,16 +220,14 @@ fn console_writer(console: &Console) -> Result<Box<dyn Write + Send>> {
     Ok(match console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::Off => Box::new(std::io::sink()),
-        Console::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| BuildError::ConsoleFile {
+        Console::File(path) => {
+            Box::new(CappedFile::open(path, CONSOLE_FILE_CAP).map_err(|source| {
+                BuildError::ConsoleFile {
                     path: path.clone(),
                     source,
-                })?,
-        ),
+                }
+            })?)
+        }
     })
 }
 
@@ -213,22 +240,25 @@ pub struct LegacyDevices {
     pub debug_port: Arc<Mutex<DebugPort>>,
 }
 
-/// Creates COM1 (interrupt through an irqfd), the i8042 reset line and the
-/// debug port, and places them on `pio`.
+/// Creates COM1 (interrupt through an irqfd; in `serial_state` when
+/// restoring), the i8042 reset line and the debug port, and places them on
+/// `pio`. The i8042 has no state to restore.
 pub fn attach_legacy_devices(
     vm: &VmFd,
     pio: &mut Bus,
-    console: &Console,
+    (console, serial_state): (&Console, Option<&SerialState>),
     exits: &ExitEvents,
     start: Instant,
 ) -> Result<LegacyDevices> {
     let irq = eventfd("serial interrupt")?;
     vm.register_irqfd(&irq, SERIAL_IRQ)
         .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-    let serial = Arc::new(Mutex::new(Serial::new(
-        EventFdTrigger::new(irq),
-        console_writer(console)?,
-    )));
+    let (irq, out) = (EventFdTrigger::new(irq), console_writer(console)?);
+    let serial = match serial_state {
+        Some(state) => Serial::from_state(state, irq, out).map_err(BuildError::SerialState)?,
+        None => Serial::new(irq, out),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     pio.insert(
         u64::from(SERIAL_PORT_BASE),
         u64::from(SERIAL_PORT_LEN),
@@ -252,38 +282,140 @@ pub fn attach_legacy_devices(
     Ok(LegacyDevices { serial, debug_port })
 }
 
-/// Creates the configured disks and vsock device, places them on the MMIO
-/// bus, and returns their command-line announcements and event handlers.
+/// The virtio devices: their transports (for snapshots) and their event
+/// handlers.
+#[derive(Default)]
+pub struct VirtioDevices {
+    /// Disks, in attach order.
+    pub disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
+    /// Network interfaces.
+    pub nets: Vec<Arc<Mutex<MmioTransport<Net>>>>,
+    /// The vsock device.
+    pub vsock: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
+    /// Their event handlers.
+    pub subscribers: Vec<Subscriber>,
+}
+
+impl std::fmt::Debug for VirtioDevices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioDevices")
+            .field("disks", &self.disks.len())
+            .field("nets", &self.nets.len())
+            .field("vsock", &self.vsock.is_some())
+            .finish()
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VirtioDevices {
+    /// Every device's snapshot state.
+    pub fn save(&self) -> DevicesState {
+        DevicesState {
+            disks: self
+                .disks
+                .iter()
+                .map(|t| block_persist::save(&locked(t)))
+                .collect(),
+            nets: self
+                .nets
+                .iter()
+                .map(|t| net_persist::save(&locked(t)))
+                .collect(),
+            vsock: self.vsock.as_ref().map(|t| vsock_persist::save(&locked(t))),
+        }
+    }
+}
+
+/// Creates the configured disks, interfaces and vsock device (in the state
+/// of `saved` when restoring a snapshot), places them on the MMIO bus, and
+/// returns their command-line announcements and handles.
 pub fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     config: &VmConfig,
-) -> Result<(String, Vec<Subscriber>)> {
-    let mut dm = MmioDeviceManager::new();
-    let mut subscribers: Vec<Subscriber> = Vec::new();
-    for disk in &config.disks {
-        let t = MmioTransport::new(mem.clone(), Block::new(disk)?)
-            .map_err(|e| BuildError::Transport("virtio-blk", e))?;
-        let t = Arc::new(Mutex::new(t));
-        dm.attach(vm, mmio, t.clone())?;
-        subscribers.push(Arc::new(Mutex::new(BlockHandler::new(t))));
+    saved: Option<&DevicesState>,
+) -> Result<(String, VirtioDevices)> {
+    if let Some(s) = saved {
+        check_counts(config, s)?;
     }
-    for net in &config.nets {
-        let t = MmioTransport::new(mem.clone(), Net::new(net)?)
-            .map_err(|e| BuildError::Transport("virtio-net", e))?;
+    let mut dm = MmioDeviceManager::new();
+    let mut devs = VirtioDevices::default();
+    for (i, disk) in config.disks.iter().enumerate() {
+        let block = Block::new(disk)?;
+        let t = match saved.and_then(|s| s.disks.get(i)) {
+            Some(st) => block_persist::restore(mem.clone(), block, st)
+                .map_err(|e| restore_err(format!("disk {}", disk.path.display()), &e))?,
+            None => MmioTransport::new(mem.clone(), block)
+                .map_err(|e| BuildError::Transport("virtio-blk", e))?,
+        };
         let t = Arc::new(Mutex::new(t));
         dm.attach(vm, mmio, t.clone())?;
-        subscribers.push(Arc::new(Mutex::new(NetHandler::new(t))));
+        devs.subscribers
+            .push(Arc::new(Mutex::new(BlockHandler::new(t.clone()))));
+        devs.disks.push(t);
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let st = saved.and_then(|s| s.nets.get(i));
+        let cfg = st.map_or_else(|| net.clone(), |st| net_persist::config(net, st));
+        let dev = Net::new(&cfg)?;
+        let t = match st {
+            Some(st) => net_persist::restore(mem.clone(), dev, st)
+                .map_err(|e| restore_err("a network interface".into(), &e))?,
+            None => MmioTransport::new(mem.clone(), dev)
+                .map_err(|e| BuildError::Transport("virtio-net", e))?,
+        };
+        let t = Arc::new(Mutex::new(t));
+        dm.attach(vm, mmio, t.clone())?;
+        devs.subscribers
+            .push(Arc::new(Mutex::new(NetHandler::new(t.clone()))));
+        devs.nets.push(t);
     }
     if let Some(vsock) = &config.vsock {
-        let t = MmioTransport::new(mem.clone(), Vsock::new(vsock)?)
-            .map_err(|e| BuildError::Transport("virtio-vsock", e))?;
+        let st = saved.and_then(|s| s.vsock.as_ref());
+        let cfg = st.map_or_else(|| vsock.clone(), |st| vsock_persist::config(vsock, st));
+        let dev = Vsock::new(&cfg)?;
+        let t = match st {
+            Some(st) => vsock_persist::restore(mem.clone(), dev, st)
+                .map_err(|e| restore_err("the vsock device".into(), &e))?,
+            None => MmioTransport::new(mem.clone(), dev)
+                .map_err(|e| BuildError::Transport("virtio-vsock", e))?,
+        };
         let t = Arc::new(Mutex::new(t));
         dm.attach(vm, mmio, t.clone())?;
-        subscribers.push(Arc::new(Mutex::new(VsockHandler::new(t))));
+        devs.subscribers
+            .push(Arc::new(Mutex::new(VsockHandler::new(t.clone()))));
+        devs.vsock = Some(t);
     }
-    Ok((dm.cmdline(), subscribers))
+    Ok((dm.cmdline(), devs))
+}
+
+fn restore_err(what: String, e: &dyn std::error::Error) -> BuildError {
+    BuildError::DeviceRestore {
+        what,
+        reason: crate::vmm::chain(e),
+    }
+}
+
+fn check_counts(config: &VmConfig, s: &DevicesState) -> Result<()> {
+    let counts = [
+        ("disks", s.disks.len(), config.disks.len()),
+        ("network interfaces", s.nets.len(), config.nets.len()),
+        (
+            "vsock devices",
+            usize::from(s.vsock.is_some()),
+            usize::from(config.vsock.is_some()),
+        ),
+    ];
+    for (what, saved, given) in counts {
+        if saved != given {
+            return Err(BuildError::SnapshotDevices { what, saved, given });
+        }
+    }
+    Ok(())
 }
 
 /// Creates and configures every vCPU.
@@ -322,13 +454,13 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm> {
     let mem = memory::create_guest_memory(config.mem_mib)?;
     register_memory(&vm, &mem)?;
     let mut mmio = Bus::new();
-    let (announce, subscribers) = attach_virtio_devices(&vm, &mem, &mut mmio, config)?;
+    let (announce, devices) = attach_virtio_devices(&vm, &mem, &mut mmio, config, None)?;
     let cmdline = full_cmdline(&config.cmdline, &announce)?;
     let kernel = load_guest(&mem, config, &cmdline)?;
     mptable::setup_mptable(&mem, vcpus)?;
     let exits = ExitEvents::new()?;
     let mut pio = Bus::new();
-    let legacy = attach_legacy_devices(&vm, &mut pio, &config.console, &exits, start)?;
+    let legacy = attach_legacy_devices(&vm, &mut pio, (&config.console, None), &exits, start)?;
     let buses = (Arc::new(pio), Arc::new(mmio));
     let vcpus = create_vcpus(&kvm, &vm, &mem, vcpus, &kernel, buses)?;
     log::debug!(
@@ -336,7 +468,38 @@ pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm> {
         kernel.entry.raw_value(),
         kernel.mode
     );
-    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy, subscribers))
+    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy, devices))
+}
+
+/// Builds a microVM from snapshot directory `dir`, ready to run on from
+/// where it was paused. `config` gives the host side only: console, disk
+/// images, TAPs, the vsock Unix socket (kernel, command line, vCPU count
+/// and memory size come from the snapshot). KVM calls follow Firecracker's
+/// order: VM, memory, vCPUs created, VM state, devices, vCPU states.
+pub fn restore_microvm(dir: &Path, config: &VmConfig, start: Instant) -> Result<Vmm> {
+    let state = snapshot::load_state(dir)?;
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm)?;
+    let mem = snapshot::memory::restore(&state.memory, &snapshot::memory_path(dir))
+        .map_err(SnapshotError::from)?;
+    register_memory(&vm, &mem)?;
+    let mut mmio = Bus::new();
+    let mut pio = Bus::new();
+    let exits = ExitEvents::new()?;
+    let (_, devices) = attach_virtio_devices(&vm, &mem, &mut mmio, config, Some(&state.devices))?;
+    let console = (&config.console, Some(&state.serial));
+    let legacy = attach_legacy_devices(&vm, &mut pio, console, &exits, start)?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let vcpus = state
+        .vcpus
+        .iter()
+        .map(|s| Vcpu::create_for_restore(&vm, s.index, pio.clone(), mmio.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    snapshot::vm::restore(&vm, &state.vm)?;
+    for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
+        vcpu.restore_state(s)?;
+    }
+    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy, devices))
 }
 
 /// The user's command line followed by the device announcements.

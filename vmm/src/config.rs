@@ -3,22 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_devices::virtio::block::BlockConfig;
-use husk_devices::virtio::net::NetConfig;
-use husk_devices::virtio::vsock::VsockConfig;
-use serde::{Deserialize, Serialize};
-
-/// Most vCPUs a husk microVM supports (the MP table must fit the 1 KiB EBDA).
-pub const MAX_VCPUS: u8 = 32;
-/// Smallest guest memory that boots the guest kernel.
-pub const MIN_MEM_MIB: u32 = 32;
-/// Largest guest memory (1 TiB).
-pub const MAX_MEM_MIB: u32 = 1 << 20;
-/// Longest kernel command line the x86 boot protocol accepts (bytes, without NUL).
-pub const MAX_CMDLINE_LEN: usize = 2047;
-
-/// The kernel command line husk uses when none is given.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+pub use husk_proto::vm::{
+    BlockConfig, Console, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, MAX_CMDLINE_LEN,
+    MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB,
+};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +21,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The JSON is malformed or has unknown fields.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: serde_json::Error,
     },
     /// No kernel given.
@@ -82,107 +71,16 @@ pub enum ConfigError {
 /// Result alias for configuration.
 pub type Result<T> = std::result::Result<T, ConfigError>;
 
-/// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum Console {
-    /// The VMM's standard output.
-    #[default]
-    Stdout,
-    /// Discarded.
-    Off,
-    /// Appended to a file.
-    File(PathBuf),
-}
-
-impl std::str::FromStr for Console {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "stdout" => Ok(Console::Stdout),
-            "off" | "none" => Ok(Console::Off),
-            "" => Err("console must be stdout, off or file:PATH".into()),
-            other => match other.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Ok(Console::File(PathBuf::from(p))),
-                _ => Err(format!(
-                    "console must be stdout, off or file:PATH, got {other:?}"
-                )),
-            },
-        }
-    }
-}
-
-/// A microVM: kernel, initramfs, command line, vCPUs, memory and console.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Guest kernel: an ELF `vmlinux` (PVH or 64-bit entry) or a `bzImage`.
-    #[serde(default)]
-    pub kernel: Option<PathBuf>,
-    /// Initramfs (cpio, optionally compressed) loaded beside the kernel.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line; husk appends its device announcements to it.
-    #[serde(default = "default_cmdline")]
-    pub cmdline: String,
-    /// Number of vCPUs (1..=32).
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u32,
-    /// Guest memory in MiB.
-    #[serde(default = "default_mem_mib")]
-    pub mem_mib: u32,
-    /// Serial console destination.
-    #[serde(default)]
-    pub console: Console,
-    /// Enter an ELF kernel through its PVH entry when it has one (else the
-    /// 64-bit Linux boot protocol entry).
-    #[serde(default = "default_pvh")]
-    pub pvh: bool,
-    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
-    #[serde(default)]
-    pub disks: Vec<BlockConfig>,
-    /// virtio-net interfaces (eth0, eth1, ...), each on a host TAP.
-    #[serde(default)]
-    pub nets: Vec<NetConfig>,
-    /// The virtio-vsock device.
-    #[serde(default)]
-    pub vsock: Option<VsockConfig>,
-}
-
-fn default_cmdline() -> String {
-    DEFAULT_CMDLINE.to_string()
-}
-fn default_vcpus() -> u32 {
-    1
-}
-fn default_mem_mib() -> u32 {
-    256
-}
-fn default_pvh() -> bool {
-    true
-}
-
-impl Default for VmConfig {
-    fn default() -> Self {
-        VmConfig {
-            kernel: None,
-            initrd: None,
-            cmdline: default_cmdline(),
-            vcpus: default_vcpus(),
-            mem_mib: default_mem_mib(),
-            console: Console::default(),
-            pvh: true,
-            disks: Vec::new(),
-            nets: Vec::new(),
-            vsock: None,
-        }
-    }
-}
-
-impl VmConfig {
+/// Reading and checking a [`VmConfig`].
+pub trait VmConfigExt: Sized {
     /// Reads a JSON config file.
-    pub fn from_file(path: &Path) -> Result<Self> {
+    fn from_file(path: &Path) -> Result<Self>;
+    /// Checks every value; the VMM builds nothing from an invalid config.
+    fn validate(&self) -> Result<()>;
+}
+
+impl VmConfigExt for VmConfig {
+    fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -193,8 +91,7 @@ impl VmConfig {
         })
     }
 
-    /// Checks every value; the VMM builds nothing from an invalid config.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
         check_file("kernel", kernel)?;
         if let Some(initrd) = &self.initrd {

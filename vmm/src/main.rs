@@ -14,9 +14,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use husk_vmm::builder::build_microvm;
-use husk_vmm::config::{Console, VmConfig};
+use husk_devices::legacy::BootMarkerHook;
+use husk_vmm::builder::{build_microvm, restore_microvm};
+use husk_vmm::config::{Console, VmConfig, VmConfigExt};
+use husk_vmm::events::{EventSink, VmmEvent};
+use husk_vmm::jail::{self, Jail};
+use husk_vmm::seccomp::Filters;
+use husk_vmm::snapshot::api::ApiServer;
 use husk_vmm::vmm::VmExit;
+use std::sync::Arc;
 
 /// Boot a KVM microVM: a Linux kernel, an initramfs and a serial console.
 #[derive(Debug, Parser)]
@@ -59,14 +65,54 @@ struct Cli {
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
+    /// Report typed events (boot marker, failure, stop) as JSON lines on
+    /// this inherited descriptor (for husk's supervisor).
+    #[arg(long, value_name = "FD")]
+    events_fd: Option<i32>,
+    /// Control socket: one line per connection, `pause`, `resume` or
+    /// `snapshot DIR`; answered `ok` or `error: ...`.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Start from a snapshot directory instead of booting; the config and
+    /// flags then give only host-side resources (console, disks, TAPs, vsock
+    /// socket), in the same order as when the snapshot was taken.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
+    /// Once the VM is built, become this uid (with --jail-gid; needs root):
+    /// no capabilities, no supplementary groups.
+    #[arg(long, value_name = "UID", requires = "jail_gid", value_parser = clap::value_parser!(u32).range(1..))]
+    jail_uid: Option<u32>,
+    /// The gid to become with --jail-uid.
+    #[arg(long, value_name = "GID", requires = "jail_uid", value_parser = clap::value_parser!(u32).range(1..))]
+    jail_gid: Option<u32>,
+    /// Run without seccomp filters (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
 }
+
+/// Test hook, read once at start: with it set, SIGUSR2 makes the event
+/// loop make a system call its seccomp filter forbids.
+const FORBIDDEN_SYSCALL_ENV: &str = "HUSK_VMM_TEST_FORBIDDEN_SYSCALL";
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_RESET: u8 = 3;
 const EXIT_TRIPLE_FAULT: u8 = 4;
 const EXIT_VCPU_FAILURE: u8 = 5;
 
-fn effective_config(cli: Cli) -> Result<(VmConfig, bool), husk_vmm::config::ConfigError> {
+/// What `main` does besides building the VM from the config.
+struct Extra {
+    print: bool,
+    api_sock: Option<PathBuf>,
+    restore: Option<PathBuf>,
+    jail: Option<Jail>,
+    seccomp: bool,
+}
+
+fn effective_config(cli: Cli) -> Result<(VmConfig, Extra), husk_vmm::config::ConfigError> {
+    let cli = Cli {
+        events_fd: None,
+        ..cli
+    };
     let mut cfg = match &cli.config {
         Some(path) => VmConfig::from_file(path)?,
         None => VmConfig::default(),
@@ -97,7 +143,17 @@ fn effective_config(cli: Cli) -> Result<(VmConfig, bool), husk_vmm::config::Conf
     if let Some(v) = cli.vsock {
         cfg.vsock = Some(v);
     }
-    Ok((cfg, cli.print_config))
+    let extra = Extra {
+        print: cli.print_config,
+        api_sock: cli.api_sock,
+        restore: cli.restore,
+        jail: cli
+            .jail_uid
+            .zip(cli.jail_gid)
+            .map(|(uid, gid)| Jail { uid, gid }),
+        seccomp: !cli.no_seccomp,
+    };
+    Ok((cfg, extra))
 }
 
 fn exit_status(exit: &VmExit) -> u8 {
@@ -112,49 +168,100 @@ fn exit_status(exit: &VmExit) -> u8 {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    // SAFETY: getppid has no arguments.
+    let parent = unsafe { libc::getppid() };
+    let forbidden_test = std::env::var_os(FORBIDDEN_SYSCALL_ENV).is_some();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let (cfg, print) = match effective_config(cli) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
+    let events = match cli.events_fd.map(EventSink::from_fd).transpose() {
+        Ok(s) => s.map(Arc::new),
+        Err(e) => return fail(&e, None),
     };
-    if print {
+    let (cfg, extra) = match effective_config(cli) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, events.as_deref()),
+    };
+    if extra.print {
         match serde_json::to_string_pretty(&cfg) {
             Ok(s) => println!("{s}"),
-            Err(e) => return fail(&e),
+            Err(e) => return fail(&e, events.as_deref()),
         }
         return ExitCode::SUCCESS;
     }
-    let mut vmm = match build_microvm(&cfg, start) {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
+    let built = match &extra.restore {
+        Some(dir) => restore_microvm(dir, &cfg, start),
+        None => build_microvm(&cfg, start),
     };
+    let mut vmm = match built {
+        Ok(v) => v,
+        Err(e) => return fail(&e, events.as_deref()),
+    };
+    if let Some(sink) = events.clone() {
+        vmm.on_boot_marker(BootMarkerHook(Box::new(move |d| {
+            sink.emit(&VmmEvent::BootMarker {
+                ms: d.as_secs_f64() * 1e3,
+            })
+        })));
+    }
+    if let Some(path) = &extra.api_sock {
+        match ApiServer::bind(path) {
+            Ok(api) => vmm.set_api(api),
+            Err(e) => return fail(&e, events.as_deref()),
+        }
+    }
+    let filters = if extra.seccomp {
+        match Filters::new(extra.api_sock.is_some()) {
+            Ok(f) => f,
+            Err(e) => return fail(&e, events.as_deref()),
+        }
+    } else {
+        log::warn!("seccomp filters are disabled (--no-seccomp)");
+        Filters::disabled()
+    };
+    // Guest connections to host ports reach `<uds>_<port>`: the one path
+    // husk-vmm still opens.
+    let keep: Vec<PathBuf> = cfg
+        .vsock
+        .iter()
+        .filter_map(|v| v.uds_path.parent().map(PathBuf::from))
+        .collect();
+    if let Err(e) = jail::enter(extra.jail, parent, &keep) {
+        return fail(&e, events.as_deref());
+    }
+    vmm.set_seccomp(filters);
+    vmm.set_forbidden_syscall_test(forbidden_test);
     log::debug!("VM built in {} ms", start.elapsed().as_millis());
     let exit = match vmm.run() {
         Ok(e) => e,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e, events.as_deref()),
+    };
+    let reason = match &exit {
+        VmExit::Failure(why) => format!("vcpu_failure: {why}"),
+        VmExit::TripleFault => "triple_fault".into(),
+        VmExit::Signal(n) => format!("signal {n}"),
+        VmExit::Reset => "reset".into(),
+        VmExit::PowerOff => "power_off".into(),
     };
     match &exit {
-        VmExit::Failure(why) => log::error!("guest stopped: {why}"),
-        VmExit::TripleFault => log::error!("guest stopped: triple fault"),
+        VmExit::Failure(_) | VmExit::TripleFault => log::error!("guest stopped: {reason}"),
         VmExit::Signal(n) => log::info!("stopped by signal {n}"),
-        VmExit::Reset => log::info!("guest reset"),
-        VmExit::PowerOff => log::info!("guest powered off"),
+        _ => log::info!("guest stopped: {reason}"),
+    }
+    if let Some(sink) = &events {
+        sink.emit(&VmmEvent::Stopped { reason });
     }
     ExitCode::from(exit_status(&exit))
 }
 
-/// Prints an error and its causes on one line and returns status 1.
-fn fail(e: &dyn std::error::Error) -> ExitCode {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+/// Prints an error and its causes on one line (and reports it as an
+/// event), and returns status 1.
+fn fail(e: &dyn std::error::Error, events: Option<&EventSink>) -> ExitCode {
+    let message = husk_proto::error::chain(e);
+    eprintln!("husk-vmm: {message}");
+    if let Some(sink) = events {
+        sink.emit(&VmmEvent::Failed { message });
     }
-    eprintln!("husk-vmm: {msg}");
     ExitCode::from(EXIT_ERROR)
 }

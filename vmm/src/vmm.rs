@@ -3,8 +3,9 @@
 //! guest or a signal to end the VM.
 
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
@@ -14,8 +15,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::builder::LegacyDevices;
-use crate::vcpu::{Vcpu, VcpuStop};
+use crate::builder::{LegacyDevices, VirtioDevices};
+use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
+use crate::snapshot::api::{ApiServer, Command, Pending};
+use crate::snapshot::{self, MicrovmState, SnapshotError};
+use crate::vcpu::{install_kick_handler, Vcpu, VcpuChannels, VcpuHandle, VcpuStop};
 
 /// A device's event handler in the VMM's event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -44,6 +48,12 @@ pub enum RunError {
     /// The event loop failed.
     #[error("event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    /// The vCPU kick signal could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// The VMM thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// A vCPU thread could not be started.
     #[error("cannot start vCPU thread {index}")]
     Thread {
@@ -70,19 +80,24 @@ pub struct ExitEvents {
 pub struct Vmm {
     // Field order matters for drop: vCPUs before the VM, the VM before memory.
     vcpus: Vec<Vcpu>,
+    handles: Vec<VcpuHandle>,
     vm: VmFd,
-    _kvm: Kvm,
+    kvm: Kvm,
     mem: GuestMemoryMmap,
     exits: ExitEvents,
     legacy: LegacyDevices,
-    subscribers: Vec<Subscriber>,
+    devices: VirtioDevices,
+    api: Option<ApiServer>,
+    paused: bool,
+    filters: Filters,
+    forbidden_test: bool,
 }
 
 impl std::fmt::Debug for Vmm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vmm")
             .field("vcpus", &self.vcpus.len())
-            .field("devices", &self.subscribers.len())
+            .field("devices", &self.devices.subscribers.len())
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +106,8 @@ const EV_RESET: u32 = 1;
 const EV_POWER_OFF: u32 = 2;
 const EV_VCPU: u32 = 3;
 const EV_SIGNAL: u32 = 4;
+#[allow(clippy::cast_sign_loss)]
+const SIGUSR2: u32 = libc::SIGUSR2 as u32;
 
 /// Watches everything that can end the VM.
 struct ExitWatcher {
@@ -98,6 +115,7 @@ struct ExitWatcher {
     signals: SignalFd,
     vcpu_stops: mpsc::Receiver<VcpuStop>,
     result: Option<VmExit>,
+    forbidden_test: bool,
 }
 
 impl MutEventSubscriber for ExitWatcher {
@@ -144,6 +162,11 @@ impl MutEventSubscriber for ExitWatcher {
                 }
             }
             EV_SIGNAL => match self.signals.read_signal() {
+                Ok(Some(info)) if self.forbidden_test && info.ssi_signo == SIGUSR2 => {
+                    log::warn!("test: making a system call outside the seccomp filter");
+                    seccomp::forbidden_syscall();
+                    return;
+                }
                 Ok(Some(info)) => VmExit::Signal(i32::try_from(info.ssi_signo).unwrap_or(0)),
                 _ => return,
             },
@@ -163,17 +186,39 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         exits: ExitEvents,
         legacy: LegacyDevices,
-        subscribers: Vec<Subscriber>,
+        devices: VirtioDevices,
     ) -> Self {
         Vmm {
             vcpus,
+            handles: Vec::new(),
             vm,
-            _kvm: kvm,
+            kvm,
             mem,
             exits,
             legacy,
-            subscribers,
+            devices,
+            api: None,
+            paused: false,
+            filters: Filters::disabled(),
+            forbidden_test: false,
         }
+    }
+
+    /// Serves the control socket (pause, resume, snapshot) while running.
+    pub fn set_api(&mut self, api: ApiServer) {
+        self.api = Some(api);
+    }
+
+    /// Runs every thread under its seccomp filter (installed before the
+    /// guest's first instruction); without this call none is installed.
+    pub fn set_seccomp(&mut self, filters: Filters) {
+        self.filters = filters;
+    }
+
+    /// For the jail's test only: SIGUSR2 makes the event loop make a
+    /// system call outside its filter.
+    pub fn set_forbidden_syscall_test(&mut self, on: bool) {
+        self.forbidden_test = on;
     }
 
     /// Guest memory.
@@ -195,6 +240,15 @@ impl Vmm {
             .boot_time()
     }
 
+    /// Calls `hook` (once) when the guest first writes the boot marker.
+    pub fn on_boot_marker(&self, hook: husk_devices::legacy::BootMarkerHook) {
+        self.legacy
+            .debug_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_boot_marker_hook(hook);
+    }
+
     /// Runs the VM until the guest ends it or SIGINT/SIGTERM arrives.
     ///
     /// vCPU threads are left running when this returns: the caller exits
@@ -205,33 +259,22 @@ impl Vmm {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
+        if self.forbidden_test {
+            mask.add(Signal::SIGUSR2);
+        }
         mask.thread_block().map_err(RunError::Signals)?;
         let signals =
             SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK).map_err(RunError::Signals)?;
 
+        install_kick_handler().map_err(RunError::KickHandler)?;
         let (tx, rx) = mpsc::channel();
-        for mut vcpu in std::mem::take(&mut self.vcpus) {
-            let tx = tx.clone();
-            let evt = self
-                .exits
-                .vcpu
-                .try_clone()
-                .map_err(|source| RunError::Thread {
-                    index: vcpu.index(),
-                    source,
-                })?;
-            let index = vcpu.index();
-            std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || {
-                    let stop = vcpu.run();
-                    let _ = tx.send(stop);
-                    let _ = evt.write(1);
-                    // Keep the vCPU fd open: closing it while the VM runs
-                    // would tear down state other vCPUs may still use.
-                    std::mem::forget(vcpu);
-                })
-                .map_err(|source| RunError::Thread { index, source })?;
+        // The vCPU threads install their filter, then wait here until the
+        // VMM thread has installed its own: no guest instruction runs
+        // before every thread is filtered.
+        let go = Arc::new(Barrier::new(self.vcpus.len() + 1));
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let handle = self.spawn_vcpu(vcpu, tx.clone(), go.clone())?;
+            self.handles.push(handle);
         }
 
         let watcher = Arc::new(Mutex::new(ExitWatcher {
@@ -243,13 +286,22 @@ impl Vmm {
             signals,
             vcpu_stops: rx,
             result: None,
+            forbidden_test: self.forbidden_test,
         }));
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(RunError::EventLoop)?;
         em.add_subscriber(watcher.clone());
-        for s in &self.subscribers {
+        for s in &self.devices.subscribers {
             em.add_subscriber(s.clone());
         }
+        let pending = self.api.take().map(|api| {
+            let pending = api.pending();
+            em.add_subscriber(Arc::new(Mutex::new(api)));
+            pending
+        });
+        // On failure the vCPUs stay parked until the process exits.
+        seccomp::install(ThreadKind::Vmm, self.filters.vmm.as_ref())?;
+        go.wait();
         let exit = loop {
             if let Some(exit) = watcher
                 .lock()
@@ -260,6 +312,9 @@ impl Vmm {
                 break exit;
             }
             em.run().map_err(RunError::EventLoop)?;
+            if let Some(p) = &pending {
+                self.serve(p);
+            }
         };
         if let Err(e) = self
             .legacy
@@ -273,6 +328,125 @@ impl Vmm {
         Ok(exit)
     }
 }
+
+impl Vmm {
+    fn spawn_vcpu(
+        &self,
+        mut vcpu: Vcpu,
+        stops: mpsc::Sender<VcpuStop>,
+        go: Arc<Barrier>,
+    ) -> Result<VcpuHandle, RunError> {
+        let index = vcpu.index();
+        let thread_err = |source| RunError::Thread { index, source };
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let ch = VcpuChannels {
+            commands: cmd_rx,
+            replies: reply_tx,
+            stops,
+            stop_evt: self.exits.vcpu.try_clone().map_err(thread_err)?,
+        };
+        let filter = self.filters.vcpu.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let filtered = seccomp::install(ThreadKind::Vcpu, filter.as_ref());
+                go.wait();
+                if let Err(e) = filtered {
+                    // Never run the guest unfiltered.
+                    let _ = ch
+                        .stops
+                        .send(VcpuStop::Failure(husk_proto::error::chain(&e)));
+                    let _ = ch.stop_evt.write(1);
+                    std::mem::forget(vcpu);
+                    return;
+                }
+                vcpu.run_controlled(&ch);
+                // Keep the vCPU fd open: closing it while the VM runs
+                // would tear down state other vCPUs may still use.
+                std::mem::forget(vcpu);
+            })
+            .map_err(thread_err)?;
+        Ok(VcpuHandle::new(index, cmd_tx, reply_rx, thread))
+    }
+
+    /// Runs the control requests the event loop accepted.
+    fn serve(&mut self, pending: &Pending) {
+        let requests = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for r in requests {
+            let result = match &r.command {
+                Command::Pause => self.pause().map_err(|e| chain(&e)),
+                Command::Resume => self.resume().map_err(|e| chain(&e)),
+                Command::Snapshot(dir) => self.snapshot(dir).map_err(|e| chain(&e)),
+            };
+            match &result {
+                Ok(()) => log::info!("control: {:?} done", r.command),
+                Err(e) => log::error!("control: {:?} failed: {e}", r.command),
+            }
+            r.reply(result);
+        }
+    }
+
+    /// Pauses every vCPU (a no-op when paused).
+    pub fn pause(&mut self) -> Result<(), SnapshotError> {
+        if !self.paused {
+            for h in &self.handles {
+                h.pause()?;
+            }
+            self.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Resumes every vCPU (a no-op when running).
+    pub fn resume(&mut self) -> Result<(), SnapshotError> {
+        if self.paused {
+            for h in &self.handles {
+                h.resume()?;
+            }
+            self.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the paused VM into `dir`.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), SnapshotError> {
+        if !self.paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let msrs =
+            Arc::new(snapshot::vcpu::msrs_to_save(&self.kvm).map_err(SnapshotError::MsrList)?);
+        let vcpus = self
+            .handles
+            .iter()
+            .map(|h| h.save(msrs.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = snapshot::vm::save(&self.vm)?;
+        let devices = self.devices.save();
+        let serial = self
+            .legacy
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state();
+        let memory = snapshot::memory::save(&self.mem, &snapshot::memory_path(dir))?;
+        let state = MicrovmState {
+            memory,
+            vm,
+            vcpus,
+            devices,
+            serial,
+        };
+        snapshot::file::save(&state, &snapshot::state_path(dir))?;
+        Ok(())
+    }
+}
+
+pub use husk_proto::error::chain;
 
 fn clone_evt(evt: &EventFd) -> Result<EventFd, RunError> {
     evt.try_clone()

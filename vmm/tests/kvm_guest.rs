@@ -130,14 +130,25 @@ fn boot(code: &[u8], mode: EntryMode) -> TestVm {
 
 impl TestVm {
     /// Runs until the vCPU stops, with a bound on exits so a broken guest
-    /// cannot hang the test.
+    /// cannot hang the test, on a thread under husk-vmm's vCPU seccomp
+    /// filter (a call outside it kills the test process with SIGSYS).
     fn run(&mut self) -> VcpuStop {
-        for _ in 0..1000 {
-            if let Some(stop) = self.vcpu.run_once() {
-                return stop;
-            }
-        }
-        panic!("guest did not stop within 1000 exits");
+        let filter = husk_vmm::seccomp::compile(husk_vmm::seccomp::FilterSpec {
+            kind: husk_vmm::seccomp::ThreadKind::Vcpu,
+            control: false,
+        })
+        .unwrap();
+        let vcpu = &mut self.vcpu;
+        let stop = std::thread::scope(|s| {
+            s.spawn(move || {
+                husk_vmm::seccomp::install(husk_vmm::seccomp::ThreadKind::Vcpu, Some(&filter))
+                    .ok()?;
+                (0..1000).find_map(|_| vcpu.run_once())
+            })
+            .join()
+            .unwrap()
+        });
+        stop.expect("guest did not stop within 1000 exits (or no filter)")
     }
 
     fn console(&self) -> String {

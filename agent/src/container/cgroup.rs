@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{ContainerError, Result};
-use crate::protocol::Limits;
+use husk_proto::agent::Limits;
 
 /// The cpu.max period in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::{ContainerError, Result};
-use crate::protocol::MountSpec;
+use husk_proto::agent::MountSpec;
 
 /// The address `/etc/hosts` gives the hostname when the container has no
 /// address of its own (a new network namespace with only `lo`), as Debian

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod etc;
 pub mod process;
+pub mod relay;
 pub mod rootfs;
 pub mod sys;
 pub mod user;
@@ -21,11 +22,12 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::layers::scope::{self, ScopeError};
-use crate::protocol::{ConsoleSize, Limits, MountSpec, ProcessSpec};
 use crate::reaper::Reaper;
 use cgroup::Cgroup;
+use husk_layers::scope::{self, ScopeError};
+use husk_proto::agent::{ConsoleSize, Limits, MountSpec, ProcessSpec};
 use process::ChildPlan;
+use relay::{Pipes, Relay};
 
 /// PATH when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -158,7 +160,7 @@ pub type Result<T> = std::result::Result<T, ContainerError>;
 
 /// Checks a container or exec id: `[A-Za-z0-9_.-]{1,64}`, not `.`/`..`.
 pub fn validate_id(id: &str) -> Result<()> {
-    if crate::protocol::valid_id(id) {
+    if husk_proto::agent::valid_id(id) {
         Ok(())
     } else {
         Err(ContainerError::InvalidId { id: id.to_string() })
@@ -209,6 +211,17 @@ pub struct Container {
     execs: HashMap<String, i32>,
     /// pty masters of `tty` processes, by exec id (`None`: the init).
     ttys: HashMap<Option<String>, File>,
+    /// stdio relays of the other processes, by exec id (`None`: the init).
+    relays: HashMap<Option<String>, Relay>,
+}
+
+/// The agent's side of a process's stdio.
+#[derive(Debug)]
+enum Attach {
+    /// A pty master (pumped already).
+    Tty(File),
+    /// Pipes to relay once the process runs.
+    Pipes(Pipes),
 }
 
 fn c(s: &str) -> Result<CString> {
@@ -274,21 +287,16 @@ fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<C
     })
 }
 
-/// Turns a [`Stdio`] into the child's three descriptors; with `p.tty` a
-/// pty of `p.console_size`, whose master is returned too.
-fn stdio_fds(stdio: Stdio, p: &ProcessSpec) -> Result<([OwnedFd; 3], Option<File>)> {
+/// Turns a [`Stdio`] into the child's three descriptors: with `p.tty` a
+/// pty of `p.console_size`, else pipes (see [`relay`]).
+fn stdio_fds(stdio: Stdio, p: &ProcessSpec) -> Result<([OwnedFd; 3], Attach)> {
     if p.tty {
         let (slave, master) = process::tty(stdio.stdin, stdio.stdout, p.console_size)?;
         let fds = [process::dup(&slave)?, process::dup(&slave)?, slave];
-        return Ok((fds, Some(master)));
+        return Ok((fds, Attach::Tty(master)));
     }
-    let or_null = |f: Option<OwnedFd>| f.map(Ok).unwrap_or_else(process::dev_null);
-    let fds = [
-        or_null(stdio.stdin)?,
-        or_null(stdio.stdout)?,
-        or_null(stdio.stderr)?,
-    ];
-    Ok((fds, None))
+    let (fds, pipes) = Pipes::new(stdio)?;
+    Ok((fds, Attach::Pipes(pipes)))
 }
 
 /// Creates the working directory `workdir` in `rootfs` when it is missing,
@@ -339,6 +347,7 @@ impl Container {
             init: None,
             execs: HashMap::new(),
             ttys: HashMap::new(),
+            relays: HashMap::new(),
         })
     }
 
@@ -362,7 +371,7 @@ impl Container {
         }
         let cfg = &self.config;
         ensure_workdir(&cfg.rootfs, &cfg.process.workdir)?;
-        let (fds, master) = stdio_fds(stdio, &cfg.process)?;
+        let (fds, attach) = stdio_fds(stdio, &cfg.process)?;
         let mut plan = process_plan(&cfg.rootfs, &cfg.process, fds)?;
         plan.mounts = rootfs::plan(&cfg.rootfs, &cfg.etc_files, &cfg.mounts)?;
         let hostname = if cfg.hostname.is_empty() {
@@ -381,10 +390,11 @@ impl Container {
         }
         let cgroup = &self.cgroup;
         let pid = process::spawn(&plan, flags, None, reaper, |pid| cgroup.add(pid))?;
+        // The agent keeps no child end of the pipes: end-of-file on them
+        // means the process (and its descendants) closed them.
+        drop(plan);
         self.init = Some(pid);
-        if let Some(m) = master {
-            self.ttys.insert(None, m);
-        }
+        self.attach(None, pid, attach, reaper);
         Ok(pid)
     }
 
@@ -424,7 +434,7 @@ impl Container {
             joins.push((ns("net")?, CloneFlags::CLONE_NEWNET));
         }
         joins.push((ns("mnt")?, CloneFlags::CLONE_NEWNS));
-        let (fds, master) = stdio_fds(stdio, p)?;
+        let (fds, attach) = stdio_fds(stdio, p)?;
         // The image's passwd is read through the container's root.
         let root = PathBuf::from(format!("/proc/{init}/root"));
         let mut plan = process_plan(&root, p, fds)?;
@@ -433,6 +443,7 @@ impl Container {
         let pid = process::spawn(&plan, CloneFlags::empty(), Some(&pidns), reaper, |pid| {
             cgroup.add(pid)
         })?;
+        drop(plan);
         self.execs.insert(exec_id.to_string(), pid);
         // Close the ptys of processes that have exited.
         let dead: Vec<Option<String>> = self
@@ -447,10 +458,29 @@ impl Container {
         for k in dead {
             self.ttys.remove(&k);
         }
-        if let Some(m) = master {
-            self.ttys.insert(Some(exec_id.to_string()), m);
-        }
+        self.relays.retain(|_, r| !r.is_done());
+        self.attach(Some(exec_id.to_string()), pid, attach, reaper);
         Ok(pid)
+    }
+
+    /// Keeps the pty master of `key`'s process `pid`, or starts relaying its
+    /// pipes.
+    fn attach(&mut self, key: Option<String>, pid: i32, a: Attach, reaper: &Reaper) {
+        match a {
+            Attach::Tty(master) => {
+                self.ttys.insert(key, master);
+            }
+            Attach::Pipes(pipes) => {
+                self.relays.insert(key, pipes.start(pid, reaper));
+            }
+        }
+    }
+
+    /// The stdio relay of the init's (`None`) or an exec's process, if it
+    /// has pipes and still relays: [`Relay::wait`] returns once its output
+    /// is relayed and the connections are closed.
+    pub fn relay(&self, exec_id: Option<&str>) -> Option<Relay> {
+        self.relays.get(&exec_id.map(str::to_string)).cloned()
     }
 
     /// Sets the terminal size of the init's (`None`) or an exec's pty; the

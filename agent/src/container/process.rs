@@ -23,8 +23,8 @@ use super::rootfs::{self, MountOp};
 use super::sys::RealSys;
 use super::user::Identity;
 use super::{ContainerError, Result};
-use crate::protocol::ConsoleSize;
 use crate::reaper::Reaper;
+use husk_proto::agent::ConsoleSize;
 
 /// Child steps, reported on failure.
 const STEP_SYNC: u32 = 1;
@@ -67,7 +67,8 @@ pub struct ChildPlan {
     pub tty: bool,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe: (read end, write end).
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ContainerError::Spawn {
         step: "pipe".into(),
         source: e.into(),

@@ -18,8 +18,8 @@ use nix::sys::stat::{Mode, SFlag};
 
 use super::sys::{cstring, Sys};
 use super::{ContainerError, Result};
-use crate::layers::scope;
-use crate::protocol::MountSpec;
+use husk_layers::scope;
+use husk_proto::agent::MountSpec;
 
 /// One step of the rootfs set-up.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use super::{ContainerError, Result};
-use crate::layers::scope;
+use husk_layers::scope;
 
 /// Who the process runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use std::thread;
 use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::container::control::Frame;
+use husk_proto::agent::ConsoleSize;
 
 /// Restores the terminal's settings when dropped.
 #[derive(Debug)]
@@ -38,7 +39,7 @@ impl Drop for RawMode {
 }
 
 /// The size (rows, cols) of the terminal on stdout or stdin, if any.
-pub fn terminal_size() -> Option<(u16, u16)> {
+pub fn terminal_size() -> Option<ConsoleSize> {
     for fd in [libc::STDOUT_FILENO, libc::STDIN_FILENO] {
         let mut ws = libc::winsize {
             ws_row: 0,
@@ -50,7 +51,10 @@ pub fn terminal_size() -> Option<(u16, u16)> {
         // lives for the call.
         let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
         if r == 0 && ws.ws_row > 0 {
-            return Some((ws.ws_row, ws.ws_col));
+            return Some(ConsoleSize {
+                rows: ws.ws_row,
+                cols: ws.ws_col,
+            });
         }
     }
     None
@@ -108,7 +112,10 @@ pub fn stream(conn: UnixStream, stdin: bool, tty: bool) -> io::Result<Option<i32
             for sig in sigs.forever() {
                 let f = if sig == signal_hook::consts::SIGWINCH {
                     match terminal_size() {
-                        Some((r, c)) => Frame::Resize(r, c),
+                        Some(s) => Frame::Resize {
+                            rows: s.rows,
+                            cols: s.cols,
+                        },
                         None => continue,
                     }
                 } else {

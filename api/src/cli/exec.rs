@@ -5,7 +5,8 @@ use std::path::Path;
 use clap::Args;
 
 use super::{attach, request, CliError, CliResult};
-use crate::container::control::{Attach, ExecSpec, Request};
+use crate::container::control::{Attach, Request};
+use husk_proto::agent::ProcessSpec;
 
 /// Options of `husk exec`.
 #[derive(Debug, Args)]
@@ -39,12 +40,13 @@ pub struct ExecArgs {
 pub fn run(data_dir: &Path, args: ExecArgs) -> CliResult {
     let cs = super::containers(data_dir)?;
     let h = cs.find(&args.container)?;
-    let spec = ExecSpec {
-        argv: args.command,
+    let spec = ProcessSpec {
+        cmd: args.command,
         env: args.env,
         workdir: args.workdir.unwrap_or_default(),
         user: args.user.unwrap_or_default(),
         tty: args.tty,
+        ..ProcessSpec::default()
     };
     let attach_opts = Attach {
         stdin: args.interactive && !args.detach,

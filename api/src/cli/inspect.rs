@@ -35,8 +35,9 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
         "Args": c.process.entrypoint.iter().chain(&c.process.cmd).skip(1).collect::<Vec<_>>(),
         "Image": c.image_digest,
         "State": {
-            "Status": s.status.as_str(),
+            "Status": if s.paused { "paused" } else { s.status.as_str() },
             "Running": s.status == Status::Running,
+            "Paused": s.paused,
             "Pid": s.supervisor_pid.unwrap_or(0),
             "VmmPid": s.vmm_pid.unwrap_or(0),
             "GuestPid": s.guest_pid.unwrap_or(0),
@@ -54,7 +55,7 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
             "Entrypoint": c.process.entrypoint,
             "WorkingDir": c.process.workdir,
             "Tty": c.process.tty,
-            "OpenStdin": c.process.stdin,
+            "OpenStdin": c.process.open_stdin,
             "Image": c.image,
         },
         "HostConfig": {

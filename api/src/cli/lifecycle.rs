@@ -278,7 +278,7 @@ pub fn attach(data_dir: &Path, args: AttachArgs) -> CliResult {
             "You cannot attach to a stopped container, start it first",
         ));
     }
-    let stdin = config.process.stdin && !args.no_stdin;
+    let stdin = config.process.open_stdin && !args.no_stdin;
     let tty = config.process.tty;
     let conn = request(
         &h,

@@ -2,15 +2,14 @@
 //! from its log file (no supervisor needed), stdout to stdout and stderr
 //! to stderr.
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::{CliError, CliResult};
-use crate::container::logs::{lines, read_records, timestamp, Record, STDERR};
+use crate::container::logs::{self, lines, timestamp, Follower, Record, STDERR};
 use crate::container::Status;
 
 /// Options of `husk logs`.
@@ -59,21 +58,23 @@ pub fn run(data_dir: &Path, args: LogsArgs) -> CliResult {
     let cs = super::containers(data_dir)?;
     let h = cs.find(&args.container)?;
     let path = h.log_path();
-    let mut offset = 0u64;
-    if let Ok(f) = File::open(&path) {
-        let (recs, used) = read_records(f)?;
-        offset = used;
-        let mut ls = lines(&recs);
-        if let Some(n) = tail {
-            let skip = ls.len().saturating_sub(n);
-            ls.drain(..skip);
-        }
-        if args.timestamps || tail.is_some() {
+    let mut follower = match tail {
+        Some(n) => {
+            let (ls, follower) = logs::tail(&path, n)?;
             emit(&ls, args.timestamps);
-        } else {
-            emit(&recs, false);
+            follower
         }
-    }
+        None => {
+            let mut follower = Follower::from_start(&path)?;
+            let recs = follower.poll()?;
+            if args.timestamps {
+                emit(&lines(&recs), true);
+            } else {
+                emit(&recs, false);
+            }
+            follower
+        }
+    };
     if !args.follow {
         return Ok(0);
     }
@@ -82,13 +83,8 @@ pub fn run(data_dir: &Path, args: LogsArgs) -> CliResult {
             .live_state()
             .map(|s| s.status == Status::Running || h.supervisor_alive())
             .unwrap_or(false);
-        if let Ok(mut f) = File::open(&path) {
-            if f.seek(SeekFrom::Start(offset)).is_ok() {
-                if let Ok((recs, used)) = read_records(f) {
-                    offset += used;
-                    emit(&recs, args.timestamps);
-                }
-            }
+        if let Ok(recs) = follower.poll() {
+            emit(&recs, args.timestamps);
         }
         if !running {
             return Ok(0);

@@ -50,6 +50,12 @@ pub enum MachineCmd {
     },
 }
 
+/// `husk machine ...`, with the published ports of this host's containers.
+pub fn dispatch(data: &Path, cmd: MachineCmd) -> super::CliResult {
+    let ports = container_ports(data.to_path_buf());
+    run(cmd, data, ports).map_err(|e| super::CliError::new(1, crate::error::chain(&e)))
+}
+
 /// Runs a `husk machine` subcommand; returns the exit status. `ports` reports
 /// the ports containers publish (used by `serve`).
 pub fn run(cmd: MachineCmd, data_dir: &Path, ports: PortProvider) -> Result<i32> {

@@ -27,8 +27,9 @@ pub fn status_text(s: &State) -> String {
     match s.status {
         Status::Created => "Created".into(),
         Status::Running => format!(
-            "Up {}",
-            human_duration(s.started_at.as_deref().map(secs_since).unwrap_or(0))
+            "Up {}{}",
+            human_duration(s.started_at.as_deref().map(secs_since).unwrap_or(0)),
+            if s.paused { " (Paused)" } else { "" }
         ),
         Status::Exited => format!(
             "Exited ({}) {} ago",
@@ -53,14 +54,7 @@ pub fn ports_text(ports: &[PortBinding]) -> String {
 }
 
 fn command_text(c: &ContainerConfig, full: bool) -> String {
-    let argv: Vec<&str> = c
-        .process
-        .entrypoint
-        .iter()
-        .chain(&c.process.cmd)
-        .map(String::as_str)
-        .collect();
-    let s = format!("\"{}\"", argv.join(" "));
+    let s = format!("\"{}\"", c.process.argv().join(" "));
     if full || s.chars().count() <= 22 {
         s
     } else {

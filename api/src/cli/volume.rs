@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::volume::{parse_size, Volume, VolumeError, Volumes};
+use crate::storage::volume::{parse_size, Volume, VolumeError, Volumes};
 
 /// `husk volume` subcommands.
 #[derive(Debug, Clone, PartialEq, clap::Subcommand)]
@@ -91,6 +91,21 @@ pub fn random_name() -> String {
         b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
     }
     hex::encode(b)
+}
+
+/// `husk volume ...`: the volumes with the containers that use them.
+pub fn dispatch(data: &Path, cmd: VolumeCmd) -> super::CliResult {
+    let volumes = Volumes::open(&data.join("volumes"))?;
+    let containers = super::containers(data)?;
+    let in_use = |name: &str| {
+        containers.list().ok().and_then(|all| {
+            all.into_iter()
+                .find(|(c, _)| c.volumes.iter().any(|v| v.name == name))
+                .map(|(c, _)| c.id)
+        })
+    };
+    run(cmd, &volumes, &in_use)?;
+    Ok(0)
 }
 
 /// Runs a `husk volume` subcommand, printing to stdout. `in_use(name)` gives

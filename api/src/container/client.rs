@@ -1,4 +1,4 @@
-//! The host side of the agent's control protocol (agent/PROTOCOL.md) over
+//! The host side of the agent's control protocol (proto/PROTOCOL.md) over
 //! husk-vmm's vsock muxer: connect to the Unix socket, `CONNECT <port>`,
 //! `OK <port>`, then framed requests.
 
@@ -7,12 +7,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_agent::protocol::{
-    read_frame, write_frame, Envelope, ErrorKind, Request, Response, PROTOCOL_VERSION,
+use husk_proto::agent::{
+    read_frame, write_frame, Envelope, ErrorKind, FrameError, Request, Response, PROTOCOL_VERSION,
 };
-
-/// The agent's control port.
-pub const CONTROL_PORT: u32 = 1024;
+use husk_proto::guest::CONTROL_PORT;
 
 /// Agent client errors.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +46,10 @@ pub enum ClientError {
     },
     /// A frame could not be read or written.
     #[error("agent protocol")]
-    Protocol(#[from] husk_agent::protocol::ProtocolError),
+    Protocol(#[from] husk_proto::agent::ProtocolError),
+    /// A frame could not be read or written.
+    #[error("agent connection")]
+    Frame(#[from] husk_proto::frame::FrameError),
     /// The agent answered something else than expected.
     #[error("unexpected answer from the agent: {0}")]
     Unexpected(String),
@@ -83,18 +84,32 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream> {
     Ok(s)
 }
 
+/// How long an agent call may take by default (a wedged or hostile guest
+/// must never wedge the supervisor). `wait` calls go on connections of
+/// their own without a limit.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One control connection.
 #[derive(Debug)]
 pub struct AgentClient {
     stream: UnixStream,
     seq: u64,
+    timeout: Option<Duration>,
+    /// A call timed out: a late answer would be taken for the next one's,
+    /// so the connection is not used again.
+    broken: bool,
 }
 
 impl AgentClient {
     /// Connects and says hello.
     pub fn connect(uds: &Path) -> Result<AgentClient> {
         let stream = connect_port(uds, CONTROL_PORT)?;
-        let mut c = AgentClient { stream, seq: 0 };
+        let mut c = AgentClient {
+            stream,
+            seq: 0,
+            timeout: Some(CALL_TIMEOUT),
+            broken: false,
+        };
         match c.call(Request::Hello {
             version: PROTOCOL_VERSION,
         })? {
@@ -130,22 +145,103 @@ impl AgentClient {
         }
     }
 
+    /// Sets how long each call may take (`None`: no limit, for `wait`).
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Sends a request and returns the answer; an `error` answer is
-    /// [`ClientError::Agent`].
+    /// [`ClientError::Agent`], no answer within the timeout
+    /// [`ClientError::Timeout`] (and the connection is not used again).
     pub fn call(&mut self, body: Request) -> Result<Response> {
+        self.call_within(body, self.timeout)
+    }
+
+    /// [`AgentClient::call`] with its own time limit.
+    pub fn call_within(&mut self, body: Request, timeout: Option<Duration>) -> Result<Response> {
+        let secs = timeout.map_or(0, |t| t.as_secs());
+        if self.broken {
+            return Err(ClientError::Timeout { secs });
+        }
+        let timed_out = |e: &FrameError| matches!(e, FrameError::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        let set = |s: &UnixStream, t| {
+            s.set_read_timeout(t)
+                .and_then(|()| s.set_write_timeout(t))
+                .map_err(|source| ClientError::Io {
+                    path: "agent connection".into(),
+                    source,
+                })
+        };
+        set(&self.stream, timeout)?;
         self.seq += 1;
-        write_frame(
-            &mut self.stream,
-            &Envelope {
-                version: PROTOCOL_VERSION,
-                seq: self.seq,
-                body,
-            },
-        )?;
-        let reply: Envelope<Response> = read_frame(&mut self.stream)?;
+        let envelope = Envelope {
+            version: PROTOCOL_VERSION,
+            seq: self.seq,
+            body,
+        };
+        let reply = write_frame(&mut self.stream, &envelope)
+            .and_then(|()| read_frame::<_, Envelope<Response>>(&mut self.stream));
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if timed_out(&e) => {
+                self.broken = true;
+                return Err(ClientError::Timeout { secs });
+            }
+            Err(e) => return Err(e.into()),
+        };
         match reply.body {
             Response::Error { kind, message } => Err(ClientError::Agent { kind, message }),
             r => Ok(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (AgentClient, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let c = AgentClient {
+            stream: a,
+            seq: 0,
+            timeout: Some(CALL_TIMEOUT),
+            broken: false,
+        };
+        (c, b)
+    }
+
+    #[test]
+    fn a_silent_agent_times_out_and_the_connection_is_not_reused() {
+        let (mut c, _guest) = pair();
+        let t0 = Instant::now();
+        let err = c
+            .call_within(Request::Health, Some(Duration::from_millis(200)))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // A late answer must not be taken for the next call's.
+        let err = c.call(Request::Health).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_answer_within_the_limit_is_returned() {
+        let (mut c, mut guest) = pair();
+        let agent = std::thread::spawn(move || {
+            let req: Envelope<Request> = read_frame(&mut guest).unwrap();
+            let reply = Envelope {
+                version: PROTOCOL_VERSION,
+                seq: req.seq,
+                body: Response::Signalled,
+            };
+            write_frame(&mut guest, &reply).unwrap();
+        });
+        let r = c
+            .call_within(Request::Health, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(r, Response::Signalled);
+        agent.join().unwrap();
     }
 }

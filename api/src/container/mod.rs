@@ -20,9 +20,11 @@
 
 pub mod client;
 pub mod control;
+pub mod create;
+pub mod env;
+pub mod ipc;
 pub mod logs;
 pub mod names;
-pub mod scratch;
 pub mod spec;
 pub mod state;
 pub mod supervisor;
@@ -284,8 +286,17 @@ impl Containers {
         }
     }
 
-    /// Removes leftovers of interrupted creations and removals.
+    /// Removes leftovers of interrupted creations and removals. `create`
+    /// and `remove` hold the containers lock while their `.new-`/`.rm-`
+    /// directory exists, so the sweep runs only when it can take that lock
+    /// at once: a `.new-` directory seen then belongs to a process that died.
+    /// When another husk holds the lock the sweep is left to a later call.
     pub fn sweep(&self) {
+        let path = self.root.join(".lock");
+        let Ok(Some(_lock)) = crate::lockfile::lock_file(&path, FlockArg::LockExclusiveNonblock)
+        else {
+            return;
+        };
         if let Ok(rd) = fs::read_dir(&self.root) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
@@ -409,6 +420,58 @@ mod tests {
         cs.remove(&cs.find("web").unwrap()).unwrap();
         assert!(cs.find("web").is_err());
         assert_eq!(cs.ids().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn creations_survive_concurrent_sweeps() {
+        let d = tempfile::tempdir().unwrap();
+        let cs = Containers::open(d.path()).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sweepers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                            cs.sweep();
+                        }
+                    })
+                })
+                .collect();
+            let creators: Vec<_> = (0..6)
+                .map(|t| {
+                    let cs = &cs;
+                    s.spawn(move || {
+                        (0..15)
+                            .filter_map(|i| {
+                                cs.create(&cfg(&new_id(), &format!("c{t}-{i}")))
+                                    .err()
+                                    .map(|e| crate::error::chain(&e))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let failed: Vec<String> = creators
+                .into_iter()
+                .flat_map(|c| c.join().unwrap_or_default())
+                .collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for s in sweepers {
+                s.join().unwrap();
+            }
+            assert!(
+                failed.is_empty(),
+                "{} creations failed, first: {:?}",
+                failed.len(),
+                failed.first()
+            );
+        });
+        assert_eq!(cs.ids().unwrap().len(), 90);
+        // A creation that died leaves a `.new-` directory: swept.
+        let dead = cs.root().join(format!(".new-{}", new_id()));
+        fs::create_dir(&dead).unwrap();
+        cs.sweep();
+        assert!(!dead.exists());
     }
 
     #[test]

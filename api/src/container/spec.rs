@@ -1,6 +1,9 @@
 //! What a container was asked to be (`config.json`): written once by
 //! `husk run`/`husk create`, read by its supervisor and by `inspect`.
 
+use std::collections::BTreeMap;
+
+use husk_proto::agent::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
 /// How the container reaches the network.
@@ -27,36 +30,6 @@ pub struct VolumeMount {
     pub readonly: bool,
 }
 
-/// The container's process.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProcessConfig {
-    /// Entrypoint (from the image or `--entrypoint`).
-    #[serde(default)]
-    pub entrypoint: Vec<String>,
-    /// Command (from the image or the command line).
-    #[serde(default)]
-    pub cmd: Vec<String>,
-    /// `KEY=value`, image defaults first.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Working directory.
-    #[serde(default)]
-    pub workdir: String,
-    /// User (`name`, `uid`, `user:group`).
-    #[serde(default)]
-    pub user: String,
-    /// A pseudo-terminal (`-t`).
-    #[serde(default)]
-    pub tty: bool,
-    /// Keep stdin open (`-i`).
-    #[serde(default)]
-    pub stdin: bool,
-    /// The terminal's size (rows, cols) when it was created, for `-t`.
-    #[serde(default)]
-    pub console_size: Option<(u16, u16)>,
-}
-
 /// A container's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +49,7 @@ pub struct ContainerConfig {
     pub image_digest: String,
     /// The process.
     #[serde(default)]
-    pub process: ProcessConfig,
+    pub process: ProcessSpec,
     /// Hostname.
     #[serde(default)]
     pub hostname: String,
@@ -98,6 +71,10 @@ pub struct ContainerConfig {
     /// Remove the container when it exits (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// User labels (`--label`, the API's `Labels`); absent in configs
+    /// written before labels existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Guest memory for a container: its limit plus room for the guest kernel
@@ -180,5 +157,17 @@ mod tests {
         assert_eq!(default_vcpus(None, 64), 2);
         assert_eq!(default_vcpus(Some(100_000), 2), 32);
         assert_eq!(vm_mem_mib(Some(256 << 20)), 384);
+    }
+
+    #[test]
+    fn configs_without_labels_still_load() {
+        let old = r#"{"id":"ab","name":"web","auto_remove":true}"#;
+        let c: ContainerConfig = serde_json::from_str(old).unwrap();
+        assert!(c.labels.is_empty() && c.auto_remove);
+        let mut c = c;
+        c.labels.insert("app".into(), "web".into());
+        let back: ContainerConfig =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.labels["app"], "web");
     }
 }

@@ -98,17 +98,18 @@ pub struct State {
     /// Start-up breakdown of the last start.
     #[serde(default)]
     pub timings: Option<Timings>,
+    /// The microVM's vCPUs are paused (`husk pause`); status stays running.
+    #[serde(default)]
+    pub paused: bool,
 }
 
-/// Now, RFC 3339 with nanoseconds (UTC).
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
-}
+pub use crate::time::now_rfc3339;
 
 impl State {
     /// Marks the container ended.
     pub fn mark_exited(&mut self, code: i32, error: Option<String>) {
         self.status = Status::Exited;
+        self.paused = false;
         self.exit_code = Some(code);
         self.finished_at = Some(now_rfc3339());
         self.supervisor_pid = None;
@@ -136,8 +137,7 @@ pub fn human_duration(secs: u64) -> String {
 
 /// Seconds since an RFC 3339 time (0 when unparsable or in the future).
 pub fn secs_since(t: &str) -> u64 {
-    humantime::parse_rfc3339_weak(t)
-        .ok()
+    crate::time::parse_rfc3339(t)
         .and_then(|t| t.elapsed().ok())
         .map(|d| d.as_secs())
         .unwrap_or(0)

@@ -33,7 +33,7 @@ pub enum DefaultImageError {
         reason: String,
     },
     /// Building the layer failed.
-    #[error("building the default image layer: {0}")]
+    #[error("building the default image layer")]
     Layer(#[from] std::io::Error),
     /// Storing failed.
     #[error(transparent)]
@@ -222,5 +222,14 @@ mod tests {
         }
         let err = build_default_image(&sa, Path::new("/nonexistent/busybox")).unwrap_err();
         assert!(err.to_string().contains("install busybox-static"), "{err}");
+    }
+
+    #[test]
+    fn layer_error_names_its_cause_once() {
+        let e = DefaultImageError::from(std::io::Error::other("disk full"));
+        assert_eq!(
+            crate::error::chain(&e),
+            "building the default image layer: disk full"
+        );
     }
 }

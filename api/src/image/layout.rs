@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::oci::{Descriptor, Index, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use super::oci::{digest_hex, Descriptor, DigestError, Index, MT_OCI_INDEX, MT_OCI_MANIFEST};
 use super::reference::Reference;
 use super::store::{Store, StoreError};
 
@@ -15,19 +15,32 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     /// I/O on a layout file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
     /// Not an OCI layout.
     #[error("{0} is not an OCI image layout: {1}")]
     NotLayout(PathBuf, String),
+    /// `index.json` cannot be read or parsed.
+    #[error("{dir} is not an OCI image layout")]
+    BadIndex {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Store error.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A malformed digest.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
@@ -49,7 +62,7 @@ pub fn save(store: &Store, r: &Reference, dir: &Path) -> Result<(), LayoutError>
     ];
     digests.extend(img.manifest.layers.iter().map(|l| l.digest.clone()));
     for d in &digests {
-        let to = blobs.join(&d[7..]);
+        let to = blobs.join(digest_hex(d)?);
         fs::copy(store.blob_path(d)?, &to).map_err(io(&to))?;
     }
     let size = store.read_blob(&img.manifest_digest)?.len() as u64;
@@ -83,19 +96,19 @@ pub fn save(store: &Store, r: &Reference, dir: &Path) -> Result<(), LayoutError>
 /// `name:<ref.name>` (`name` defaults to the layout directory's name).
 pub fn load(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Reference>, LayoutError> {
     let p = dir.join("index.json");
-    let bytes =
-        fs::read(&p).map_err(|e| LayoutError::NotLayout(dir.to_path_buf(), e.to_string()))?;
-    let index: Index = serde_json::from_slice(&bytes)
-        .map_err(|e| LayoutError::NotLayout(dir.to_path_buf(), e.to_string()))?;
+    let bad_index = |source: Box<dyn std::error::Error + Send + Sync>| LayoutError::BadIndex {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let bytes = fs::read(&p).map_err(|e| bad_index(e.into()))?;
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| bad_index(e.into()))?;
     let base = name.map(str::to_string).unwrap_or_else(|| {
         dir.file_name()
             .map(|n| n.to_string_lossy().to_lowercase())
             .unwrap_or_else(|| "image".into())
     });
     let put = |d: &Descriptor| -> Result<(), LayoutError> {
-        let src = dir
-            .join("blobs/sha256")
-            .join(d.digest.trim_start_matches("sha256:"));
+        let src = dir.join("blobs/sha256").join(digest_hex(&d.digest)?);
         let mut f = fs::File::open(&src).map_err(io(&src))?;
         store.put_blob(&mut f, &d.digest, Some(d.size))?;
         Ok(())
@@ -248,4 +261,43 @@ fn load_docker_save(
         }
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_layouts_name_the_cause_once() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("store")).unwrap();
+        let dir = d.path().join("layout");
+        fs::create_dir_all(&dir).unwrap();
+        let chain = crate::error::chain(&load(&store, &dir, None).unwrap_err());
+        assert_eq!(
+            chain,
+            format!(
+                "{} is not an OCI image layout: No such file or directory (os error 2)",
+                dir.display()
+            )
+        );
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"m","digest":"{digest}","size":1}}]}}"#
+        );
+        fs::write(dir.join("index.json"), index).unwrap();
+        let chain = crate::error::chain(&load(&store, &dir, None).unwrap_err());
+        let blob = dir.join("blobs/sha256").join("ab".repeat(32));
+        assert_eq!(
+            chain,
+            format!("{}: No such file or directory (os error 2)", blob.display())
+        );
+        fs::write(
+            dir.join("index.json"),
+            r#"{"schemaVersion":2,"manifests":[{"mediaType":"m","digest":"sha256:ABC","size":1}]}"#,
+        )
+        .unwrap();
+        let chain = crate::error::chain(&load(&store, &dir, None).unwrap_err());
+        assert_eq!(chain.matches("invalid digest").count(), 1, "{chain}");
+    }
 }

@@ -6,4 +6,5 @@ pub mod layout;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod resolve;
 pub mod store;

@@ -84,11 +84,7 @@ fn valid_tag(t: &str) -> bool {
 
 /// Whether `d` is `sha256:` and 64 lower-case hex digits.
 pub fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x))
-    })
+    super::oci::check_digest(d).is_ok()
 }
 
 fn is_domain(first: &str) -> bool {

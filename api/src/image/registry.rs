@@ -3,20 +3,25 @@
 //! (choosing linux/amd64), blobs streamed into the store while their sha256
 //! is checked, bearer tokens from `WWW-Authenticate` and basic credentials,
 //! HTTPS (rustls) or plain HTTP for loopback registries, redirects, retries
-//! with back-off and concurrent layer downloads.
+//! with back-off and concurrent layer downloads. Downloads are bounded: a
+//! manifest by [`MAX_MANIFEST`], a blob by its descriptor's size.
 
+use std::io::Read;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::oci::{Manifest, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use super::oci::{short_digest, Manifest, MT_DOCKER_MANIFEST, MT_OCI_MANIFEST};
 use super::reference::Reference;
 use super::store::{is_index, parse_index, Store, StoreError};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 const ATTEMPTS: u32 = 4;
+/// The largest manifest or index husk reads (the distribution spec asks
+/// registries to accept at least 4 MiB).
+pub const MAX_MANIFEST: u64 = 4 << 20;
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,20 @@ pub enum RegistryError {
     /// The manifest is not one husk can run.
     #[error("{0}")]
     Unsupported(String),
+    /// A manifest larger than [`MAX_MANIFEST`].
+    #[error("{url}: manifest larger than the limit of {limit} bytes")]
+    ManifestTooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A layer download thread panicked (a bug, reported, not ignored).
+    #[error("downloading layer {digest} failed unexpectedly")]
+    DownloadPanicked {
+        /// The layer.
+        digest: String,
+    },
     /// Content failed verification or could not be stored.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -147,8 +166,7 @@ pub fn is_insecure(host: &str) -> bool {
 }
 
 fn param<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let i = header.find(&format!("{key}=\""))?;
-    let rest = &header[i + key.len() + 2..];
+    let (_, rest) = header.split_once(&format!("{key}=\""))?;
     rest.split('"').next()
 }
 
@@ -338,15 +356,23 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let bytes = resp
-            .body_mut()
+        let mut bytes = Vec::new();
+        resp.body_mut()
             .with_config()
-            .limit(4 << 20)
-            .read_to_vec()
+            .limit(u64::MAX)
+            .reader()
+            .take(MAX_MANIFEST + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| RegistryError::Transport {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(RegistryError::ManifestTooLarge {
+                url,
+                limit: MAX_MANIFEST,
+            });
+        }
         let digest = sha256_digest(&bytes);
         if what.starts_with("sha256:") && digest != what {
             return Err(StoreError::DigestMismatch {
@@ -382,7 +408,7 @@ impl Registry {
                     )
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
-                bar.set_prefix(digest[7..19].to_string());
+                bar.set_prefix(short_digest(digest).to_string());
                 let mut reader = bar.wrap_read(body);
                 store.put_blob(&mut reader, digest, Some(size))?;
                 bar.finish();
@@ -425,7 +451,7 @@ impl Registry {
                 .iter()
                 .map(|l| {
                     s.spawn(move || {
-                        let short = &l.digest[7..19];
+                        let short = short_digest(&l.digest);
                         let plain = !self.quiet && self.bars.is_none();
                         if plain {
                             eprintln!("{short}: pulling {} bytes", l.size);
@@ -438,9 +464,16 @@ impl Registry {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .filter_map(|h| h.join().ok().and_then(|r| r.err()))
+            manifest
+                .layers
+                .iter()
+                .zip(handles)
+                .filter_map(|(l, h)| match h.join() {
+                    Ok(res) => res.err(),
+                    Err(_) => Some(RegistryError::DownloadPanicked {
+                        digest: l.digest.clone(),
+                    }),
+                })
                 .collect()
         });
         if let Some(e) = errors.into_iter().next() {
@@ -448,7 +481,6 @@ impl Registry {
         }
         store.put_blob(&mut &bytes[..], &digest, Some(bytes.len() as u64))?;
         store.tag(r, &digest)?;
-        let _ = (MT_OCI_INDEX, MT_DOCKER_LIST);
         Ok(digest)
     }
 }
@@ -467,5 +499,226 @@ mod tests {
         assert!(is_insecure("localhost"));
         assert!(!is_insecure("registry-1.docker.io"));
         assert!(!is_insecure("example.com:5000"));
+        assert_eq!(param(r#"Bearer realm="é"#, "realm"), Some("é"));
+        assert_eq!(param("Bearer realm=", "realm"), None);
+    }
+
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    use crate::image::oci::{MT_OCI_CONFIG, MT_OCI_LAYER_GZIP};
+
+    type Routes = Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>;
+
+    /// A tiny registry on 127.0.0.1: GET path → (content type, body), else
+    /// 404. One request per connection.
+    struct TestRegistry {
+        port: u16,
+        routes: Routes,
+    }
+
+    impl TestRegistry {
+        fn start() -> TestRegistry {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let routes: Routes = Arc::default();
+            let r = routes.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let r = r.clone();
+                    std::thread::spawn(move || serve(conn, &r));
+                }
+            });
+            TestRegistry { port, routes }
+        }
+
+        fn put(&self, path: &str, content_type: &str, body: Vec<u8>) {
+            self.routes
+                .lock()
+                .unwrap()
+                .insert(path.to_string(), (content_type.to_string(), body));
+        }
+
+        /// Serves `body` as blob `digest` of repository `t`.
+        fn blob(&self, digest: &str, body: Vec<u8>) {
+            self.put(
+                &format!("/v2/t/blobs/{digest}"),
+                "application/octet-stream",
+                body,
+            );
+        }
+
+        fn manifest(&self, tag: &str, body: Vec<u8>) -> Reference {
+            self.put(&format!("/v2/t/manifests/{tag}"), MT_OCI_MANIFEST, body);
+            Reference::parse(&format!("127.0.0.1:{}/t:{tag}", self.port)).unwrap()
+        }
+    }
+
+    fn serve(conn: TcpStream, routes: &Routes) {
+        let mut reader = BufReader::new(&conn);
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            return;
+        }
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("");
+        let found = routes.lock().unwrap().get(path).cloned();
+        let (status, ct, body) = match found {
+            Some((ct, body)) => ("200 OK", ct, body),
+            None => ("404 Not Found", "text/plain".into(), b"not found".to_vec()),
+        };
+        let mut w = &conn;
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        // The client may hang up early (a refused download): ignore that.
+        let _ = w
+            .write_all(head.as_bytes())
+            .and_then(|()| w.write_all(&body));
+    }
+
+    fn manifest_json(config: (&str, u64), layers: &[(String, u64)]) -> Vec<u8> {
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|(d, size)| serde_json::json!({"mediaType": MT_OCI_LAYER_GZIP, "digest": d, "size": size}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MT_OCI_MANIFEST,
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": config.0, "size": config.1},
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    fn pull(store: &Store, r: &Reference) -> Result<String> {
+        Registry::new(r, None, true).pull(store, r)
+    }
+
+    #[test]
+    fn manifest_over_the_cap_is_refused() {
+        let reg = TestRegistry::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut body = b"{\"schemaVersion\":2,\"x\":\"".to_vec();
+        body.resize(usize::try_from(MAX_MANIFEST).unwrap() + 4096, b'a');
+        let r = reg.manifest("big", body);
+        let e = crate::error::chain(&pull(&store, &r).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "http://127.0.0.1:{}/v2/t/manifests/big: manifest larger than the limit of 4194304 bytes",
+                reg.port
+            )
+        );
+    }
+
+    #[test]
+    fn blob_longer_than_its_descriptor_is_refused() {
+        let reg = TestRegistry::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = b"{}".to_vec();
+        let config_digest = sha256_digest(&config);
+        reg.blob(&config_digest, config);
+        let layer = vec![7u8; 3 << 20];
+        let layer_digest = sha256_digest(&layer);
+        reg.blob(&layer_digest, layer);
+        let m = manifest_json((&config_digest, 2), &[(layer_digest.clone(), 10)]);
+        let r = reg.manifest("long", m);
+        let e = crate::error::chain(&pull(&store, &r).unwrap_err());
+        assert_eq!(
+            e,
+            format!("{layer_digest} is longer than the 10 bytes its descriptor gives")
+        );
+        assert!(!store.has_blob(&layer_digest));
+        assert_eq!(fs_count(&dir.path().join("tmp")), 0);
+        assert!(store.refs().unwrap().is_empty());
+    }
+
+    fn fs_count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn malformed_digests_in_a_manifest_are_refused() {
+        let reg = TestRegistry::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config_digest = sha256_digest(b"{}");
+        reg.blob(&config_digest, b"{}".to_vec());
+        for (i, bad) in [
+            "sha256:abc",
+            "sha256:é",
+            &config_digest.to_uppercase(),
+            "sha512:00",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let m = manifest_json((&config_digest, 2), &[(bad.to_string(), 1)]);
+            let r = reg.manifest(&format!("bad{i}"), m);
+            let e = crate::error::chain(&pull(&store, &r).unwrap_err());
+            assert!(
+                e.contains("invalid digest") || e.contains("unsupported digest algorithm"),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1);
+        }
+        assert!(store.refs().unwrap().is_empty());
+    }
+
+    /// Random manifests (random digests, sizes and bytes): every pull ends
+    /// in `Ok` or an error, never a panic, and nothing malformed is stored.
+    #[test]
+    fn random_manifests_never_panic_a_pull() {
+        let reg = TestRegistry::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config_digest = sha256_digest(b"{}");
+        reg.blob(&config_digest, b"{}".to_vec());
+        let layer = b"layer-bytes".to_vec();
+        let layer_digest = sha256_digest(&layer);
+        reg.blob(&layer_digest, layer.clone());
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..150 {
+            let mut layers = Vec::new();
+            for _ in 0..next() % 3 {
+                let n = usize::try_from(next() % 70).unwrap_or(0);
+                let noise: Vec<u8> = (0..n).map(|_| next().to_le_bytes()[0]).collect();
+                let d = match next() % 4 {
+                    0 => layer_digest.clone(),
+                    1 => format!("sha256:{}", String::from_utf8_lossy(&noise)),
+                    2 => format!("sha256:{}", hex::encode(&noise)),
+                    _ => String::from_utf8_lossy(&noise).into_owned(),
+                };
+                layers.push((d, next() % 20));
+            }
+            let mut m = manifest_json((&config_digest, 2), &layers);
+            if next() % 4 == 0 {
+                let at = usize::try_from(next() % m.len() as u64).unwrap_or(0);
+                m[at] = next().to_le_bytes()[0];
+            }
+            let r = reg.manifest(&format!("f{i}"), m);
+            if pull(&store, &r).is_ok() {
+                let img = store.image(&r).unwrap();
+                for l in &img.manifest.layers {
+                    assert_eq!(l.digest, layer_digest);
+                    assert_eq!(l.size, layer.len() as u64);
+                }
+            }
+        }
     }
 }

@@ -13,21 +13,22 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
 
-use super::oci::{Index, Manifest, MT_DOCKER_LIST, MT_OCI_INDEX};
-use super::reference::{valid_digest, Reference};
+use super::oci::{digest_hex, DigestError, Index, Manifest, MT_DOCKER_LIST, MT_OCI_INDEX};
+use super::reference::Reference;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// I/O on a store file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: io::Error,
     },
     /// Content did not hash to its digest.
@@ -48,20 +49,29 @@ pub enum StoreError {
         /// Actual size.
         actual: u64,
     },
+    /// Content is longer than its descriptor says (reading stopped there).
+    #[error("{digest} is longer than the {expected} bytes its descriptor gives")]
+    TooLong {
+        /// The blob.
+        digest: String,
+        /// The size from the descriptor.
+        expected: u64,
+    },
     /// Not `sha256:<64 hex>`.
-    #[error("invalid digest {0:?}")]
-    BadDigest(String),
+    #[error(transparent)]
+    BadDigest(#[from] DigestError),
     /// No such image.
     #[error("no such image: {0}")]
     NoImage(String),
     /// A manifest or index could not be parsed.
-    #[error("invalid {what} {digest}: {source}")]
+    #[error("invalid {what} {digest}")]
     Json {
         /// "manifest", "index", "refs".
         what: &'static str,
         /// Its digest or path.
         digest: String,
         /// The cause.
+        #[source]
         source: serde_json::Error,
     },
 }
@@ -118,26 +128,14 @@ impl Store {
     /// Takes the exclusive lock (waits for other husk processes).
     pub fn lock(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Flock::lock(f, FlockArg::LockExclusive)
+        crate::lockfile::lock_exclusive(&path)
             .map(StoreLock)
-            .map_err(|(_, e)| StoreError::Io {
-                path,
-                source: e.into(),
-            })
+            .map_err(io_err(&path))
     }
 
     /// Path of a blob (whether or not it exists).
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        if !valid_digest(digest) {
-            return Err(StoreError::BadDigest(digest.to_string()));
-        }
-        Ok(self.root.join("blobs/sha256").join(&digest[7..]))
+        Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
     }
 
     /// Whether the blob is present.
@@ -154,7 +152,8 @@ impl Store {
     }
 
     /// Streams `src` into the store, hashing as it goes; the blob appears
-    /// only if it hashes to `expected` (and has `size` bytes, if given).
+    /// only if it hashes to `expected` (and has `size` bytes, if given: no
+    /// more than `size + 1` bytes are read from `src` then).
     pub fn put_blob<R: Read + ?Sized>(
         &self,
         src: &mut R,
@@ -163,6 +162,7 @@ impl Store {
     ) -> Result<PathBuf> {
         let dest = self.blob_path(expected)?;
         let tmp = self.tmp_path();
+        let mut src = src.take(size.map_or(u64::MAX, |s| s.saturating_add(1)));
         let res = (|| {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
             let mut h = Sha256::new();
@@ -176,6 +176,12 @@ impl Store {
                 h.update(&buf[..n]);
                 f.write_all(&buf[..n]).map_err(io_err(&tmp))?;
                 n_total += n as u64;
+            }
+            if let Some(expected_size) = size.filter(|s| n_total > *s) {
+                return Err(StoreError::TooLong {
+                    digest: expected.to_string(),
+                    expected: expected_size,
+                });
             }
             let actual = format!("sha256:{}", hex::encode(h.finalize()));
             if actual != expected {
@@ -352,12 +358,40 @@ mod tests {
         assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
         assert!(!s.has_blob(&wrong));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let e = s.put_blob(&mut &b"hello"[..], &d, Some(6)).unwrap_err();
+        assert!(matches!(e, StoreError::SizeMismatch { .. }), "{e}");
         let e = s.put_blob(&mut &b"hello"[..], &d, Some(4)).unwrap_err();
-        assert!(matches!(e, StoreError::SizeMismatch { .. }));
+        assert!(matches!(e, StoreError::TooLong { .. }), "{e}");
         assert!(matches!(
             s.blob_path("sha256:../x"),
             Err(StoreError::BadDigest(_))
         ));
+        // Reading stops one byte past the size the descriptor gives.
+        let mut endless = io::repeat(b'x');
+        let e = s.put_blob(&mut endless, &d, Some(5)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{d} is longer than the 5 bytes its descriptor gives")
+        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn messages_do_not_repeat_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let missing = format!("sha256:{}", "1".repeat(64));
+        let e = s.read_blob(&missing).unwrap_err();
+        let chain = crate::error::chain(&e);
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+        let md = s.put_bytes(b"{not json").unwrap();
+        let e = s.manifest(&md).unwrap_err();
+        let chain = crate::error::chain(&e);
+        assert!(
+            chain.starts_with(&format!("invalid manifest {md}: ")),
+            "{chain}"
+        );
+        assert_eq!(chain.matches("key must be a string").count(), 1, "{chain}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Client {
     fn simple(&self, kind: Kind, timeout: Duration) -> Result<Frame> {
         let mut s = self.connect(timeout)?;
         s.set_read_timeout(Some(timeout)).ok();
-        write_frame(&mut s, &Frame::Request(self.request(kind, vec![])))?;
+        write_frame(&mut s, &self.request(kind, vec![]).to_frame())?;
         match read_frame(&mut s)? {
             Some(Frame::Error(m)) => Err(MachineError::Remote(m)),
             Some(f) => Ok(f),
@@ -79,7 +79,7 @@ impl Client {
     /// The ports containers publish inside the machine.
     pub fn ports(&self) -> Result<Vec<ForwardedPort>> {
         match self.simple(Kind::Ports, Duration::from_secs(10))? {
-            Frame::Ports(json) => serde_json::from_slice(&json)
+            Frame::Json(json) => serde_json::from_slice(&json)
                 .map_err(|_| MachineError::Remote("husk machine: malformed port list".into())),
             _ => Err(MachineError::ConnectionLost),
         }
@@ -127,7 +127,7 @@ impl Client {
         let tty = req.tty;
         let mut reader = s.try_clone().map_err(sock)?;
         let writer = Arc::new(Mutex::new(s));
-        send(&writer, &Frame::Request(req))?;
+        send(&writer, &req.to_frame())?;
         spawn_stdin(io.stdin, writer.clone());
         let sig_handle = if signals {
             Some(spawn_signals(writer.clone(), tty)?)
@@ -176,7 +176,7 @@ fn spawn_stdin(mut stdin: Box<dyn Read + Send>, w: Arc<Mutex<TcpStream>>) {
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = send(&w, &Frame::Stdin(Vec::new()));
+                    let _ = send(&w, &Frame::StdinEof);
                     break;
                 }
                 Ok(n) => {

@@ -29,8 +29,8 @@ fn local(e: impl std::fmt::Display) -> MachineError {
 /// Returns the image's familiar reference.
 pub fn sync_image(data_dir: &Path, client: &Client, image: &str, quiet: bool) -> Result<String> {
     let store = Store::open(&data_dir.join("images")).map_err(local)?;
-    let img = crate::cli::run::resolve_image(&store, image, quiet)
-        .map_err(|e| MachineError::BadArgs(e.message))?;
+    let img = crate::image::resolve::resolve_image(&store, image, quiet)
+        .map_err(|e| MachineError::BadArgs(crate::error::chain(&e)))?;
     let r = img.reference.clone();
     let name = r.to_string();
     let present = client.run(
@@ -167,15 +167,15 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
         };
         match (flag.as_str(), value) {
             ("--env-file", Some(path)) => {
-                let entries = crate::cli::run::read_env_file(Path::new(&path))
-                    .map_err(|e| MachineError::BadArgs(e.message))?;
+                let entries = crate::container::env::read_env_file(Path::new(&path))
+                    .map_err(|e| MachineError::BadArgs(crate::error::chain(&e)))?;
                 for kv in entries {
                     out.push("-e".into());
                     out.push(kv);
                 }
             }
             ("-e" | "--env", Some(v)) => {
-                if let Some(kv) = crate::cli::run::env_entry(&v) {
+                if let Some(kv) = crate::container::env::env_entry(&v) {
                     out.push("-e".into());
                     out.push(kv);
                 }

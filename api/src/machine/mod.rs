@@ -422,7 +422,7 @@ mod tests {
             cols: 101,
             env: Default::default(),
         };
-        proto::write_frame(&mut s, &proto::Frame::Request(req)).unwrap();
+        proto::write_frame(&mut s, &req.to_frame()).unwrap();
         let mut out = Vec::new();
         let code = loop {
             match proto::read_frame(&mut s).unwrap().unwrap() {
@@ -455,7 +455,7 @@ mod tests {
             cols: 20,
             env: Default::default(),
         };
-        proto::write_frame(&mut s, &proto::Frame::Request(req)).unwrap();
+        proto::write_frame(&mut s, &req.to_frame()).unwrap();
         let mut out = Vec::new();
         let mut sent = false;
         let code = loop {

@@ -4,7 +4,7 @@
 //! can be removed and other rules are never touched.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,14 +55,7 @@ fn wanted(list: Vec<ForwardedPort>) -> BTreeSet<ForwardedPort> {
 pub fn reconcile(dir: &Path, client: &Client) -> Result<Vec<String>> {
     let want = wanted(client.ports()?);
     let lock_path = dir.join("ports.lock");
-    let lf = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| io_err(&lock_path, e))?;
-    let _lock = nix::fcntl::Flock::lock(lf, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io_err(&lock_path, e.into()))?;
+    let _lock = crate::lockfile::lock_exclusive(&lock_path).map_err(|e| io_err(&lock_path, e))?;
     let rec_path = dir.join("ports.json");
     let mut have: BTreeSet<ForwardedPort> = fs::read(&rec_path)
         .ok()

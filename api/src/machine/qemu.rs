@@ -89,14 +89,7 @@ pub fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
             .map_err(|e| io_err(dir, e))?;
     }
     let p = dir.join("lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| io_err(&p, e))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io_err(&p, e.into()))
+    crate::lockfile::lock_exclusive(&p).map_err(|e| io_err(&p, e))
 }
 
 /// The machine's record when its QEMU process is alive.

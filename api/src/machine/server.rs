@@ -87,8 +87,8 @@ fn handle(ctx: &Ctx, mut stream: TcpStream) -> Result<()> {
     let _ = stream.set_nodelay(true);
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let req = match read_frame(&mut stream)? {
-        Some(Frame::Request(r)) => r,
-        _ => return Ok(()),
+        Some(f) => Request::from_frame(&f)?,
+        None => return Ok(()),
     };
     stream.set_read_timeout(None).ok();
     if req.token != ctx.token {
@@ -99,7 +99,7 @@ fn handle(ctx: &Ctx, mut stream: TcpStream) -> Result<()> {
         Kind::Ping => write_frame(&mut stream, &Frame::Exit(0))?,
         Kind::Ports => {
             let json = serde_json::to_vec(&(ctx.ports)()).unwrap_or_default();
-            write_frame(&mut stream, &Frame::Ports(json))?;
+            write_frame(&mut stream, &Frame::Json(json))?;
         }
         Kind::Stop => {
             ctx.stopping.store(true, Ordering::SeqCst);
@@ -282,10 +282,9 @@ fn relay_input(mut stream: TcpStream, mut input: Input, pid: Pid, exited: &Atomi
             (Frame::Stdin(b), Input::Pty(m)) if !b.is_empty() => {
                 let _ = m.write_all(&b);
             }
+            (Frame::StdinEof, Input::Pipe(p)) => *p = None,
             (Frame::Stdin(b), Input::Pipe(p)) => {
-                if b.is_empty() {
-                    *p = None;
-                } else if let Some(w) = p {
+                if let Some(w) = p {
                     if w.write_all(&b).is_err() {
                         *p = None;
                     }

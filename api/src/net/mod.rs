@@ -86,19 +86,15 @@ pub(crate) fn io_cause(e: &std::io::Error) -> String {
     }
 }
 
-/// The kernel command-line parameters that give the guest its network:
-/// `husk.ip=10.88.0.2/30 husk.gw=10.88.0.1` and, with servers,
-/// `husk.dns=IP[,IP...]`.
-pub fn guest_cmdline(lease: &Lease, dns: &[Ipv4Addr]) -> String {
-    let mut s = format!(
-        "husk.ip={}/{} husk.gw={}",
-        lease.guest_ip, lease.prefix, lease.host_ip
-    );
-    if !dns.is_empty() {
-        let list: Vec<String> = dns.iter().map(Ipv4Addr::to_string).collect();
-        s.push_str(&format!(" husk.dns={}", list.join(",")));
+/// The guest's network identity for its boot parameters: eth0's address,
+/// the default route through the host's end of the /30, and `dns`.
+pub fn guest_net(lease: &Lease, dns: &[Ipv4Addr]) -> husk_proto::boot::GuestNet {
+    husk_proto::boot::GuestNet {
+        ip: lease.guest_ip,
+        prefix: lease.prefix,
+        gateway: Some(lease.host_ip),
+        dns: dns.to_vec(),
     }
-    s
 }
 
 /// The DNS servers to give containers: the host's IPv4 nameservers from
@@ -143,24 +139,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cmdline_for_a_lease() {
+    fn boot_parameters_for_a_lease() {
         let dir = tempfile::tempdir().unwrap();
         let lease = allocate(dir.path(), "x").unwrap();
+        let params = husk_proto::boot::BootParams {
+            net: Some(guest_net(&lease, &[Ipv4Addr::new(10, 0, 2, 3)])),
+            ..Default::default()
+        };
         assert_eq!(
-            guest_cmdline(&lease, &[Ipv4Addr::new(10, 0, 2, 3)]),
+            params.render().unwrap(),
             "husk.ip=10.88.0.2/30 husk.gw=10.88.0.1 husk.dns=10.0.2.3"
         );
-        assert_eq!(
-            guest_cmdline(
-                &lease,
-                &[Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(8, 8, 8, 8)]
-            ),
-            "husk.ip=10.88.0.2/30 husk.gw=10.88.0.1 husk.dns=1.1.1.1,8.8.8.8"
-        );
-        assert_eq!(
-            guest_cmdline(&lease, &[]),
-            "husk.ip=10.88.0.2/30 husk.gw=10.88.0.1"
-        );
+        let n = guest_net(&lease, &[]);
+        assert!(n.dns.is_empty());
+        assert_eq!(n.gateway, Some(Ipv4Addr::new(10, 88, 0, 1)));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Linux reboots a PC without ACPI (`reboot=k`) by writing command 0xFE to
 //! port 0x64; the device turns that into an `EventFd` signal so the VMM can
 //! treat it as "the guest has stopped", as Firecracker does.
+//!
+//! It has no state to snapshot: status reads are always 0 and the only
+//! command it acts on is the reset pulse.
 
 use vmm_sys_util::eventfd::EventFd;
 

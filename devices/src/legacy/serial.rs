@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
@@ -42,6 +43,62 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// The UART's registers and receive FIFO, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// Bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<vm_superio::serial::SerialState> for SerialState {
+    fn from(s: vm_superio::serial::SerialState) -> Self {
+        SerialState {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialState) -> Self {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor[0],
+            baud_divisor_high: s.baud_divisor[1],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 /// COM1 as a bus device.
 pub struct Serial {
     inner: vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
@@ -60,6 +117,22 @@ impl Serial {
         Serial {
             inner: vm_superio::Serial::new(irq, out),
         }
+    }
+
+    /// A UART in a saved state (from [`Serial::state`]).
+    pub fn from_state(
+        state: &SerialState,
+        irq: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+    ) -> io::Result<Self> {
+        let inner = vm_superio::Serial::from_state(&state.into(), irq, NoEvents, out)
+            .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
+        Ok(Serial { inner })
+    }
+
+    /// The registers and receive FIFO.
+    pub fn state(&self) -> SerialState {
+        self.inner.state().into()
     }
 
     /// Bytes for the guest to receive (console input).
@@ -124,6 +197,26 @@ mod tests {
         }
         assert_eq!(&*buf.0.lock().unwrap(), b"hi");
         assert!(evt.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn state_round_trip_keeps_registers_and_input() {
+        let irq = || EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut serial = Serial::new(irq(), Box::new(io::sink()));
+        serial.write(7, &[0x5a]); // scratch
+        serial.write(3, &[0x03]); // LCR: 8N1
+        serial.enqueue_input(b"ok").unwrap();
+        let state = serial.state();
+        let via_superio = SerialState::from(vm_superio::serial::SerialState::from(&state));
+        assert_eq!(via_superio, state);
+        let mut back = Serial::from_state(&state, irq(), Box::new(io::sink())).unwrap();
+        let mut b = [0u8];
+        back.read(7, &mut b);
+        assert_eq!(b, [0x5a]);
+        back.read(3, &mut b);
+        assert_eq!(b, [0x03]);
+        back.read(0, &mut b);
+        assert_eq!(b, [b'o']);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! feature negotiation, the device status state machine, queue set-up, reset,
 //! interrupt status and the device configuration window.
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 #[cfg(any(test, feature = "test-utils"))]
 use vm_memory::GuestAddress;
@@ -311,6 +312,173 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 }
 
+/// A virtqueue as the driver programmed it and as far as the device got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// Next available-ring entry the device will take.
+    pub next_avail: u16,
+    /// Next used-ring entry the device will fill.
+    pub next_used: u16,
+}
+
+/// The transport's registers and queues (virtio 1.2, 4.2.2), for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioState {
+    /// Virtio device type, checked on restore.
+    pub device_type: u32,
+    /// Device status.
+    pub status: u32,
+    /// DeviceFeaturesSel.
+    pub features_sel: u32,
+    /// DriverFeaturesSel.
+    pub acked_features_sel: u32,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Whether the device was running.
+    pub activated: bool,
+    /// Every queue, in index order.
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// Why a transport state cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioRestoreError {
+    /// The state belongs to another kind of device.
+    #[error("virtio-mmio state is for device type {saved}, the device is type {actual}")]
+    DeviceType {
+        /// Type in the state.
+        saved: u32,
+        /// Type of the device given.
+        actual: u32,
+    },
+    /// The queue count or a queue's limits differ.
+    #[error("virtio-mmio state for device type {device_type} has queues the device cannot take")]
+    Queues {
+        /// The device type.
+        device_type: u32,
+    },
+    /// The transport could not be created.
+    #[error("cannot create the virtio-mmio transport")]
+    Create(#[source] std::io::Error),
+    /// The device refused to start again.
+    #[error("virtio device type {device_type} did not resume (status {status:#x})")]
+    Activate {
+        /// The device type.
+        device_type: u32,
+        /// Status after the attempt.
+        status: u32,
+    },
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// The transport's state; queue positions come from the running device.
+    pub fn save_state(&self) -> MmioState {
+        let progress = self.device.queue_positions();
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (next_avail, next_used) = progress
+                    .get(i)
+                    .copied()
+                    .unwrap_or((q.next_avail(), q.next_used()));
+                QueueSnapshot {
+                    max_size: q.max_size(),
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                    next_avail,
+                    next_used,
+                }
+            })
+            .collect();
+        MmioState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            features_sel: self.features_sel,
+            acked_features_sel: self.acked_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            activated: self.activated,
+            queues,
+        }
+    }
+
+    /// A transport for `device` in the saved `state`; a device that was
+    /// running is activated again with its queues where they were.
+    pub fn restore(
+        mem: GuestMemoryMmap,
+        device: D,
+        state: &MmioState,
+    ) -> Result<Self, MmioRestoreError> {
+        let device_type = device.device_type();
+        if state.device_type != device_type {
+            return Err(MmioRestoreError::DeviceType {
+                saved: state.device_type,
+                actual: device_type,
+            });
+        }
+        let mut t = MmioTransport::new(mem, device).map_err(MmioRestoreError::Create)?;
+        if state.queues.len() != t.queues.len() {
+            return Err(MmioRestoreError::Queues { device_type });
+        }
+        for (q, s) in t.queues.iter_mut().zip(&state.queues) {
+            if s.max_size != q.max_size() || s.size > s.max_size {
+                return Err(MmioRestoreError::Queues { device_type });
+            }
+            q.set_size(s.size);
+            q.set_desc_table_address(Some(lo32(s.desc_table)), Some(hi32(s.desc_table)));
+            q.set_avail_ring_address(Some(lo32(s.avail_ring)), Some(hi32(s.avail_ring)));
+            q.set_used_ring_address(Some(lo32(s.used_ring)), Some(hi32(s.used_ring)));
+            q.set_next_avail(s.next_avail);
+            q.set_next_used(s.next_used);
+            q.set_ready(s.ready);
+        }
+        t.status = state.status;
+        t.features_sel = state.features_sel;
+        t.acked_features_sel = state.acked_features_sel;
+        t.acked_features = state.acked_features;
+        t.queue_sel = state.queue_sel;
+        t.config_generation = state.config_generation;
+        t.interrupt
+            .status
+            .store(state.interrupt_status, std::sync::atomic::Ordering::SeqCst);
+        if state.activated {
+            t.activate();
+            if !t.activated {
+                return Err(MmioRestoreError::Activate {
+                    device_type,
+                    status: t.status,
+                });
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// The low 32 bits of `v`.
 pub fn lo32(v: u64) -> u32 {
     u32::try_from(v & 0xffff_ffff).unwrap_or(0)
@@ -562,6 +730,58 @@ mod tests {
         assert_eq!(t.interrupt_event().read().unwrap(), 1);
         write_reg(&mut t, REG_INTERRUPT_ACK, 1);
         assert_eq!(read_reg(&mut t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn state_round_trip_resumes_a_running_device() {
+        let mut t = MmioTransport::new(mem(), Dummy::default()).unwrap();
+        activate(&mut t, 0b100, &queues(), 8);
+        write_reg(&mut t, REG_QUEUE_SEL, 1);
+        t.interrupt.signal_used_queue();
+        let state = t.save_state();
+        assert!(state.activated);
+        assert_eq!(state.queues[1].size, 8);
+        assert_eq!(state.queues[1].used_ring, 0x6000);
+
+        let mut back = MmioTransport::restore(mem(), Dummy::default(), &state).unwrap();
+        assert!(back.is_activated());
+        assert_eq!(back.device().activated, Some((2, 0b100 | (1 << 32))));
+        assert_eq!(back.save_state(), state);
+        assert_eq!(read_reg(&mut back, REG_QUEUE_READY), 1);
+        assert_eq!(read_reg(&mut back, REG_INTERRUPT_STATUS), 1);
+        // Queue registers stay locked after DRIVER_OK, as before.
+        write_reg(&mut back, REG_QUEUE_NUM, 4);
+        assert_eq!(back.save_state().queues[1].size, 8);
+    }
+
+    #[test]
+    fn restore_checks_type_queues_and_activation() {
+        let mut t = MmioTransport::new(mem(), Dummy::default()).unwrap();
+        activate(&mut t, 0, &queues(), 16);
+        let mut state = t.save_state();
+        state.device_type = 7;
+        let e = MmioTransport::restore(mem(), Dummy::default(), &state).unwrap_err();
+        assert!(matches!(
+            e,
+            MmioRestoreError::DeviceType {
+                saved: 7,
+                actual: 42
+            }
+        ));
+        let mut state = t.save_state();
+        state.queues.pop();
+        assert!(matches!(
+            MmioTransport::restore(mem(), Dummy::default(), &state),
+            Err(MmioRestoreError::Queues { .. })
+        ));
+        let failing = Dummy {
+            fail: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            MmioTransport::restore(mem(), failing, &t.save_state()),
+            Err(MmioRestoreError::Activate { .. })
+        ));
     }
 
     #[test]

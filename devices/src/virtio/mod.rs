@@ -141,6 +141,20 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError>;
     /// Stops the device when the driver resets it; it may be activated again.
     fn reset(&mut self);
+    /// `(next_avail, next_used)` of each queue while the device runs, in
+    /// queue order (for snapshots); empty when it is not running.
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        Vec::new()
+    }
+}
+
+/// `(next_avail, next_used)` of `queues`.
+pub fn positions(queues: &[Queue]) -> Vec<(u16, u16)> {
+    use virtio_queue::QueueT;
+    queues
+        .iter()
+        .map(|q| (q.next_avail(), q.next_used()))
+        .collect()
 }
 
 /// Copies `src` (a config structure) into `data` at `offset`, zero-filling

@@ -13,14 +13,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 use std::thread;
 
-use husk_agent::protocol::{
+use husk_proto::agent::{
     read_frame, write_frame, BlobSource, CreateRequest, Envelope, ExitStatus, ImageSource, Layer,
     Limits, ProcessSpec, Request, Response, StdioPorts, StreamHello, PROTOCOL_VERSION,
 };
 
 const STDOUT_PORT: u32 = 5101;
 const STDERR_PORT: u32 = 5102;
-const CONTROL_PORT: u32 = 1024;
+use husk_proto::guest::CONTROL_PORT;
 
 fn err(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
@@ -130,12 +130,12 @@ fn run(args: &[String]) -> io::Result<i32> {
             cmd,
             env: vec!["PATH=/bin".into()],
             workdir: "/".into(),
-            stdio: StdioPorts {
-                stdin: None,
-                stdout: Some(STDOUT_PORT),
-                stderr: Some(STDERR_PORT),
-            },
             ..ProcessSpec::default()
+        },
+        stdio: StdioPorts {
+            stdin: None,
+            stdout: Some(STDOUT_PORT),
+            stderr: Some(STDERR_PORT),
         },
         hostname: hostname.clone(),
         mounts: Vec::new(),

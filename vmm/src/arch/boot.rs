@@ -53,11 +53,12 @@ pub enum BootError {
         source: std::io::Error,
     },
     /// linux-loader rejected the kernel image.
-    #[error("cannot load kernel {path}: {source}")]
+    #[error("cannot load kernel {path}")]
     Kernel {
         /// The file.
         path: std::path::PathBuf,
         /// The cause.
+        #[source]
         source: linux_loader::loader::Error,
     },
     /// The initramfs does not fit between the kernel and the end of low memory.
@@ -76,8 +77,8 @@ pub enum BootError {
         source: vm_memory::GuestMemoryError,
     },
     /// The command line is invalid or too long.
-    #[error("invalid kernel command line: {0}")]
-    Cmdline(linux_loader::cmdline::Error),
+    #[error("invalid kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
     /// Writing boot structures failed.
     #[error("cannot write {what} into guest memory: {reason}")]
     BootInfo {
@@ -388,8 +389,16 @@ mod tests {
         let m = mem(64);
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, &[0u8; 8192]).unwrap();
-        let err = load_kernel(&m, f.path(), true).unwrap_err().to_string();
-        assert!(err.starts_with("cannot load kernel "), "{err}");
+        let e = load_kernel(&m, f.path(), true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot load kernel {}", f.path().display())
+        );
+        let cause = std::error::Error::source(&e).map(|c| c.to_string());
+        assert!(
+            cause.is_some_and(|c| !c.is_empty()),
+            "the loader's error is the source"
+        );
         let err = load_kernel(&m, Path::new("/nonexistent"), true)
             .unwrap_err()
             .to_string();

@@ -4,10 +4,10 @@
 //! vsock, writes the logs and the state, serves the control socket
 //! (`control.rs`) and cleans everything up when the container ends.
 //!
-//! The CLI learns whether the start worked from one line the supervisor
-//! writes on its stdout (a pipe to the CLI): `ready`, or `error STATUS
-//! MESSAGE`. Everything the supervisor does not report there goes to
-//! `supervisor.log`.
+//! The CLI learns whether the start worked from one typed message
+//! ([`SupervisorReady`], a JSON frame) the supervisor writes on its stdout
+//! (a pipe to the CLI). Everything the supervisor does not report there
+//! goes to `supervisor.log`.
 //!
 //! Lifetimes: husk-vmm gets `PR_SET_PDEATHSIG` so the VM dies with its
 //! supervisor; the TAP is non-persistent (it goes with husk-vmm); the
@@ -17,39 +17,41 @@
 //! exited (137) and `rm` removes.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use husk_agent::protocol::{
+use husk_proto::agent::{
     read_frame, write_frame, CreateRequest, ErrorKind, ExecRequest, ExitStatus, ImageSource,
     Limits, MountSpec, ProcessSpec, Request as AgentRequest, Response, StdioPorts,
 };
 use nix::fcntl::{Flock, FlockArg};
 
 use super::client::{AgentClient, ClientError};
-use super::control::{Attach, ExecSpec, Frame, Reply, Request};
+use super::control::{Attach, Frame, Reply, Request, SupervisorReady};
 use super::logs::{LogWriter, STDERR, STDOUT};
 use super::spec::{vm_mem_mib, vm_vcpus, ContainerConfig, NetworkMode};
 use super::state::{now_rfc3339, PortBinding, State, Status, Timings};
 use super::{Containers, Handle};
 use crate::image::store::Store;
 use crate::net;
-use crate::rootfs::RootfsCache;
-use crate::volume::{VolumeLock, Volumes};
+use crate::storage::rootfs::RootfsCache;
+use crate::storage::volume::{VolumeLock, Volumes};
+use husk_proto::agent::ConsoleSize;
+use husk_proto::guest::{exec_stdio_ports, CONTAINER_ID, INIT_STDIO_PORTS};
 
 mod boot;
+mod jail;
 mod session;
+mod vmm;
 
-use boot::{boot, ms, INIT_STDIO};
+use boot::{boot, ms};
 
 /// Why a start failed: the message and the CLI's exit status.
 #[derive(Debug)]
@@ -60,20 +62,47 @@ pub struct StartError {
     pub status: i32,
 }
 
-impl<E: std::fmt::Display> From<E> for StartError {
-    fn from(e: E) -> Self {
+impl StartError {
+    /// husk's own failure (status 125) with this message.
+    pub fn new(message: impl Into<String>) -> Self {
         StartError {
-            message: format!("{e:#}"),
+            message: message.into(),
             status: 125,
         }
     }
 }
 
+/// Any error becomes a start failure whose message is its whole chain of
+/// causes on one line.
+impl<E: std::error::Error> From<E> for StartError {
+    fn from(e: E) -> Self {
+        StartError::new(crate::error::chain(&e))
+    }
+}
+
+/// The supervisor's own failures (those of the steps it runs are their
+/// modules' errors).
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A file or socket operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was attempted, on what.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Context for an I/O error: `what` failed.
+fn io_ctx(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> SupervisorError {
+    let what = what.to_string();
+    move |source| SupervisorError::Io { what, source }
+}
+
 fn fail<T>(message: impl Into<String>) -> Result<T, StartError> {
-    Err(StartError {
-        message: message.into(),
-        status: 125,
-    })
+    Err(StartError::new(message))
 }
 
 fn agent_error(e: ClientError) -> StartError {
@@ -117,10 +146,39 @@ enum Event {
 
 /// Resources held while the container runs; dropping them releases them.
 struct Held {
-    _rootfs: crate::rootfs::RootfsLease,
+    _rootfs: crate::storage::rootfs::RootfsLease,
     _volume_locks: Vec<VolumeLock>,
     _lease: Option<net::Lease>,
     _publisher: Option<net::Publisher>,
+}
+
+/// The container's microVM as the supervisor knows it.
+struct VmInfo {
+    /// husk-vmm's vsock Unix socket.
+    uds: PathBuf,
+    /// husk-vmm's pid.
+    pid: i32,
+    /// husk-vmm's control socket (pause, resume).
+    api_sock: PathBuf,
+    /// When the supervisor started (for the timings).
+    start_clock: Instant,
+    /// husk killed husk-vmm on purpose (`stop` or `kill` of a guest that
+    /// did not answer).
+    killed: std::sync::atomic::AtomicBool,
+}
+
+/// The init's stdio as the supervisor relays it.
+#[derive(Default)]
+struct InitIo {
+    /// Clients receiving the init's output.
+    clients: Arc<Mutex<Vec<UnixStream>>>,
+    /// The init's stdin stream, once the agent connected it.
+    stdin: Arc<Mutex<Option<UnixStream>>>,
+    /// The output relay threads.
+    relays: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropped once the starting client is attached: the output relays
+    /// wait for it, so no output precedes the `ok` reply.
+    go: Mutex<Vec<Sender<()>>>,
 }
 
 /// The live supervisor, shared by its threads.
@@ -129,21 +187,37 @@ struct Sup {
     config: ContainerConfig,
     state: Mutex<State>,
     agent: Mutex<AgentClient>,
-    uds: PathBuf,
-    /// Clients receiving the init's output.
-    clients: Arc<Mutex<Vec<UnixStream>>>,
-    /// The init's stdin stream, once the agent connected it.
-    stdin: Arc<Mutex<Option<UnixStream>>>,
+    vm: VmInfo,
+    io: InitIo,
     started: Mutex<bool>,
     events: Sender<Event>,
-    relays: Mutex<Vec<JoinHandle<()>>>,
-    /// Dropped once the starting client is attached: the output relays
-    /// wait for it, so no output precedes the `ok` reply.
-    go: Mutex<Vec<Sender<()>>>,
     next_exec: AtomicU32,
-    vmm_pid: i32,
-    start_clock: Instant,
     timings: Mutex<Timings>,
+}
+
+impl Sup {
+    fn new(
+        handle: Handle,
+        config: ContainerConfig,
+        state: State,
+        agent: AgentClient,
+        vm: VmInfo,
+        events: Sender<Event>,
+        timings: Timings,
+    ) -> Self {
+        Sup {
+            handle,
+            config,
+            state: Mutex::new(state),
+            agent: Mutex::new(agent),
+            vm,
+            io: InitIo::default(),
+            started: Mutex::new(false),
+            events,
+            next_exec: AtomicU32::new(0),
+            timings: Mutex::new(timings),
+        }
+    }
 }
 
 /// Runs the supervisor of container `id` (the hidden `husk
@@ -153,7 +227,7 @@ pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
     let containers = match Containers::open(data_dir) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(ready, "error 125 {e}");
+            report_ready(&mut ready, Err(&StartError::from(e)));
             return 1;
         }
     };
@@ -163,14 +237,14 @@ pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
     let lock = match take_lock(&h) {
         Ok(l) => l,
         Err(e) => {
-            let _ = writeln!(ready, "error 125 {}", e.message);
+            report_ready(&mut ready, Err(&e));
             return 1;
         }
     };
     let (tx, rx) = mpsc::channel();
     match boot(data_dir, &h, t0, tx) {
         Ok((sup, held, vmm)) => {
-            let _ = writeln!(ready, "ready");
+            report_ready(&mut ready, Ok(()));
             drop(ready);
             let code = run(&containers, sup, held, vmm, rx);
             drop(lock);
@@ -189,10 +263,22 @@ pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
             let _ = h.write_state(&s);
             let _ = fs::remove_dir_all(&h.run_dir);
             log_line(&h, &format!("start failed: {}", e.message));
-            let _ = writeln!(ready, "error {} {}", e.status, e.message);
+            report_ready(&mut ready, Err(&e));
             1
         }
     }
+}
+
+/// Tells the CLI that started this supervisor how the start went.
+fn report_ready(ready: &mut File, result: Result<(), &StartError>) {
+    let msg = match result {
+        Ok(()) => SupervisorReady::Ready,
+        Err(e) => SupervisorReady::Failed {
+            message: e.message.clone(),
+            status: e.status,
+        },
+    };
+    let _ = write_frame(ready, &msg);
 }
 
 fn log_line(h: &Handle, msg: &str) {
@@ -208,7 +294,7 @@ fn log_line(h: &Handle, msg: &str) {
 fn take_lock(h: &Handle) -> Result<Flock<File>, StartError> {
     let path = h.dir.join("supervisor.lock");
     crate::lockfile::lock_file(&path, FlockArg::LockExclusiveNonblock)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(io_ctx(path.display()))?
         .ok_or_else(|| StartError {
             message: format!("container {} is already running", h.id),
             status: 125,
@@ -242,13 +328,13 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                             sup.attach_started(&c);
                             sup.client_input(c, None, a.stdin);
                         }
-                        None => lock(&sup.go).clear(),
+                        None => lock(&sup.io.go).clear(),
                     }
                 }
                 Request::Attach(a) => {
                     if let Ok(cc) = c.try_clone() {
                         Sup::reply(&mut c, &Reply::Ok);
-                        lock(&sup.clients).push(cc);
+                        lock(&sup.io.clients).push(cc);
                         sup.client_input(c, None, a.stdin);
                     }
                 }
@@ -257,15 +343,16 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
                 },
+                Request::Pause => match sup.pause(true) {
+                    Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                    Err(e) => Sup::err_reply(&mut c, &e),
+                },
+                Request::Unpause => match sup.pause(false) {
+                    Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                    Err(e) => Sup::err_reply(&mut c, &e),
+                },
                 Request::Stop { timeout_secs } => {
-                    let _ = sup.signal(libc::SIGTERM);
-                    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
-                    while lock(&sup.state).status == Status::Running && Instant::now() < deadline {
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                    if lock(&sup.state).status == Status::Running {
-                        let _ = sup.signal(libc::SIGKILL);
-                    }
+                    sup.stop(Duration::from_secs(timeout_secs));
                     // The reply comes when the supervisor ends (the socket
                     // closes), so `husk stop` returns once it stopped.
                     let mut b = [0u8; 1];
@@ -285,36 +372,48 @@ fn run(
     containers: &Containers,
     sup: Arc<Sup>,
     held: Held,
-    mut vmm: Child,
+    vmm: vmm::VmmProcess,
     rx: Receiver<Event>,
 ) -> i32 {
-    let vmm_pid = sup.vmm_pid;
+    let vmm_pid = sup.vm.pid;
     let (vtx, vrx) = mpsc::channel::<String>();
     let tx = sup.events.clone();
     // husk-vmm's end: the reaper thread owns the Child.
+    let vmm::VmmProcess {
+        mut child,
+        events,
+        reader,
+        cgroup,
+    } = vmm;
     let reaper = thread::spawn(move || {
-        let st = vmm.wait();
-        let why = match st {
-            Ok(s) => s.to_string(),
-            Err(e) => e.to_string(),
+        let st = child.wait();
+        let limit = Duration::from_secs(2);
+        let why = match (events.failure(limit), events.stop_reason(limit), st) {
+            (Some(message), _, _) => format!("failed: {message}"),
+            (None, Some(reason), Ok(s)) => format!("{s}: the guest stopped ({reason})"),
+            (None, None, Ok(s)) => vmm::describe_exit(&s),
+            (None, _, Err(e)) => e.to_string(),
         };
         let _ = vtx.send(why.clone());
         let _ = tx.send(Event::VmmDied(why));
     });
+    // husk-vmm killed on purpose (stop or kill of a guest that did not
+    // answer) ends the container as Docker's SIGKILL does: 137, no error.
+    let vmm_end = |why: &str| (!sup.vm.killed.load(Ordering::SeqCst)).then(|| vmm_died(why));
     let (code, error, vm_ok) = match rx.recv() {
         Ok(Event::Exited(code)) => (code, None, true),
         Ok(Event::StartFailed(code, why)) => (code, Some(why), true),
-        Ok(Event::VmmDied(why)) => (137, Some(vmm_died(&why)), false),
+        Ok(Event::VmmDied(why)) => (137, vmm_end(&why), false),
         Ok(Event::WaitFailed(why)) => match rx.recv_timeout(Duration::from_secs(3)) {
             // The VM's end broke the connection: say that.
-            Ok(Event::VmmDied(v)) => (137, Some(vmm_died(&v)), false),
+            Ok(Event::VmmDied(v)) => (137, vmm_end(&v), false),
             _ => (137, Some(format!("lost the guest agent: {why}")), false),
         },
         Err(_) => (137, Some("supervisor lost its threads".into()), false),
     };
     // Let the output drain (the streams close when the process is gone).
-    lock(&sup.go).clear();
-    let relays: Vec<_> = lock(&sup.relays).drain(..).collect();
+    lock(&sup.io.go).clear();
+    let relays: Vec<_> = lock(&sup.io.relays).drain(..).collect();
     let drain_deadline = Instant::now() + Duration::from_secs(5);
     for r in relays {
         while !r.is_finished() && Instant::now() < drain_deadline {
@@ -330,7 +429,7 @@ fn run(
     });
     // Power the VM off, or kill it.
     if vm_ok {
-        let _ = lock(&sup.agent).call(AgentRequest::Shutdown);
+        let _ = lock(&sup.agent).call_within(AgentRequest::Shutdown, Some(Duration::from_secs(5)));
     }
     if vrx.recv_timeout(Duration::from_secs(10)).is_err() {
         let _ = nix::sys::signal::kill(
@@ -340,13 +439,15 @@ fn run(
         let _ = vrx.recv_timeout(Duration::from_secs(5));
     }
     let _ = reaper.join();
+    let _ = reader.join();
+    drop(cgroup);
     // Ports, address lease, volume locks, the rootfs disk hold.
     drop(held);
     let _ = fs::remove_dir_all(&sup.handle.run_dir);
     if sup.config.auto_remove {
         let _ = containers.remove(&sup.handle);
     }
-    let clients: Vec<UnixStream> = lock(&sup.clients).drain(..).collect();
+    let clients: Vec<UnixStream> = lock(&sup.io.clients).drain(..).collect();
     for mut c in clients {
         let _ = Frame::Exit(code).write_to(&mut c);
         let _ = c.shutdown(Shutdown::Both);

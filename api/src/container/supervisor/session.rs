@@ -4,11 +4,30 @@
 
 use super::*;
 
-/// Listens on `<uds>_<port>` for the agent's stdio connection.
+/// How long a signal may take to reach the guest agent.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after SIGKILL a container may take to end before its microVM
+/// is killed.
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// Polls `done` until it holds or `limit` passes.
+fn wait_until(limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Listens on `<uds>_<port>` for the agent's stdio connection. The socket
+/// is writable by all, so the jailed husk-vmm can connect: only root and
+/// husk-vmm's group may enter the run directory (`jail.rs`).
 pub(super) fn stdio_listener(uds: &Path, port: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     let p = PathBuf::from(format!("{}_{port}", uds.display()));
     let _ = fs::remove_file(&p);
-    UnixListener::bind(p)
+    let l = UnixListener::bind(&p)?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666))?;
+    Ok(l)
 }
 
 /// Accepts one agent stdio connection (with a deadline) and reads its hello.
@@ -19,7 +38,7 @@ pub(super) fn accept_stdio(l: &UnixListener, limit: Duration) -> io::Result<Unix
         match l.accept() {
             Ok((mut s, _)) => {
                 s.set_nonblocking(false)?;
-                let _hello: husk_agent::protocol::StreamHello =
+                let _hello: husk_proto::agent::StreamHello =
                     read_frame(&mut s).map_err(io::Error::other)?;
                 return Ok(s);
             }
@@ -83,7 +102,7 @@ impl Sup {
     /// Starts the init: stdio listeners first, then the agent's Start.
     pub(super) fn start(
         self: &Arc<Self>,
-        console_size: Option<(u16, u16)>,
+        console_size: Option<ConsoleSize>,
     ) -> Result<(), StartError> {
         let mut started = lock(&self.started);
         if *started {
@@ -92,31 +111,29 @@ impl Sup {
         let p = &self.config.process;
         let log = Arc::new(Mutex::new(
             LogWriter::open(&self.handle.log_path())
-                .map_err(|e| format!("{}: {e}", self.handle.log_path().display()))?,
+                .map_err(io_ctx(self.handle.log_path().display()))?,
         ));
-        let mut outs = vec![(INIT_STDIO.stdout.unwrap_or(0), STDOUT)];
+        let [stdin_port, stdout_port, stderr_port] = INIT_STDIO_PORTS;
+        let mut outs = vec![(stdout_port, STDOUT)];
         if !p.tty {
-            outs.push((INIT_STDIO.stderr.unwrap_or(0), STDERR));
+            outs.push((stderr_port, STDERR));
         }
         let listeners = outs
             .iter()
-            .map(|(port, stream)| Ok((stdio_listener(&self.uds, *port)?, *stream)))
+            .map(|(port, stream)| Ok((stdio_listener(&self.vm.uds, *port)?, *stream)))
             .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| format!("stdio socket: {e}"))?;
-        let stdin_l = if p.stdin {
-            Some(
-                stdio_listener(&self.uds, INIT_STDIO.stdin.unwrap_or(0))
-                    .map_err(|e| format!("stdio socket: {e}"))?,
-            )
+            .map_err(io_ctx("stdio socket"))?;
+        let stdin_l = if p.open_stdin {
+            Some(stdio_listener(&self.vm.uds, stdin_port).map_err(io_ctx("stdio socket"))?)
         } else {
             None
         };
         // Accept the agent's connections while Start runs.
         let mut relays = Vec::new();
         for (l, stream) in listeners {
-            let (log, clients) = (log.clone(), self.clients.clone());
+            let (log, clients) = (log.clone(), self.io.clients.clone());
             let (go_tx, go_rx) = mpsc::channel::<()>();
-            lock(&self.go).push(go_tx);
+            lock(&self.io.go).push(go_tx);
             relays.push(thread::spawn(move || {
                 if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
                     let _ = go_rx.recv();
@@ -124,7 +141,7 @@ impl Sup {
                 }
             }));
         }
-        let stdin_slot = self.stdin.clone();
+        let stdin_slot = self.io.stdin.clone();
         let stdin_t = stdin_l.map(|l| {
             thread::spawn(move || {
                 if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
@@ -133,30 +150,32 @@ impl Sup {
             })
         });
         let t = Instant::now();
-        let pid = match lock(&self.agent).call(AgentRequest::Start { id: "c".into() }) {
+        let pid = match lock(&self.agent).call(AgentRequest::Start {
+            id: CONTAINER_ID.into(),
+        }) {
             Ok(Response::Started { pid }) => pid,
             Ok(other) => return fail(format!("unexpected answer to start: {other:?}")),
             Err(e) => return Err(agent_error(e)),
         };
         // The pty got the size known at creation; a later `start -a` from
         // another terminal brings its own.
-        if let Some((rows, cols)) = console_size.filter(|s| Some(*s) != p.console_size) {
+        if let Some(size) = console_size.filter(|s| Some(*s) != p.console_size) {
             let _ = lock(&self.agent).call(AgentRequest::Resize {
-                id: "c".into(),
+                id: CONTAINER_ID.into(),
                 exec_id: None,
-                rows,
-                cols,
+                rows: size.rows,
+                cols: size.cols,
             });
         }
         if let Some(t) = stdin_t {
             let _ = t.join();
         }
         *started = true;
-        *lock(&self.relays) = relays;
+        *lock(&self.io.relays) = relays;
         {
             let mut tm = lock(&self.timings);
             tm.exec_ms = ms(t.elapsed());
-            tm.total_ms = ms(self.start_clock.elapsed());
+            tm.total_ms = ms(self.vm.start_clock.elapsed());
         }
         let timings = lock(&self.timings).clone();
         self.write_state(|s| {
@@ -180,9 +199,9 @@ impl Sup {
     /// Registers a client for the init's output and lets output flow.
     pub(super) fn attach_started(&self, c: &UnixStream) {
         if let Ok(cc) = c.try_clone() {
-            lock(&self.clients).push(cc);
+            lock(&self.io.clients).push(cc);
         }
-        lock(&self.go).clear();
+        lock(&self.io.go).clear();
     }
 
     /// A thread that waits for a process on its own agent connection.
@@ -191,10 +210,13 @@ impl Sup {
         exec_id: Option<String>,
         done: impl FnOnce(Result<i32, String>) + Send + 'static,
     ) -> Result<(), StartError> {
-        let mut c = AgentClient::connect(&self.uds).map_err(agent_error)?;
+        // A wait lasts as long as the process: no call timeout.
+        let mut c = AgentClient::connect(&self.vm.uds)
+            .map_err(agent_error)?
+            .with_timeout(None);
         thread::spawn(move || {
             let r = match c.call(AgentRequest::Wait {
-                id: "c".into(),
+                id: CONTAINER_ID.into(),
                 exec_id,
             }) {
                 Ok(Response::Exited { status }) => Ok(exit_code(status)),
@@ -220,20 +242,20 @@ impl Sup {
                 Frame::Stdin(d) if stdin => {
                     if let Some(s) = exec_stdin.as_mut() {
                         let _ = s.write_all(&d);
-                    } else if let Some(s) = lock(&self.stdin).as_mut() {
+                    } else if let Some(s) = lock(&self.io.stdin).as_mut() {
                         let _ = s.write_all(&d);
                     }
                 }
                 Frame::StdinEof if stdin => {
                     if let Some(s) = exec_stdin.as_ref() {
                         let _ = s.shutdown(Shutdown::Write);
-                    } else if let Some(s) = lock(&self.stdin).take() {
+                    } else if let Some(s) = lock(&self.io.stdin).take() {
                         let _ = s.shutdown(Shutdown::Write);
                     }
                 }
-                Frame::Resize(rows, cols) => {
+                Frame::Resize { rows, cols } => {
                     let _ = lock(&self.agent).call(AgentRequest::Resize {
-                        id: "c".into(),
+                        id: CONTAINER_ID.into(),
                         exec_id: exec_id.clone(),
                         rows,
                         cols,
@@ -241,7 +263,7 @@ impl Sup {
                 }
                 Frame::Signal(signal) => {
                     let _ = lock(&self.agent).call(AgentRequest::Signal {
-                        id: "c".into(),
+                        id: CONTAINER_ID.into(),
                         exec_id: exec_id.clone(),
                         signal,
                     });
@@ -251,7 +273,20 @@ impl Sup {
         }
     }
 
-    pub(super) fn exec(self: &Arc<Self>, mut c: UnixStream, spec: ExecSpec, attach: Attach) {
+    pub(super) fn exec(self: &Arc<Self>, mut c: UnixStream, spec: ProcessSpec, attach: Attach) {
+        if lock(&self.state).paused {
+            Self::err_reply(
+                &mut c,
+                &StartError {
+                    message: format!(
+                        "Container {} is paused, unpause the container before exec",
+                        self.handle.id
+                    ),
+                    status: 1,
+                },
+            );
+            return;
+        }
         if lock(&self.state).status != Status::Running {
             Self::err_reply(
                 &mut c,
@@ -264,29 +299,32 @@ impl Sup {
         }
         let n = self.next_exec.fetch_add(1, Ordering::SeqCst);
         let exec_id = format!("e{n}");
-        let base = 5100 + 3 * n;
+        let Some([stdin_port, stdout_port, stderr_port]) = exec_stdio_ports(n) else {
+            Self::err_reply(&mut c, &StartError::new("too many execs in this container"));
+            return;
+        };
         let ports = StdioPorts {
-            stdin: attach.stdin.then_some(base),
-            stdout: Some(base + 1),
-            stderr: (!spec.tty).then_some(base + 2),
+            stdin: attach.stdin.then_some(stdin_port),
+            stdout: Some(stdout_port),
+            stderr: (!spec.tty).then_some(stderr_port),
         };
         let r = (|| -> Result<(), StartError> {
             let mut listeners = Vec::new();
             for (port, stream) in [(ports.stdout, STDOUT), (ports.stderr, STDERR)] {
                 if let Some(port) = port {
                     listeners.push((
-                        stdio_listener(&self.uds, port).map_err(|e| format!("stdio: {e}"))?,
+                        stdio_listener(&self.vm.uds, port).map_err(io_ctx("stdio"))?,
                         stream,
                     ));
                 }
             }
             let stdin_l = match ports.stdin {
-                Some(p) => Some(stdio_listener(&self.uds, p).map_err(|e| format!("stdio: {e}"))?),
+                Some(p) => Some(stdio_listener(&self.vm.uds, p).map_err(io_ctx("stdio"))?),
                 None => None,
             };
             let client = Arc::new(Mutex::new(vec![c
                 .try_clone()
-                .map_err(|e| format!("client socket: {e}"))?]));
+                .map_err(io_ctx("client socket"))?]));
             let mut relays = Vec::new();
             let mut go = Vec::new();
             for (l, stream) in listeners {
@@ -306,7 +344,8 @@ impl Sup {
             let mut env = p.env.clone();
             env.extend(spec.env.iter().cloned());
             let process = ProcessSpec {
-                cmd: spec.argv.clone(),
+                entrypoint: Vec::new(),
+                cmd: spec.cmd.clone(),
                 env,
                 workdir: if spec.workdir.is_empty() {
                     p.workdir.clone()
@@ -319,17 +358,15 @@ impl Sup {
                     spec.user.clone()
                 },
                 tty: spec.tty,
-                stdio: ports.clone(),
-                console_size: attach
-                    .console_size
-                    .map(|(rows, cols)| husk_agent::protocol::ConsoleSize { rows, cols }),
-                ..ProcessSpec::default()
+                open_stdin: attach.stdin,
+                console_size: attach.console_size,
             };
             lock(&self.agent)
                 .call(AgentRequest::Exec(ExecRequest {
-                    id: "c".into(),
+                    id: CONTAINER_ID.into(),
                     exec_id: exec_id.clone(),
                     process,
+                    stdio: ports.clone(),
                 }))
                 .map_err(agent_error)?;
             let stdin = stdin_t.and_then(|t| t.join().ok()).and_then(Result::ok);
@@ -339,7 +376,7 @@ impl Sup {
             })?;
             Self::reply(&mut c, &Reply::Ok);
             drop(go);
-            let input = c.try_clone().map_err(|e| format!("client socket: {e}"))?;
+            let input = c.try_clone().map_err(io_ctx("client socket"))?;
             let me = self.clone();
             let id2 = exec_id.clone();
             thread::spawn(move || me.client_input(input, stdin.map(|s| (id2, s)), attach.stdin));
@@ -355,17 +392,98 @@ impl Sup {
         }
     }
 
+    /// Sends `signal` to the container's init. A SIGKILL the guest does
+    /// not take in time kills the microVM instead: a wedged or hostile
+    /// guest cannot keep a container alive against `kill`.
     pub(super) fn signal(&self, signal: i32) -> Result<(), StartError> {
         if !*lock(&self.started) {
             return fail(format!("container {} is not running", self.handle.id));
         }
-        lock(&self.agent)
-            .call(AgentRequest::Signal {
-                id: "c".into(),
+        let sent = lock(&self.agent).call_within(
+            AgentRequest::Signal {
+                id: CONTAINER_ID.into(),
                 exec_id: None,
                 signal,
-            })
-            .map_err(agent_error)?;
+            },
+            Some(SIGNAL_TIMEOUT),
+        );
+        match sent {
+            Ok(_) => Ok(()),
+            Err(_) if signal == libc::SIGKILL => {
+                self.kill_vmm();
+                Ok(())
+            }
+            Err(e) => Err(agent_error(e)),
+        }
+    }
+
+    /// Kills husk-vmm (the container then ends as `Exited (137)`).
+    pub(super) fn kill_vmm(&self) {
+        self.vm.killed.store(true, Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.vm.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+
+    /// `husk pause` (`pause` true) or `husk unpause`: stops or resumes the
+    /// microVM's vCPUs; the state says `paused`.
+    pub(super) fn pause(&self, pause: bool) -> Result<(), StartError> {
+        let id = &self.handle.id;
+        {
+            let st = lock(&self.state);
+            if st.status != Status::Running {
+                return Err(StartError {
+                    message: format!("Container {id} is not running"),
+                    status: 1,
+                });
+            }
+            if st.paused == pause {
+                let what = if pause {
+                    "already paused"
+                } else {
+                    "not paused"
+                };
+                return Err(StartError {
+                    message: format!("Container {id} is {what}"),
+                    status: 1,
+                });
+            }
+        }
+        let command = if pause { "pause" } else { "resume" };
+        vmm::api_command(&self.vm.api_sock, command)?;
+        self.write_state(|s| s.paused = pause);
         Ok(())
+    }
+
+    /// `husk stop`: SIGTERM; after `grace`, SIGKILL; if the container still
+    /// runs [`KILL_GRACE`] later (the guest does not answer), husk-vmm is
+    /// killed. Signals go from threads of their own, so a wedged agent
+    /// cannot hold this up: it returns within `grace` + [`KILL_GRACE`].
+    pub(super) fn stop(self: &Arc<Self>, grace: Duration) {
+        if lock(&self.state).paused {
+            // As Docker: a paused container is resumed to be stopped.
+            let _ = self.pause(false);
+        }
+        let running = || lock(&self.state).status == Status::Running;
+        let send = |sig: i32| {
+            let sup = self.clone();
+            thread::spawn(move || {
+                let _ = sup.signal(sig);
+            });
+        };
+        send(libc::SIGTERM);
+        wait_until(grace, || !running());
+        if running() {
+            send(libc::SIGKILL);
+            wait_until(KILL_GRACE, || !running());
+        }
+        if running() {
+            log_line(
+                &self.handle,
+                "stop: the guest did not stop the container; killing husk-vmm",
+            );
+            self.kill_vmm();
+        }
     }
 }

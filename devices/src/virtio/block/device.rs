@@ -5,7 +5,6 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
@@ -19,19 +18,7 @@ const QUEUE_SIZES: [u16; 1] = [256];
 const VIRTIO_BLK_F_RO: u32 = 5;
 const VIRTIO_BLK_F_FLUSH: u32 = 9;
 
-/// A disk's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlockConfig {
-    /// Raw image file.
-    pub path: PathBuf,
-    /// Attach read-only.
-    #[serde(default)]
-    pub read_only: bool,
-    /// Serial returned by GET_ID (20 bytes at most); default: the file name.
-    #[serde(default)]
-    pub serial: Option<String>,
-}
+pub use husk_proto::vm::BlockConfig;
 
 /// Block device errors.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +256,13 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| vec![(a.queue.next_avail(), a.queue.next_used())])
+            .unwrap_or_default()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod device;
 pub mod handler;
+pub mod persist;
 pub mod request;
 
 pub use device::{Block, BlockConfig, BlockError};

@@ -4,7 +4,6 @@
 
 use std::io::{self, Read, Write};
 
-use serde::{Deserialize, Serialize};
 use virtio_queue::{QueueT, Reader, Writer};
 
 use super::tap::{Tap, VNET_HDR_LEN};
@@ -17,17 +16,7 @@ const VIRTIO_NET_F_MAC: u32 = 5;
 /// Largest frame with its header (64 KiB plus header), as a TAP may deliver.
 const MAX_FRAME: usize = 65562;
 
-/// A network interface's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetConfig {
-    /// TAP to open (created if missing); none lets the kernel pick `tapN`.
-    #[serde(default)]
-    pub tap_name: Option<String>,
-    /// The guest's MAC address; default: a locally administered one.
-    #[serde(default)]
-    pub mac: Option<[u8; 6]>,
-}
+pub use husk_proto::vm::NetConfig;
 
 /// Network device errors.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +74,11 @@ impl Net {
             rx_blocked: false,
             errors: 0,
         })
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
     }
 
     /// The TAP.
@@ -263,6 +257,13 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.pending = None;
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| crate::virtio::positions(&a.queues))
+            .unwrap_or_default()
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod handler;
+pub mod persist;
 pub mod tap;
 
 pub use device::{Net, NetConfig, NetError};

@@ -11,8 +11,15 @@
 //! more than the credit it advertised, and advertises a receive buffer of
 //! [`CONN_BUF_ALLOC`] bytes per connection, which bounds what it buffers for
 //! a slow host reader. A guest that sends beyond its credit is reset.
+//!
+//! Everything a hostile guest can make husk hold is bounded: connections
+//! and owed resets together by [`MAX_CONNECTIONS`], the receive queue by
+//! [`RXQ_CAP`](super::rxq::RXQ_CAP) (see [`super::rxq`]). Replies are not
+//! queued as packets but kept as per-connection pending state, built when
+//! the guest posts a receive buffer. Connecting to a host socket never
+//! blocks (see [`super::uds`]): a host listener with a full backlog refuses.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
@@ -25,10 +32,12 @@ use vmm_sys_util::epoll::EventSet;
 use super::packet::{
     op, Header, HDR_SIZE, HOST_CID, MAX_PKT_DATA, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
+use super::rxq::{ConnKey, PendingRx, RxItem, RxQueue};
+use super::uds::connect_nonblocking;
 
 /// Receive buffer husk advertises for each connection.
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
-/// Most connections at once.
+/// Most connections at once, counting former ones still owed a reset.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// First host port for host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
@@ -48,9 +57,6 @@ pub enum BackendError {
         source: io::Error,
     },
 }
-
-/// (host port, guest port).
-type ConnKey = (u32, u32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -75,8 +81,10 @@ struct Conn {
     /// Bytes at the front of `to_stream` that are husk's own (the `OK`
     /// handshake line), not guest data: they never count as credit.
     handshake_bytes: usize,
-    /// An `RxItem::Data` for this connection is queued.
-    data_queued: bool,
+    /// What this connection owes the guest.
+    pending: PendingRx,
+    /// An `RxItem::Conn` for it is in the receive queue.
+    queued: bool,
     /// Interest registered with the event loop, if any.
     registered: Option<EventSet>,
     /// The host end hung up (epoll HUP): no longer polled.
@@ -100,7 +108,8 @@ impl Conn {
             last_fwd_cnt_sent: Wrapping(0),
             to_stream: VecDeque::new(),
             handshake_bytes: 0,
-            data_queued: false,
+            pending: PendingRx::default(),
+            queued: false,
             registered: None,
             hup: false,
             host_eof: false,
@@ -116,22 +125,27 @@ impl Conn {
 
     fn wants_read(&self) -> bool {
         self.state == State::Established
-            && !self.data_queued
+            && !self.pending.contains(PendingRx::DATA)
             && !self.host_eof
             && self.peer_credit() > 0
     }
 }
 
 #[derive(Debug)]
-enum RxItem {
-    Control(Header),
-    Data(ConnKey),
-}
-
-#[derive(Debug)]
 struct PendingHost {
     stream: UnixStream,
     line: Vec<u8>,
+}
+
+/// The size of what waits for the guest's receive buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxBacklog {
+    /// Receive-queue entries.
+    pub queued: usize,
+    /// Receive-queue allocation, in entries.
+    pub allocated: usize,
+    /// Former or refused connections owed a reset.
+    pub owed_resets: usize,
 }
 
 /// Connections between guest streams and host Unix sockets.
@@ -143,7 +157,11 @@ pub struct Muxer {
     conns: HashMap<ConnKey, Conn>,
     by_fd: HashMap<RawFd, ConnKey>,
     pending: HashMap<RawFd, PendingHost>,
-    rxq: VecDeque<RxItem>,
+    rxq: RxQueue,
+    /// Keys owed a reset and no longer (or never) connections.
+    owed_rst: HashSet<ConnKey>,
+    /// Resets not sent because [`MAX_CONNECTIONS`] was reached.
+    dropped_rst: u64,
     next_local_port: u32,
 }
 
@@ -172,7 +190,9 @@ impl Muxer {
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             pending: HashMap::new(),
-            rxq: VecDeque::new(),
+            rxq: RxQueue::default(),
+            owed_rst: HashSet::new(),
+            dropped_rst: 0,
             next_local_port: FIRST_LOCAL_PORT,
         })
     }
@@ -194,7 +214,16 @@ impl Muxer {
 
     /// Whether packets wait for the guest's receive queue.
     pub fn has_rx(&self) -> bool {
-        !self.rxq.is_empty()
+        self.rxq.has_pending()
+    }
+
+    /// What waits for the guest's receive buffers, and what it holds.
+    pub fn rx_backlog(&self) -> RxBacklog {
+        RxBacklog {
+            queued: self.rxq.len(),
+            allocated: self.rxq.capacity(),
+            owed_resets: self.owed_rst.len(),
+        }
     }
 
     /// Number of live connections.
@@ -218,18 +247,48 @@ impl Muxer {
         }
     }
 
-    fn queue_control(&mut self, key: ConnKey, op: u16, flags: u32) {
-        let h = self.header(key, op, 0, flags);
-        if op == op::CREDIT_UPDATE {
-            if let Some(c) = self.conns.get_mut(&key) {
-                c.last_fwd_cnt_sent = c.fwd_cnt;
-            }
+    /// Records that connection `key` owes the guest `p`, and queues the
+    /// connection unless it is queued already.
+    fn mark(&mut self, key: ConnKey, p: PendingRx) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        c.pending.insert(p);
+        if !c.queued {
+            c.queued = self.rxq.push(RxItem::Conn(key));
         }
-        self.rxq.push_back(RxItem::Control(h));
     }
 
-    fn queue_reset(&mut self, key: ConnKey) {
-        self.queue_control(key, op::RST, 0);
+    /// Owes the guest a reset for `key`, which is not a connection (any
+    /// more). Refused when former connections and live ones together reach
+    /// [`MAX_CONNECTIONS`]; a connection just removed always has room.
+    fn owe_reset(&mut self, key: ConnKey) {
+        if self.owed_rst.contains(&key) {
+            return;
+        }
+        if self.owed_rst.len() + self.conns.len() >= MAX_CONNECTIONS {
+            self.dropped_rst += 1;
+            if self.dropped_rst.is_power_of_two() {
+                log::warn!(
+                    "vsock: guest is owed too many resets; dropped {} so far",
+                    self.dropped_rst
+                );
+            }
+            return;
+        }
+        self.owed_rst.insert(key);
+        self.rxq.push(RxItem::Rst(key));
+    }
+
+    /// Drops connection `key` and owes the guest a reset for it.
+    fn reset_conn(&mut self, key: ConnKey, ops: &mut EventOps) {
+        self.remove_conn(key, ops);
+        self.owe_reset(key);
+    }
+
+    /// Whether the guest can have another connection.
+    fn has_room(&self) -> bool {
+        self.conns.len() + self.owed_rst.len() + self.pending.len() < MAX_CONNECTIONS
     }
 
     fn remove_conn(&mut self, key: ConnKey, ops: &mut EventOps) {
@@ -252,8 +311,7 @@ impl Muxer {
             // No longer polled: whatever is left in the socket is read when
             // the guest has room.
             if read {
-                c.data_queued = true;
-                self.rxq.push_back(RxItem::Data(key));
+                self.mark(key, PendingRx::DATA);
             }
             return;
         }
@@ -301,48 +359,51 @@ impl Muxer {
         match h.op {
             op::REQUEST => self.guest_connect(key, h, ops),
             op::RESPONSE => self.guest_accepted(key, ops),
-            op::RST => self.remove_conn(key, ops),
+            op::RST => {
+                // The guest's side is gone: it needs no reset from us.
+                self.owed_rst.remove(&key);
+                self.remove_conn(key, ops);
+            }
             op::SHUTDOWN => self.guest_shutdown(key, h.flags, ops),
             op::RW => self.guest_data(key, data, ops),
             op::CREDIT_UPDATE => {
                 if !self.conns.contains_key(&key) {
-                    self.queue_reset(key);
+                    self.owe_reset(key);
                 }
             }
             op::CREDIT_REQUEST => {
                 if self.conns.contains_key(&key) {
-                    self.queue_control(key, op::CREDIT_UPDATE, 0);
+                    self.mark(key, PendingRx::CREDIT_UPDATE);
                 } else {
-                    self.queue_reset(key);
+                    self.owe_reset(key);
                 }
             }
-            _ => self.queue_reset(key),
+            _ => self.owe_reset(key),
         }
         self.sync(key, ops);
     }
 
     fn guest_connect(&mut self, key: ConnKey, h: &Header, ops: &mut EventOps) {
-        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNECTIONS {
-            self.queue_reset(key);
-            return;
+        if self.conns.contains_key(&key) {
+            return self.reset_conn(key, ops);
+        }
+        // A new request from this port supersedes a reset still owed to it.
+        self.owed_rst.remove(&key);
+        if !self.has_room() {
+            return self.owe_reset(key);
         }
         let path = PathBuf::from(format!("{}_{}", self.uds_path.display(), key.0));
-        let stream = UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(s)
-        });
-        match stream {
+        match connect_nonblocking(&path) {
             Ok(s) => {
                 self.by_fd.insert(s.as_raw_fd(), key);
                 self.conns.insert(key, Conn::new(s, State::Established, h));
-                self.queue_control(key, op::RESPONSE, 0);
+                self.mark(key, PendingRx::RESPONSE);
             }
             Err(e) => {
                 log::debug!("vsock: guest connect to {}: {e}", path.display());
-                self.queue_reset(key);
+                self.owe_reset(key);
             }
         }
-        let _ = ops;
     }
 
     fn guest_accepted(&mut self, key: ConnKey, ops: &mut EventOps) {
@@ -354,14 +415,14 @@ impl Muxer {
                 c.to_stream.extend(line.as_bytes());
                 self.flush_to_stream(key, ops);
             }
-            _ => self.queue_reset(key),
+            Some(_) => self.reset_conn(key, ops),
+            None => self.owe_reset(key),
         }
     }
 
     fn guest_shutdown(&mut self, key: ConnKey, flags: u32, ops: &mut EventOps) {
         let Some(c) = self.conns.get_mut(&key) else {
-            self.queue_reset(key);
-            return;
+            return self.owe_reset(key);
         };
         if flags & SHUTDOWN_SEND != 0 {
             c.guest_done_sending = true;
@@ -369,29 +430,22 @@ impl Muxer {
         if flags & SHUTDOWN_RCV != 0 && flags & SHUTDOWN_SEND != 0 {
             // Full close: flush what we can, then reset (the guest waits for it).
             let _ = write_some(&mut c.stream, &mut c.to_stream);
-            self.queue_reset(key);
-            self.remove_conn(key, ops);
-            return;
+            return self.reset_conn(key, ops);
         }
         self.flush_to_stream(key, ops);
     }
 
     fn guest_data(&mut self, key: ConnKey, data: &[u8], ops: &mut EventOps) {
         let Some(c) = self.conns.get_mut(&key) else {
-            self.queue_reset(key);
-            return;
+            return self.owe_reset(key);
         };
         if c.state != State::Established {
-            self.queue_reset(key);
-            self.remove_conn(key, ops);
-            return;
+            return self.reset_conn(key, ops);
         }
         let buffered = c.to_stream.len().saturating_add(data.len());
         if u32::try_from(buffered).map_or(true, |b| b > CONN_BUF_ALLOC) {
             log::warn!("vsock: guest overran its credit on {key:?}; resetting");
-            self.queue_reset(key);
-            self.remove_conn(key, ops);
-            return;
+            return self.reset_conn(key, ops);
         }
         c.to_stream.extend(data);
         self.flush_to_stream(key, ops);
@@ -412,13 +466,12 @@ impl Muxer {
                 }
                 let unreported = (c.fwd_cnt - c.last_fwd_cnt_sent).0;
                 if unreported >= CONN_BUF_ALLOC / 4 {
-                    self.queue_control(key, op::CREDIT_UPDATE, 0);
+                    self.mark(key, PendingRx::CREDIT_UPDATE);
                 }
             }
             Err(e) => {
                 log::debug!("vsock: host stream {key:?}: {e}");
-                self.queue_reset(key);
-                self.remove_conn(key, ops);
+                self.reset_conn(key, ops);
             }
         }
     }
@@ -438,9 +491,7 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((s, _)) => {
-                    if self.pending.len() + self.conns.len() >= MAX_CONNECTIONS
-                        || s.set_nonblocking(true).is_err()
-                    {
+                    if !self.has_room() || s.set_nonblocking(true).is_err() {
                         continue; // dropped: closes the stream
                     }
                     let fd = s.as_raw_fd();
@@ -510,7 +561,7 @@ impl Muxer {
         self.by_fd.insert(fd, key);
         self.conns.insert(key, c);
         log::debug!("vsock: host connects to guest port {port} as host port {local}");
-        self.queue_control(key, op::REQUEST, 0);
+        self.mark(key, PendingRx::REQUEST);
         self.sync(key, ops);
     }
 
@@ -542,14 +593,11 @@ impl Muxer {
             }
             if c.state == State::HostConnecting {
                 // The host gave up before the guest answered.
-                self.queue_reset(key);
-                self.remove_conn(key, ops);
-                return;
+                return self.reset_conn(key, ops);
             }
         }
         if set.intersects(EventSet::IN | EventSet::HANG_UP) && c.wants_read() {
-            c.data_queued = true;
-            self.rxq.push_back(RxItem::Data(key));
+            self.mark(key, PendingRx::DATA);
         }
         self.sync(key, ops);
     }
@@ -563,33 +611,85 @@ impl Muxer {
         out: &mut W,
         ops: &mut EventOps,
     ) -> Option<io::Result<usize>> {
-        while let Some(item) = self.rxq.pop_front() {
-            if room < HDR_SIZE {
-                return Some(Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("receive buffer of {room} bytes is smaller than a header"),
-                )));
+        if room < HDR_SIZE {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("receive buffer of {room} bytes is smaller than a header"),
+            )));
+        }
+        // One pass over the queue at most: a connection that yields nothing
+        // (no credit, no data yet) may requeue itself.
+        for _ in 0..=super::rxq::RXQ_CAP {
+            if self.rxq.is_empty() {
+                self.resync();
             }
-            match item {
-                RxItem::Control(h) => {
-                    // Credit may have moved since the packet was queued.
-                    let h = match self.conns.get(&(h.src_port, h.dst_port)) {
-                        Some(c) => Header {
-                            fwd_cnt: c.fwd_cnt.0,
-                            ..h
-                        },
-                        None => h,
-                    };
-                    return Some(out.write_all(&h.to_bytes()).map(|()| HDR_SIZE));
+            match self.rxq.pop()? {
+                RxItem::Rst(key) => {
+                    if self.owed_rst.remove(&key) {
+                        let h = self.header(key, op::RST, 0, 0);
+                        return Some(out.write_all(&h.to_bytes()).map(|()| HDR_SIZE));
+                    }
                 }
-                RxItem::Data(key) => {
-                    if let Some(r) = self.rx_data(key, room - HDR_SIZE, out, ops) {
+                RxItem::Conn(key) => {
+                    if let Some(r) = self.conn_rx(key, room - HDR_SIZE, out, ops) {
                         return Some(r);
                     }
                 }
             }
         }
         None
+    }
+
+    /// Rebuilds an out-of-sync, drained receive queue from the owed resets
+    /// and the connections' pending state. What does not fit leaves the
+    /// queue out of sync again, for the next rebuild.
+    fn resync(&mut self) {
+        if !self.rxq.begin_rebuild() {
+            return;
+        }
+        for key in &self.owed_rst {
+            if !self.rxq.push(RxItem::Rst(*key)) {
+                break;
+            }
+        }
+        for (key, c) in &mut self.conns {
+            c.queued = !c.pending.is_empty() && self.rxq.push(RxItem::Conn(*key));
+        }
+    }
+
+    /// Builds the next packet connection `key` owes the guest: a control
+    /// packet first, else data. Requeues the connection if it owes more.
+    fn conn_rx<W: Write>(
+        &mut self,
+        key: ConnKey,
+        room: usize,
+        out: &mut W,
+        ops: &mut EventOps,
+    ) -> Option<io::Result<usize>> {
+        let c = self.conns.get_mut(&key)?;
+        c.queued = false;
+        let r = if let Some(p) = c.pending.take_control() {
+            let op = if p == PendingRx::REQUEST {
+                op::REQUEST
+            } else if p == PendingRx::RESPONSE {
+                op::RESPONSE
+            } else {
+                c.last_fwd_cnt_sent = c.fwd_cnt;
+                op::CREDIT_UPDATE
+            };
+            let h = self.header(key, op, 0, 0);
+            Some(out.write_all(&h.to_bytes()).map(|()| HDR_SIZE))
+        } else if c.pending.contains(PendingRx::DATA) {
+            self.rx_data(key, room, out, ops)
+        } else {
+            None
+        };
+        if let Some(c) = self.conns.get_mut(&key) {
+            if !c.pending.is_empty() && !c.queued {
+                c.queued = self.rxq.push(RxItem::Conn(key));
+            }
+        }
+        r
     }
 
     fn rx_data<W: Write>(
@@ -600,7 +700,7 @@ impl Muxer {
         ops: &mut EventOps,
     ) -> Option<io::Result<usize>> {
         let c = self.conns.get_mut(&key)?;
-        c.data_queued = false;
+        c.pending.remove(PendingRx::DATA);
         let max = [
             c.peer_credit(),
             MAX_PKT_DATA,
@@ -657,6 +757,7 @@ impl Muxer {
             self.drop_pending(fd, ops);
         }
         self.rxq.clear();
+        self.owed_rst.clear();
     }
 }
 
@@ -678,3 +779,7 @@ fn write_some(stream: &mut UnixStream, buf: &mut VecDeque<u8>) -> io::Result<usi
     }
     Ok(total)
 }
+
+#[cfg(test)]
+#[path = "backend_tests.rs"]
+mod tests;

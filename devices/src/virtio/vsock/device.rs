@@ -2,10 +2,8 @@
 //! moving packets between the virtqueues and the [`Muxer`].
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use event_manager::EventOps;
-use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
@@ -15,21 +13,16 @@ use crate::virtio::{device_type, read_config_bytes, ActivateArgs, ActivateError,
 
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// `virtio_vsock_event.id` telling the driver every connection is gone
+/// (virtio 1.2, 5.10.6.7).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 
 /// Smallest guest CID (0-2 are reserved).
 pub const MIN_GUEST_CID: u32 = 3;
 
-/// A vsock device's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// The guest's context id (3 or more).
-    pub guest_cid: u32,
-    /// Host Unix socket: host processes connect here with `CONNECT <port>`;
-    /// guest connections to host port P go to `<uds_path>_P`.
-    pub uds_path: PathBuf,
-}
+pub use husk_proto::vm::VsockConfig;
 
 /// Vsock errors.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +97,33 @@ impl Vsock {
     /// The Unix-socket side.
     pub fn muxer(&mut self) -> &mut Muxer {
         &mut self.muxer
+    }
+
+    /// The guest's context id.
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// Puts a TRANSPORT_RESET event in the event queue (after a snapshot
+    /// restore: the host side's connections are gone). False when the
+    /// device is not running or the driver left no event buffer.
+    pub fn send_transport_reset(&mut self) -> Result<bool, VsockError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let Some(chain) = a.queues[EVENT].pop_descriptor_chain(&a.mem) else {
+            return Ok(false);
+        };
+        let head = chain.head_index();
+        let mut w: Writer<'_> =
+            Writer::new(&a.mem, chain).map_err(|e| VsockError::Chain(format!("{e:?}")))?;
+        let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        std::io::Write::write_all(&mut w, &id).map_err(|e| VsockError::Chain(e.to_string()))?;
+        a.queues[EVENT]
+            .add_used(&a.mem, head, 4)
+            .map_err(|e| VsockError::UsedRing(format!("{e:?}")))?;
+        a.interrupt.signal_used_queue();
+        Ok(true)
     }
 
     /// Packets refused since start.
@@ -233,6 +253,13 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.reset_pending = true;
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| crate::virtio::positions(&a.queues))
+            .unwrap_or_default()
     }
 }
 
@@ -469,5 +496,43 @@ mod tests {
             }
         }
         assert!(reset, "a guest sending past its credit must be reset");
+    }
+
+    #[test]
+    fn a_host_listener_with_a_full_backlog_does_not_stall_the_device() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::virtio::vsock::uds::{connect_nonblocking, tests::tiny_backlog_listener};
+
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let stuck = std::path::PathBuf::from(format!("{}_5100", r.uds.display()));
+        let _never_accepts = tiny_backlog_listener(&stuck);
+        let held: Vec<_> = std::iter::from_fn(|| connect_nonblocking(&stuck).ok())
+            .take(16)
+            .collect();
+        assert!(held.len() < 16, "backlog never filled");
+        // A blocking connect would hang the test: fail it instead.
+        let done = Arc::new(AtomicBool::new(false));
+        let watch = done.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            if !watch.load(Ordering::SeqCst) {
+                eprintln!("the vsock device thread blocked on a full listener backlog");
+                std::process::abort();
+            }
+        });
+        r.send(pkt(op::REQUEST, 40, 5100, 0), &[]);
+        assert_eq!(r.recv().expect("RST").0.op, op::RST);
+        // Other connections keep flowing.
+        let listener = UnixListener::bind(format!("{}_5101", r.uds.display())).unwrap();
+        r.send(pkt(op::REQUEST, 41, 5101, 0), &[]);
+        assert_eq!(r.recv().expect("RESPONSE").0.op, op::RESPONSE);
+        let (mut host, _) = listener.accept().unwrap();
+        r.send(pkt(op::RW, 41, 5101, 2), b"ok");
+        let mut got = [0u8; 2];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
+        done.store(true, Ordering::SeqCst);
     }
 }

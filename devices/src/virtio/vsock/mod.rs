@@ -5,6 +5,9 @@ pub mod backend;
 pub mod device;
 pub mod handler;
 pub mod packet;
+pub mod persist;
+pub mod rxq;
+pub mod uds;
 
 pub use device::{Vsock, VsockConfig, VsockError};
 pub use handler::VsockHandler;

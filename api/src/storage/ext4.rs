@@ -1,6 +1,6 @@
 //! Making ext4 disk images with e2fsprogs (`mkfs.ext4`, `debugfs`): the
-//! image rootfs cache ([`crate::rootfs`]) and named volumes
-//! ([`crate::volume`]) are both ext4 files the host keeps.
+//! image rootfs cache ([`crate::storage::rootfs`]) and named volumes
+//! ([`crate::storage::volume`]) are both ext4 files the host keeps.
 
 use std::ffi::OsStr;
 use std::io;

@@ -1,38 +1,24 @@
-//! The host ↔ agent control protocol (see `agent/PROTOCOL.md`).
+//! The host ↔ agent control protocol (see `PROTOCOL.md` beside this crate).
 //!
-//! Every message is a frame: a big-endian `u32` length followed by that many
-//! bytes of JSON. Requests and responses travel in an [`Envelope`] that
-//! carries the protocol version and a sequence number the response echoes.
-//! Frames larger than [`MAX_FRAME`] are refused before anything is read.
+//! Every message is a [`crate::frame`] (a big-endian `u32` length, then
+//! JSON). Requests and responses travel in an [`Envelope`] that carries the
+//! protocol version and a sequence number the response echoes.
 
-use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
+
+pub use crate::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 
 /// The protocol version this agent speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The largest frame accepted or sent (bytes of JSON).
-pub const MAX_FRAME: u32 = 4 << 20;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Protocol errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    /// The stream failed.
-    #[error("cannot read or write a frame")]
-    Io(#[from] io::Error),
-    /// A frame announced more than [`MAX_FRAME`] bytes.
-    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME}")]
-    FrameTooLarge {
-        /// Announced length.
-        len: u64,
-    },
-    /// A frame did not hold the expected JSON.
-    #[error("malformed message")]
-    Json(#[from] serde_json::Error),
-    /// The peer closed the stream between frames.
-    #[error("peer closed the connection")]
-    Closed,
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     /// A request is well-formed JSON but invalid.
     #[error("invalid request: {reason}")]
     Invalid {
@@ -43,39 +29,6 @@ pub enum ProtocolError {
 
 /// `Result` for this module.
 pub type Result<T> = std::result::Result<T, ProtocolError>;
-
-/// Writes one frame holding `msg` as JSON.
-pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
-    let body = serde_json::to_vec(msg)?;
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|l| *l <= MAX_FRAME)
-        .ok_or(ProtocolError::FrameTooLarge {
-            len: body.len() as u64,
-        })?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(&body)?;
-    w.flush()?;
-    Ok(())
-}
-
-/// Reads one frame and decodes it. A clean end of stream before the length
-/// gives [`ProtocolError::Closed`].
-pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ProtocolError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len);
-    if len > MAX_FRAME {
-        return Err(ProtocolError::FrameTooLarge { len: len.into() });
-    }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
-    Ok(serde_json::from_slice(&body)?)
-}
 
 /// A versioned message with a sequence number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,35 +202,64 @@ pub struct StreamHello {
     pub stream: String,
 }
 
-/// A process to run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A process to run: the one process description husk uses everywhere (a
+/// container's `config.json`, `husk exec`, the agent's `create` and `exec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessSpec {
-    /// Image entrypoint.
+    /// Entrypoint (from the image or `--entrypoint`).
     #[serde(default)]
     pub entrypoint: Vec<String>,
-    /// Image cmd (appended to the entrypoint).
+    /// Command, appended to the entrypoint (from the image or the command
+    /// line; an exec's whole argv).
     #[serde(default)]
     pub cmd: Vec<String>,
     /// `KEY=value` pairs.
     #[serde(default)]
     pub env: Vec<String>,
-    /// Working directory inside the container ("/" when empty).
+    /// Working directory inside the container ("/" when empty; for an exec,
+    /// the container's).
     #[serde(default)]
     pub workdir: String,
-    /// `user`, `uid`, `user:group` or `uid:gid`; root when empty.
+    /// `user`, `uid`, `user:group` or `uid:gid`; root when empty (for an
+    /// exec, the container's).
     #[serde(default)]
     pub user: String,
-    /// Give the process a pseudo-terminal.
+    /// Give the process a pseudo-terminal (`-t`).
     #[serde(default)]
     pub tty: bool,
-    /// Where stdio goes.
-    #[serde(default)]
-    pub stdio: StdioPorts,
+    /// Keep stdin open (`-i`).
+    #[serde(default, alias = "stdin")]
+    pub open_stdin: bool,
     /// Initial terminal size when `tty` (set on the pty before the process
     /// starts); the kernel's default (0×0) when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "console_size_compat")]
     pub console_size: Option<ConsoleSize>,
+}
+
+impl ProcessSpec {
+    /// The argv: entrypoint then cmd.
+    pub fn argv(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+}
+
+/// Reads a console size written as `{"rows": R, "cols": C}` or, as older
+/// husk versions stored it in `config.json`, `[R, C]`.
+fn console_size_compat<'de, D>(d: D) -> std::result::Result<Option<ConsoleSize>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Struct(ConsoleSize),
+        Pair(u16, u16),
+    }
+    Ok(Option::<Either>::deserialize(d)?.map(|e| match e {
+        Either::Struct(s) => s,
+        Either::Pair(rows, cols) => ConsoleSize { rows, cols },
+    }))
 }
 
 /// A terminal size.
@@ -300,6 +282,9 @@ pub struct CreateRequest {
     pub image: ImageSource,
     /// The entrypoint process.
     pub process: ProcessSpec,
+    /// Where its stdio goes.
+    #[serde(default)]
+    pub stdio: StdioPorts,
     /// UTS hostname.
     #[serde(default)]
     pub hostname: String,
@@ -382,6 +367,9 @@ pub struct ExecRequest {
     pub exec_id: String,
     /// The process (`entrypoint` ++ `cmd` is the argv).
     pub process: ProcessSpec,
+    /// Where its stdio goes.
+    #[serde(default)]
+    pub stdio: StdioPorts,
 }
 
 /// How a process ended.
@@ -522,6 +510,17 @@ mod tests {
                 cols: 100
             })
         );
+        // An older config.json's pair form and `stdin` are still read.
+        let p: ProcessSpec =
+            serde_json::from_str(r#"{"cmd":["sh"],"stdin":true,"console_size":[30,100]}"#).unwrap();
+        assert!(p.open_stdin);
+        assert_eq!(
+            p.console_size,
+            Some(ConsoleSize {
+                rows: 30,
+                cols: 100
+            })
+        );
         // Older hosts send neither: still accepted.
         let p: ProcessSpec = serde_json::from_str(r#"{"cmd":["sh"]}"#).unwrap();
         assert_eq!(p.console_size, None);
@@ -540,25 +539,12 @@ mod tests {
     }
 
     #[test]
-    fn oversized_frame_refused_before_reading() {
-        let buf = (MAX_FRAME + 1).to_be_bytes();
-        let err = read_frame::<_, Request>(&mut buf.as_slice()).unwrap_err();
-        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
-    }
-
-    #[test]
-    fn eof_is_closed() {
-        let err = read_frame::<_, Request>(&mut [].as_slice()).unwrap_err();
-        assert!(matches!(err, ProtocolError::Closed));
-    }
-
-    #[test]
     fn unknown_fields_refused() {
         let json = br#"{"version":1,"seq":1,"body":{"type":"health"},"x":1}"#;
         let mut buf = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
         buf.extend_from_slice(json);
         let err = read_frame::<_, Envelope<Request>>(&mut buf.as_slice()).unwrap_err();
-        assert!(matches!(err, ProtocolError::Json(_)));
+        assert!(matches!(err, FrameError::Json(_)));
     }
 
     #[test]
@@ -572,6 +558,7 @@ mod tests {
                 cmd: vec!["sh".into()],
                 ..Default::default()
             },
+            stdio: StdioPorts::default(),
             hostname: String::new(),
             mounts: vec![],
             limits: Limits::default(),
@@ -630,5 +617,6 @@ mod tests {
         };
         assert!(c.new_network);
         assert_eq!(c.process.cmd, vec!["sh".to_string()]);
+        assert_eq!(c.stdio, StdioPorts::default());
     }
 }

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::ext4::{self, Ext4Error, MkfsOptions};
 use crate::lockfile::lock_file;
+use crate::storage::ext4::{self, Ext4Error, MkfsOptions};
 
 /// The size of a volume made without `--size`: 1 GiB (sparse).
 pub const DEFAULT_SIZE: u64 = 1 << 30;
@@ -357,7 +357,7 @@ impl Volumes {
         })?;
         f.sync_all().map_err(io_err("cannot sync", &disk))?;
         let meta = Meta {
-            created: now_rfc3339(),
+            created: crate::time::now_rfc3339(),
             size_bytes,
         };
         let meta_path = tmp.join(META);
@@ -489,14 +489,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err("cannot sync", dir))
 }
 
-/// Now as RFC 3339 in UTC, whole seconds (`2026-11-25T10:15:00Z`).
-pub fn now_rfc3339() -> String {
-    let now = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(now.as_second())
-        .unwrap_or(now)
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,12 +527,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn rfc3339_now() {
-        let s = now_rfc3339();
-        assert_eq!(s.len(), 20, "{s}");
-        assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
     }
 }

@@ -1,8 +1,8 @@
 //! The image rootfs cache: per image, a read-only ext4 disk image of its
 //! unpacked layers, keyed by the chain key of its layer digests
-//! ([`husk_agent::layers::chain_key`]) and attached read-only to every VM of
+//! ([`husk_layers::chain_key`]) and attached read-only to every VM of
 //! that image, so the second `husk run` of an image neither unpacks nor
-//! copies anything (agent/PROTOCOL.md, "Writable layer and cache").
+//! copies anything (proto/PROTOCOL.md, "Writable layer and cache").
 //!
 //! Layout of the cache directory:
 //!
@@ -16,7 +16,7 @@
 //!   removed by the next build of that key or by `remove_unused`.
 //!
 //! Layers are verified and unpacked by the agent's own scoped unpacker
-//! ([`husk_agent::layers::apply_layer_file`]), never by `tar`'s.
+//! ([`husk_layers::apply_layer_file`]), never by `tar`'s.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -26,12 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use husk_agent::layers::{self, LayerError, UnpackOptions};
+use husk_layers::{self as layers, LayerError, UnpackOptions};
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::ext4::{self, Ext4Error, MkfsOptions};
 use crate::image::oci::Manifest;
 use crate::image::store::{Store, StoreError};
+use crate::storage::ext4::{self, Ext4Error, MkfsOptions};
 
 /// Rootfs cache errors.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@ const MAX_SYMLINKS: u32 = 40;
 #[derive(Debug, thiserror::Error)]
 pub enum ScopeError {
     /// The path contains `..`.
-    #[error("path {path:?} contains '..'")]
+    #[error("'..' escapes the root")]
     ParentDir {
         /// The offending path.
         path: PathBuf,

@@ -14,7 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::ext4::{self, MkfsOptions};
+use crate::storage::ext4::{self, MkfsOptions};
 
 /// Size of a container's writable layer (sparse).
 pub const SIZE: u64 = 10 << 30;
@@ -55,6 +55,7 @@ pub fn ensure(cache_dir: &Path, disk: &Path) -> Result<bool> {
     let template = cache_dir.join(format!("scratch-{}g.ext4", SIZE >> 30));
     if !template.exists() {
         fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+        remove_dead_temps(cache_dir);
         let tmp = cache_dir.join(format!(".scratch-{}.tmp", std::process::id()));
         let made = (|| {
             File::create(&tmp)
@@ -84,6 +85,38 @@ pub fn ensure(cache_dir: &Path, disk: &Path) -> Result<bool> {
         let _ = fs::remove_file(&tmp);
     }
     copied.map(|()| true)
+}
+
+/// Whether process `pid` exists (EPERM: it does, owned by someone else).
+fn pid_alive(pid: i32) -> bool {
+    pid > 0
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .map_or_else(|e| e != nix::errno::Errno::ESRCH, |()| true)
+}
+
+/// Removes `.scratch-<pid>.tmp` templates of processes that died while
+/// making one (each is a 10 GiB sparse file); a live process's is kept.
+/// Best effort.
+pub fn remove_dead_temps(cache_dir: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".scratch-"))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            if let Err(err) = fs::remove_file(e.path()) {
+                log::warn!("cannot remove {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// Copies `src` to `dst` keeping its holes (SEEK_DATA/SEEK_HOLE).
@@ -147,6 +180,31 @@ mod tests {
             "copy is not sparse: {} blocks",
             m.blocks()
         );
+    }
+
+    #[test]
+    fn only_dead_processes_temps_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = i32::try_from(child.id()).unwrap();
+        child.wait().unwrap();
+        let dead_tmp = d.path().join(format!(".scratch-{dead}.tmp"));
+        let live_tmp = d
+            .path()
+            .join(format!(".scratch-{}.tmp", std::process::id()));
+        let other = d.path().join(".scratch-x.tmp");
+        for f in [&dead_tmp, &live_tmp, &other] {
+            File::create(f).unwrap();
+        }
+        remove_dead_temps(d.path());
+        assert!(!dead_tmp.exists(), "a dead process's leftover stays");
+        assert!(live_tmp.exists(), "a live process's template was removed");
+        assert!(other.exists());
+        // `ensure` sweeps before it makes the template.
+        File::create(&dead_tmp).unwrap();
+        let disk = d.path().join("rw.ext4");
+        assert!(ensure(d.path(), &disk).unwrap());
+        assert!(!dead_tmp.exists());
     }
 
     #[test]

@@ -1,0 +1,313 @@
+//! The body of `POST /containers/create`, parsed into the library's
+//! [`CreateOptions`]. Clients send many fields as `null`, so every field is
+//! optional; what husk cannot do (host bind mounts, privileged containers,
+//! devices, restart policies, the host's network) is refused with a 400
+//! that says so, never ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::container::create::{self, CreateOptions};
+
+/// A string or a list of strings (Docker's `strslice`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum StrOrVec {
+    /// One string (split as a shell would not: kept whole).
+    One(String),
+    /// A list.
+    Many(Vec<String>),
+}
+
+impl StrOrVec {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StrOrVec::One(s) => vec![s],
+            StrOrVec::Many(v) => v,
+        }
+    }
+}
+
+/// The container-create body (the fields husk reads).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct CreateBody {
+    pub image: Option<String>,
+    pub hostname: Option<String>,
+    pub user: Option<String>,
+    pub tty: Option<bool>,
+    pub open_stdin: Option<bool>,
+    pub env: Option<Vec<String>>,
+    pub cmd: Option<StrOrVec>,
+    pub entrypoint: Option<StrOrVec>,
+    pub working_dir: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    pub host_config: Option<HostConfig>,
+}
+
+/// `HostConfig` (the fields husk reads).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct HostConfig {
+    pub binds: Option<Vec<String>>,
+    pub mounts: Option<Vec<Mount>>,
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
+    pub publish_all_ports: Option<bool>,
+    pub memory: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub auto_remove: Option<bool>,
+    pub network_mode: Option<String>,
+    pub privileged: Option<bool>,
+    pub devices: Option<Vec<serde_json::Value>>,
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// One `HostConfig.Mounts` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct Mount {
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    pub target: Option<String>,
+    pub read_only: Option<bool>,
+}
+
+/// One host binding of a container port.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct PortBinding {
+    pub host_ip: Option<String>,
+    pub host_port: Option<String>,
+}
+
+/// `HostConfig.RestartPolicy`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct RestartPolicy {
+    pub name: Option<String>,
+}
+
+fn unsupported(what: &str) -> ApiError {
+    ApiError::Unsupported(format!("husk cannot {what}"))
+}
+
+/// The image and the create options of a body; `name` from the query.
+pub fn parse(body: CreateBody, name: Option<String>) -> Result<(String, CreateOptions), ApiError> {
+    let image = body
+        .image
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::BadParameter("Config.Image is required".into()))?;
+    let hc = body.host_config.unwrap_or_default();
+    refuse_unsupported(&hc)?;
+    let mut volumes = Vec::new();
+    for b in hc.binds.unwrap_or_default() {
+        if b.starts_with('/') || b.starts_with('.') {
+            return Err(unsupported(&format!(
+                "mount host directories ({b}): a microVM shares no file system with the host; use a named volume (NAME:/path)"
+            )));
+        }
+        volumes.push(create::parse_volume(&b)?);
+    }
+    for m in hc.mounts.unwrap_or_default() {
+        volumes.push(mount(m)?);
+    }
+    let network = create::parse_network(hc.network_mode.as_deref().unwrap_or("")).map_err(|e| {
+        match hc.network_mode.as_deref() {
+            Some("host") => {
+                unsupported("use the host's network: each container is its own microVM")
+            }
+            _ => ApiError::BadParameter(e.to_string()),
+        }
+    })?;
+    let opts = CreateOptions {
+        name: name
+            .filter(|n| !n.is_empty())
+            .map(|n| n.trim_start_matches('/').to_string()),
+        entrypoint: body.entrypoint.map(StrOrVec::into_vec),
+        cmd: body.cmd.map(StrOrVec::into_vec).unwrap_or_default(),
+        env: body.env.unwrap_or_default(),
+        workdir: body.working_dir,
+        user: body.user,
+        hostname: body.hostname,
+        tty: body.tty.unwrap_or(false),
+        open_stdin: body.open_stdin.unwrap_or(false),
+        console_size: None,
+        ports: port_specs(hc.port_bindings.unwrap_or_default())?,
+        volumes,
+        memory_bytes: positive(hc.memory),
+        cpu_millis: positive(hc.nano_cpus).map(|n| n.div_ceil(1_000_000)),
+        network,
+        auto_remove: hc.auto_remove.unwrap_or(false),
+        labels: body.labels.unwrap_or_default(),
+    };
+    Ok((image, opts))
+}
+
+fn positive(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0)
+}
+
+fn refuse_unsupported(hc: &HostConfig) -> Result<(), ApiError> {
+    if hc.privileged == Some(true) {
+        return Err(unsupported(
+            "run privileged containers: each container is a microVM without the host's devices",
+        ));
+    }
+    if hc.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(unsupported("pass host devices into a container's microVM"));
+    }
+    if hc.publish_all_ports == Some(true) {
+        return Err(unsupported(
+            "publish all exposed ports (-P) yet: publish them with -p",
+        ));
+    }
+    match hc.restart_policy.as_ref().and_then(|r| r.name.as_deref()) {
+        None | Some("" | "no") => Ok(()),
+        Some(p) => Err(unsupported(&format!(
+            "restart containers yet (restart policy {p:?})"
+        ))),
+    }
+}
+
+fn mount(m: Mount) -> Result<crate::container::spec::VolumeMount, ApiError> {
+    let target = m.target.unwrap_or_default();
+    match m.kind.as_deref().unwrap_or("volume") {
+        "volume" => match m.source.filter(|s| !s.is_empty()) {
+            Some(src) => Ok(create::volume_mount(&src, &target, m.read_only.unwrap_or(false))?),
+            None => Err(unsupported(&format!(
+                "make anonymous volumes yet ({target}): name the volume"
+            ))),
+        },
+        "bind" => Err(unsupported(&format!(
+            "mount host directories ({}): a microVM shares no file system with the host; use a named volume",
+            m.source.unwrap_or_default()
+        ))),
+        other => Err(unsupported(&format!("make {other} mounts yet ({target})"))),
+    }
+}
+
+/// `PortBindings` as `-p` specifications.
+pub fn port_specs(
+    bindings: BTreeMap<String, Option<Vec<PortBinding>>>,
+) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for (port, binds) in bindings {
+        let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
+        for b in binds.unwrap_or_default() {
+            let ip = b.host_ip.unwrap_or_default();
+            let hp = b.host_port.unwrap_or_default();
+            let spec = match (ip.as_str(), hp.as_str()) {
+                ("", "") => format!("{num}/{proto}"),
+                ("", hp) => format!("{hp}:{num}/{proto}"),
+                (ip, hp) if ip.contains(':') => format!("[{ip}]:{hp}:{num}/{proto}"),
+                (ip, hp) => format!("{ip}:{hp}:{num}/{proto}"),
+            };
+            spec.parse::<crate::net::PortSpec>()
+                .map_err(|e| ApiError::BadParameter(e.to_string()))?;
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<(String, CreateOptions), ApiError> {
+        parse(serde_json::from_str(s).unwrap(), Some("web".into()))
+    }
+
+    #[test]
+    fn docker_cli_body() {
+        // What `docker create -t -p 8081:80 -v data:/srv -e A=1 -l app=x
+        // --memory 256m --cpus 1.5 busybox httpd -f` sends (trimmed).
+        let body = r#"{"Hostname":"","User":"","AttachStdin":false,"Tty":true,"OpenStdin":false,
+            "Env":["A=1"],"Cmd":["httpd","-f"],"Image":"busybox","Volumes":{},"WorkingDir":"",
+            "Entrypoint":null,"OnBuild":null,"Labels":{"app":"x"},"ExposedPorts":{"80/tcp":{}},
+            "HostConfig":{"Binds":["data:/srv"],"NetworkMode":"default","PortBindings":
+            {"80/tcp":[{"HostIp":"","HostPort":"8081"}],"53/udp":[{"HostIp":"127.0.0.1","HostPort":""}]},
+            "RestartPolicy":{"Name":"no","MaximumRetryCount":0},"AutoRemove":true,
+            "Memory":268435456,"NanoCpus":1500000000,"Privileged":false,"Devices":[],"Mounts":null},
+            "NetworkingConfig":{"EndpointsConfig":{}}}"#;
+        let (image, o) = parse_str(body).unwrap();
+        assert_eq!(image, "busybox");
+        assert_eq!(o.name.as_deref(), Some("web"));
+        assert_eq!(o.cmd, ["httpd", "-f"]);
+        assert_eq!(o.entrypoint, None);
+        assert!(o.tty && o.auto_remove);
+        assert_eq!(o.ports, ["127.0.0.1::53/udp", "8081:80/tcp"]);
+        assert_eq!(o.volumes[0].name, "data");
+        assert_eq!(o.memory_bytes, Some(256 << 20));
+        assert_eq!(o.cpu_millis, Some(1500));
+        assert_eq!(o.labels["app"], "x");
+        assert_eq!(o.workdir.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn strings_and_nulls() {
+        let (_, o) =
+            parse_str(r#"{"Image":"busybox","Cmd":"sh","Entrypoint":[""],"Env":null}"#).unwrap();
+        assert_eq!(o.cmd, ["sh"]);
+        assert_eq!(o.entrypoint, Some(vec![String::new()]));
+        let (_, o) = parse_str(
+            r#"{"Image":"b","HostConfig":{"Mounts":[{"Type":"volume","Source":"v","Target":"/d","ReadOnly":true}],"NetworkMode":"bridge"}}"#,
+        )
+        .unwrap();
+        assert!(o.volumes[0].readonly);
+        assert_eq!(o.network, crate::container::spec::NetworkMode::Default);
+    }
+
+    #[test]
+    fn refusals() {
+        for (body, want) in [
+            (
+                r#"{"Image":"b","HostConfig":{"Binds":["/etc:/x"]}}"#,
+                "mount host directories",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"Privileged":true}}"#,
+                "privileged",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"Devices":[{"PathOnHost":"/dev/fuse"}]}}"#,
+                "devices",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"Mounts":[{"Type":"bind","Source":"/tmp","Target":"/t"}]}}"#,
+                "host directories",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"NetworkMode":"host"}}"#,
+                "host's network",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"always"}}}"#,
+                "restart",
+            ),
+        ] {
+            let e = parse_str(body).unwrap_err();
+            assert!(matches!(e, ApiError::Unsupported(_)), "{body}: {e}");
+            assert!(e.to_string().starts_with("husk cannot"), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(e.status(), hyper::StatusCode::BAD_REQUEST);
+        }
+        for body in [
+            r#"{"Cmd":["x"]}"#,
+            r#"{"Image":"b","HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"x"}]}}}"#,
+            r#"{"Image":"b","HostConfig":{"NetworkMode":"mynet"}}"#,
+        ] {
+            let e = parse_str(body).unwrap_err();
+            assert!(matches!(e, ApiError::BadParameter(_)), "{body}: {e}");
+        }
+    }
+}

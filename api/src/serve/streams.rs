@@ -1,0 +1,544 @@
+//! The container endpoints that stream: start (which hands a waiting
+//! attach its stream), wait, logs and attach. The supervisor's control
+//! socket carries `husk_proto::stdio` frames; Docker's clients get raw
+//! bytes with a TTY and 8-byte multiplexed frames without one.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::containers::{load, open};
+use super::{blocking, channel, empty, lock, ApiError, Ctx, Query, Reply};
+use crate::container::control::{Attach, Frame, Request as SupRequest};
+use crate::container::logs::{self, Follower, Record, STDERR, STDOUT};
+use crate::container::{create, ipc, Handle, State, Status};
+
+/// Content type of a raw (TTY) stream.
+const RAW: &str = "application/vnd.docker.raw-stream";
+/// Content type of a multiplexed stream.
+const MUX: &str = "application/vnd.docker.multiplexed-stream";
+
+/// An attach that waits for its container to start: `start` starts the
+/// container with an attached stream and sends that here.
+#[derive(Debug)]
+pub struct PendingAttach {
+    /// Whether the client's stdin is forwarded.
+    pub stdin: bool,
+    /// Where the supervisor's stream goes.
+    pub tx: oneshot::Sender<UnixStream>,
+}
+
+/// One frame of Docker's multiplexed stream: stream (0 stdin, 1 stdout, 2
+/// stderr), three zero bytes, the length (big-endian u32), the bytes.
+pub fn mux_frame(stream: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    for chunk in data.chunks(u32::MAX as usize) {
+        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&[stream, 0, 0, 0]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// Output bytes as the client gets them: raw with a TTY, else framed.
+fn encode(tty: bool, stream: u8, data: &[u8]) -> Bytes {
+    if tty {
+        Bytes::copy_from_slice(data)
+    } else {
+        Bytes::from(mux_frame(stream, data))
+    }
+}
+
+/// `POST /containers/{id}/start`.
+pub async fn start(ctx: Arc<Ctx>, key: String) -> Reply {
+    blocking(move || {
+        let cs = open(&ctx)?;
+        let (h, _, _, running) = load(&cs, &key)?;
+        if running {
+            return Err(ApiError::NotModified);
+        }
+        lock(&ctx.exits).remove(&h.id);
+        let pending = lock(&ctx.pending)
+            .remove(&h.id)
+            .filter(|p| !p.tx.is_closed());
+        let attach = pending.as_ref().map(|p| Attach {
+            stdin: p.stdin,
+            console_size: None,
+        });
+        let conn = create::start(&ctx.data_dir, &cs, &h, attach, false)?;
+        if let Some(p) = pending {
+            let _ = p.tx.send(conn);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Whether a wait condition is met, given the first and current state.
+fn wait_done(
+    condition: &str,
+    first: &State,
+    now: &State,
+    running: bool,
+    seen_running: bool,
+) -> bool {
+    match condition {
+        "removed" => false,
+        "next-exit" => {
+            !running
+                && now.status == Status::Exited
+                && (seen_running || now.finished_at != first.finished_at)
+        }
+        _ => !running,
+    }
+}
+
+/// Polls the container until `condition` holds; its exit status.
+fn wait_blocking(ctx: &Ctx, h: &Handle, condition: &str, first: &State) -> i32 {
+    let mut seen_running = false;
+    let mut last = first.exit_code;
+    loop {
+        let Ok(now) = h.live_state() else {
+            // Removed: the status last seen, or the one its stream carried.
+            let streamed = lock(&ctx.exits).get(&h.id).copied();
+            return streamed.or(last).unwrap_or(0);
+        };
+        let running = now.status == Status::Running || h.supervisor_alive();
+        seen_running |= running;
+        last = now.exit_code.or(last);
+        if wait_done(condition, first, &now, running, seen_running) {
+            return now.exit_code.unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `POST /containers/{id}/wait?condition=`: the 200 and its headers go out
+/// at once (`docker run` starts the container only after it sees them),
+/// the body `{"StatusCode": N}` when the condition holds.
+pub async fn wait(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
+    let condition = q.get("condition").unwrap_or("not-running").to_string();
+    if !matches!(
+        condition.as_str(),
+        "not-running" | "next-exit" | "removed" | ""
+    ) {
+        return Err(ApiError::BadParameter(format!(
+            "invalid condition: {condition:?}"
+        )));
+    }
+    let c2 = ctx.clone();
+    let (h, first) = blocking(move || {
+        let cs = open(&c2)?;
+        let (h, _, s, _) = load(&cs, &key)?;
+        Ok((h, s))
+    })
+    .await?;
+    let (resp, tx) = channel("application/json");
+    tokio::task::spawn_blocking(move || {
+        let code = wait_blocking(&ctx, &h, &condition, &first);
+        let body = serde_json::json!({"StatusCode": code, "Error": null});
+        let _ = tx.blocking_send(Bytes::from(format!("{body}\n")));
+    });
+    Ok(resp)
+}
+
+/// Which records `logs` sends and how.
+#[derive(Debug, Clone, Copy)]
+struct LogOpts {
+    stdout: bool,
+    stderr: bool,
+    timestamps: bool,
+    tty: bool,
+}
+
+/// Sends records; `false` once the client is gone.
+fn send_records(tx: &mpsc::Sender<Bytes>, recs: &[Record], o: LogOpts) -> bool {
+    for r in recs {
+        let wanted = if r.stream == STDERR {
+            o.stderr
+        } else {
+            o.stdout
+        };
+        if !wanted {
+            continue;
+        }
+        let data = if o.timestamps {
+            [format!("{} ", logs::timestamp(r.nanos)).as_bytes(), &r.data].concat()
+        } else {
+            r.data.clone()
+        };
+        let stream = if r.stream == STDERR { 2 } else { STDOUT };
+        if tx.blocking_send(encode(o.tty, stream, &data)).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn stream_logs(
+    h: &Handle,
+    tail: Option<usize>,
+    follow: bool,
+    o: LogOpts,
+    tx: &mpsc::Sender<Bytes>,
+) -> std::io::Result<()> {
+    let path = h.log_path();
+    let mut follower = match tail {
+        Some(n) => {
+            let (recs, f) = logs::tail(&path, n)?;
+            if !send_records(tx, &recs, o) {
+                return Ok(());
+            }
+            f
+        }
+        None => {
+            let mut f = Follower::from_start(&path)?;
+            let recs = f.poll()?;
+            let recs = if o.timestamps {
+                logs::lines(&recs)
+            } else {
+                recs
+            };
+            if !send_records(tx, &recs, o) {
+                return Ok(());
+            }
+            f
+        }
+    };
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let running = h
+            .live_state()
+            .map(|s| s.status == Status::Running || h.supervisor_alive())
+            .unwrap_or(false);
+        if !send_records(tx, &follower.poll()?, o) || !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// `GET /containers/{id}/logs?stdout&stderr&follow&tail&timestamps`.
+pub async fn logs(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
+    let tail = match q.get("tail").unwrap_or("all") {
+        "all" | "" | "-1" => None,
+        n => Some(
+            n.parse::<usize>()
+                .map_err(|_| ApiError::BadParameter(format!("invalid tail {n:?}")))?,
+        ),
+    };
+    let (stdout, stderr) = (q.flag("stdout"), q.flag("stderr"));
+    if !stdout && !stderr {
+        return Err(ApiError::BadParameter(
+            "Bad parameters: you must choose at least one stream".into(),
+        ));
+    }
+    let follow = q.flag("follow");
+    let timestamps = q.flag("timestamps");
+    let (h, tty) = blocking(move || {
+        let (h, c, _, _) = load(&open(&ctx)?, &key)?;
+        Ok((h, c.process.tty))
+    })
+    .await?;
+    let (resp, tx) = channel(if tty { RAW } else { MUX });
+    let o = LogOpts {
+        stdout,
+        stderr,
+        timestamps,
+        tty,
+    };
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = stream_logs(&h, tail, follow, o, &tx) {
+            log::warn!("logs of {}: {e}", h.id);
+        }
+    });
+    Ok(resp)
+}
+
+/// `POST /containers/{id}/attach?stream&stdin&stdout&stderr`: hijacked
+/// (`101 UPGRADED` to `Upgrade: tcp`). A created container's attach waits
+/// for `start`; the stream ends when the container exits.
+pub async fn attach(ctx: Arc<Ctx>, key: String, q: Query, mut req: Request<Incoming>) -> Reply {
+    if !req.headers().contains_key(UPGRADE) {
+        return Err(ApiError::BadParameter(
+            "attach needs a hijacked connection (Upgrade: tcp)".into(),
+        ));
+    }
+    let c2 = ctx.clone();
+    let (h, tty, open_stdin, running) = blocking(move || {
+        let (h, c, s, running) = load(&open(&c2)?, &key)?;
+        if !running && s.status == Status::Exited {
+            return Err(ApiError::Conflict(
+                "You cannot attach to a stopped container, start it first".into(),
+            ));
+        }
+        Ok((h, c.process.tty, c.process.open_stdin, running))
+    })
+    .await?;
+    let stdin = q.flag("stdin") && open_stdin;
+    let (stdout, stderr) = (q.flag("stdout"), q.flag("stderr"));
+    let source = if running {
+        Source::Running(h.clone())
+    } else {
+        let (tx, rx) = oneshot::channel();
+        lock(&ctx.pending).insert(h.id.clone(), PendingAttach { stdin, tx });
+        Source::Pending(rx)
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let id = h.id.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let conn = match source {
+            Source::Pending(rx) => rx.await.ok(),
+            Source::Running(h) => tokio::task::spawn_blocking(move || {
+                ipc::request(
+                    &h,
+                    &SupRequest::Attach(Attach {
+                        stdin,
+                        console_size: None,
+                    }),
+                )
+                .ok()
+            })
+            .await
+            .ok()
+            .flatten(),
+        };
+        if let Some(conn) = conn {
+            let o = Bridge {
+                ctx,
+                id,
+                tty,
+                stdin,
+                stdout,
+                stderr,
+            };
+            if let Err(e) = o.run(upgraded, conn).await {
+                log::debug!("attach: {e}");
+            }
+        }
+    });
+    let mut r = Response::new(super::full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hd = r.headers_mut();
+    hd.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    hd.insert(UPGRADE, HeaderValue::from_static("tcp"));
+    hd.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if tty { RAW } else { MUX }),
+    );
+    Ok(r)
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: the container's terminal size
+/// (`docker run -t` sends it after start and on every change).
+pub async fn resize(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
+    let dim = |k: &str| {
+        let v = q.get(k).unwrap_or("");
+        v.parse::<u16>()
+            .map_err(|_| ApiError::BadParameter(format!("invalid {k} {v:?}")))
+    };
+    let (rows, cols) = (dim("h")?, dim("w")?);
+    blocking(move || {
+        let (h, _, _, running) = load(&open(&ctx)?, &key)?;
+        if !running {
+            return Err(ApiError::Conflict(format!(
+                "Container {} is not running",
+                h.id
+            )));
+        }
+        // Any attached connection may resize; this one only does that.
+        let attach = Attach {
+            stdin: false,
+            console_size: None,
+        };
+        let mut conn = ipc::request(&h, &SupRequest::Attach(attach))?;
+        Frame::Resize { rows, cols }
+            .write_to(&mut conn)
+            .map_err(|e| ApiError::Internal(format!("cannot resize {}: {e}", h.id)))
+    })
+    .await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// Where an attach's supervisor stream comes from.
+enum Source {
+    Running(Handle),
+    Pending(oneshot::Receiver<UnixStream>),
+}
+
+/// Copies between a hijacked client connection and a supervisor stream.
+struct Bridge {
+    ctx: Arc<Ctx>,
+    id: String,
+    tty: bool,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+impl Bridge {
+    async fn run(
+        self,
+        upgraded: hyper::upgrade::Upgraded,
+        conn: UnixStream,
+    ) -> std::io::Result<()> {
+        let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(64);
+        let mut reader = conn.try_clone()?;
+        let (ctx, id, tty, want_out, want_err) = (
+            self.ctx.clone(),
+            self.id.clone(),
+            self.tty,
+            self.stdout,
+            self.stderr,
+        );
+        std::thread::spawn(move || loop {
+            let b = match Frame::read_from(&mut reader) {
+                Ok(Some(Frame::Stdout(d))) if want_out => encode(tty, STDOUT, &d),
+                Ok(Some(Frame::Stderr(d))) if want_err => encode(tty, 2, &d),
+                Ok(Some(Frame::Exit(code))) => {
+                    lock(&ctx.exits).insert(id.clone(), code);
+                    break;
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            };
+            if out_tx.blocking_send(b).is_err() {
+                break;
+            }
+        });
+        let stdin_task = self.stdin.then(|| {
+            let mut writer = conn;
+            let (in_tx, in_rx) = std::sync::mpsc::channel::<Frame>();
+            std::thread::spawn(move || {
+                for f in in_rx {
+                    if f.write_to(&mut writer).is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 << 10];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            // Half-closed: the output keeps flowing.
+                            let _ = in_tx.send(Frame::StdinEof);
+                            break;
+                        }
+                        Ok(n) => {
+                            if in_tx.send(Frame::Stdin(buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        while let Some(b) = out_rx.recv().await {
+            wr.write_all(&b).await?;
+            wr.flush().await?;
+        }
+        if let Some(t) = stdin_task {
+            t.abort();
+        }
+        wr.shutdown().await
+    }
+}
+
+/// Reads one whole multiplexed stream into (stream, bytes) pairs (tests and
+/// clients of this module).
+pub fn demux(mut r: impl Read) -> std::io::Result<Vec<(u8, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut hdr = [0u8; 8];
+    loop {
+        match r.read_exact(&mut hdr) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+        let mut data = vec![0u8; len];
+        r.read_exact(&mut data)?;
+        out.push((hdr[0], data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplexed_frames() {
+        let f = mux_frame(1, b"hi\n");
+        assert_eq!(f, [1, 0, 0, 0, 0, 0, 0, 3, b'h', b'i', b'\n']);
+        let mut all = f.clone();
+        all.extend(mux_frame(2, b"oops"));
+        // Nothing to send, no frame.
+        assert!(mux_frame(1, b"").is_empty());
+        let back = demux(&all[..]).unwrap();
+        assert_eq!(back, vec![(1, b"hi\n".to_vec()), (2, b"oops".to_vec())]);
+        assert_eq!(&encode(true, 2, b"raw")[..], b"raw");
+        assert_eq!(encode(false, 2, b"x")[0], 2);
+        // A truncated frame is an error, not a short read.
+        assert!(demux(&all[..all.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn wait_conditions() {
+        let created = State::default();
+        let exited = State {
+            status: Status::Exited,
+            exit_code: Some(3),
+            finished_at: Some("2026-01-01T00:00:00Z".into()),
+            ..State::default()
+        };
+        // not-running: a created container is not running.
+        assert!(wait_done("not-running", &created, &created, false, false));
+        assert!(!wait_done("not-running", &created, &created, true, true));
+        // next-exit waits for an exit after the call.
+        assert!(!wait_done("next-exit", &created, &created, false, false));
+        assert!(wait_done("next-exit", &created, &exited, false, false));
+        assert!(!wait_done("next-exit", &exited, &exited, false, false));
+        assert!(wait_done("next-exit", &exited, &exited, false, true));
+        // removed only ends when the container is gone.
+        assert!(!wait_done("removed", &created, &exited, false, true));
+    }
+
+    #[test]
+    fn wait_reads_the_exit_of_a_removed_container() {
+        let d = tempfile::tempdir().unwrap();
+        let cs = crate::container::Containers::open(d.path()).unwrap();
+        let cfg = crate::container::ContainerConfig {
+            id: crate::container::new_id(),
+            name: "waiter".into(),
+            ..Default::default()
+        };
+        let h = cs.create(&cfg).unwrap();
+        let ctx = Ctx::new(d.path().to_path_buf());
+        let first = h.state().unwrap();
+        let mut s = first.clone();
+        s.mark_exited(3, None);
+        h.write_state(&s).unwrap();
+        assert_eq!(wait_blocking(&ctx, &h, "next-exit", &first), 3);
+        cs.remove(&h).unwrap();
+        lock(&ctx.exits).insert(h.id.clone(), 7);
+        assert_eq!(wait_blocking(&ctx, &h, "removed", &first), 7);
+    }
+}

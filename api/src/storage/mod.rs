@@ -1,0 +1,13 @@
+//! Host disk images, all ext4 files husk keeps for its microVMs:
+//!
+//! - [`rootfs`]: the read-only rootfs disk cache, one disk per image layer
+//!   chain, shared by every container of the image;
+//! - [`scratch`]: each container's writable-layer disk (a sparse copy of an
+//!   empty template);
+//! - [`volume`]: named volumes;
+//! - [`ext4`]: making and checking ext4 images.
+
+pub mod ext4;
+pub mod rootfs;
+pub mod scratch;
+pub mod volume;

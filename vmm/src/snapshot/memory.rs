@@ -1,0 +1,207 @@
+//! Guest memory in a snapshot: every RAM region written back to back to one
+//! file; on restore, each region is that file mapped `MAP_PRIVATE`, so
+//! pages load on first touch and guest writes stay private (copy-on-write)
+//! and never reach the snapshot.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap,
+};
+
+/// Memory errors.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryFileError {
+    /// The memory file could not be created, written or opened.
+    #[error("cannot {op} guest memory file {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Guest memory could not be copied out.
+    #[error("cannot copy guest memory at {addr:#x} to {path}: {reason}")]
+    Copy {
+        /// Guest address of the region.
+        addr: u64,
+        /// The file.
+        path: PathBuf,
+        /// vm-memory's message.
+        reason: String,
+    },
+    /// The memory file is shorter or longer than the regions it backs.
+    #[error("guest memory file {path} is {have} bytes, the snapshot needs {want}")]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        have: u64,
+        /// The regions' total.
+        want: u64,
+    },
+    /// The file could not be mapped.
+    #[error("cannot map guest memory file {path}: {reason}")]
+    Map {
+        /// The file.
+        path: PathBuf,
+        /// vm-memory's message.
+        reason: String,
+    },
+}
+
+/// One RAM region and where it lies in the memory file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionState {
+    /// Guest physical start.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Offset in the memory file.
+    pub file_offset: u64,
+}
+
+/// The layout of guest memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryState {
+    /// Regions in address order.
+    pub regions: Vec<RegionState>,
+}
+
+impl MemoryState {
+    /// Bytes the memory file holds.
+    pub fn total(&self) -> u64 {
+        self.regions.iter().map(|r| r.len).sum()
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MemoryFileError + 'a {
+    move |source| MemoryFileError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes every region of `mem` to `path` and returns the layout.
+pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFileError> {
+    let mut file = File::create(path).map_err(io("create", path))?;
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for r in mem.iter() {
+        let len = r.len();
+        let count = usize::try_from(len).unwrap_or(usize::MAX);
+        mem.write_all_volatile_to(r.start_addr(), &mut file, count)
+            .map_err(|e| MemoryFileError::Copy {
+                addr: r.start_addr().raw_value(),
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        regions.push(RegionState {
+            guest_addr: r.start_addr().raw_value(),
+            len,
+            file_offset: offset,
+        });
+        offset += len;
+    }
+    file.sync_all().map_err(io("sync", path))?;
+    Ok(MemoryState { regions })
+}
+
+/// Maps `path` copy-on-write as guest memory laid out as `state` says.
+pub fn restore(state: &MemoryState, path: &Path) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    let have = file.metadata().map_err(io("stat", path))?.len();
+    if have != state.total() {
+        return Err(MemoryFileError::Size {
+            path: path.to_path_buf(),
+            have,
+            want: state.total(),
+        });
+    }
+    let file = Arc::new(file);
+    let map_err = |reason: String| MemoryFileError::Map {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut regions = Vec::with_capacity(state.regions.len());
+    for r in &state.regions {
+        let size = usize::try_from(r.len).map_err(|_| map_err("region too large".into()))?;
+        let mapping = MmapRegionBuilder::new(size)
+            .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+            .ok_or_else(|| map_err(format!("region at {:#x} wraps", r.guest_addr)))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_is_copy_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x100000), 0x2000),
+        ])
+        .unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        mem.write_obj(0x55_u8, GuestAddress(0x101fff)).unwrap();
+        let state = save(&mem, &path).unwrap();
+        assert_eq!(state.total(), 0x12000);
+        assert_eq!(state.regions[1].file_offset, 0x10000);
+
+        let back = restore(&state, &path).unwrap();
+        assert_eq!(
+            back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(back.read_obj::<u8>(GuestAddress(0x101fff)).unwrap(), 0x55);
+        // Writes to the restored guest never reach the file.
+        back.write_obj(1u32, GuestAddress(0x1000)).unwrap();
+        let again = restore(&state, &path).unwrap();
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+    }
+
+    #[test]
+    fn a_short_memory_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let state = save(&mem, &path).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0x8000)
+            .unwrap();
+        let e = restore(&state, &path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "guest memory file {} is 32768 bytes, the snapshot needs 65536",
+                path.display()
+            )
+        );
+    }
+}
