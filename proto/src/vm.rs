@@ -175,7 +175,7 @@ pub enum VmmEvent {
     },
     /// The VM ended.
     Stopped {
-        /// Why: `power_off`, `reset`, `triple_fault`, `vcpu_failure: ...`,
+        /// Why: `power_off`, `reset`, `triple_fault: WHERE`, `vcpu_failure: ...`,
         /// `signal N`.
         reason: String,
     },

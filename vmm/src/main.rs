@@ -160,7 +160,7 @@ fn exit_status(exit: &VmExit) -> u8 {
     match exit {
         VmExit::PowerOff => 0,
         VmExit::Reset => EXIT_RESET,
-        VmExit::TripleFault => EXIT_TRIPLE_FAULT,
+        VmExit::TripleFault(_) => EXIT_TRIPLE_FAULT,
         VmExit::Failure(_) => EXIT_VCPU_FAILURE,
         VmExit::Signal(n) => u8::try_from(128 + n).unwrap_or(EXIT_ERROR),
     }
@@ -239,13 +239,13 @@ fn main() -> ExitCode {
     };
     let reason = match &exit {
         VmExit::Failure(why) => format!("vcpu_failure: {why}"),
-        VmExit::TripleFault => "triple_fault".into(),
+        VmExit::TripleFault(at) => format!("triple_fault: {at}"),
         VmExit::Signal(n) => format!("signal {n}"),
         VmExit::Reset => "reset".into(),
         VmExit::PowerOff => "power_off".into(),
     };
     match &exit {
-        VmExit::Failure(_) | VmExit::TripleFault => log::error!("guest stopped: {reason}"),
+        VmExit::Failure(_) | VmExit::TripleFault(_) => log::error!("guest stopped: {reason}"),
         VmExit::Signal(n) => log::info!("stopped by signal {n}"),
         _ => log::info!("guest stopped: {reason}"),
     }

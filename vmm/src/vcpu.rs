@@ -72,8 +72,8 @@ pub enum VcpuError {
 /// Why a vCPU stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuStop {
-    /// Triple fault (`KVM_EXIT_SHUTDOWN`).
-    TripleFault,
+    /// Triple fault (`KVM_EXIT_SHUTDOWN`), with where the vCPU stopped.
+    TripleFault(String),
     /// The guest asked for a reset through a KVM system event.
     Reset,
     /// The guest asked to power off through a KVM system event.
@@ -179,6 +179,20 @@ impl Vcpu {
         }
     }
 
+    /// Where the vCPU stopped, for a guest that faulted: its index and
+    /// the registers that locate the fault.
+    fn where_stopped(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "vCPU {} at rip {:#x} rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+                self.index, r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                format!("vCPU {} (registers unreadable: {e})", self.index)
+            }
+        }
+    }
+
     /// Runs until one exit; `Some` when the vCPU must stop.
     pub fn run_once(&mut self) -> Option<VcpuStop> {
         match self.fd.run() {
@@ -202,7 +216,7 @@ impl Vcpu {
                 self.mmio.write(addr, data);
                 None
             }
-            Ok(VcpuExit::Shutdown) => Some(VcpuStop::TripleFault),
+            Ok(VcpuExit::Shutdown) => Some(VcpuStop::TripleFault(self.where_stopped())),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Some(VcpuStop::PowerOff),
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(VcpuStop::Reset),

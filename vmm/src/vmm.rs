@@ -31,8 +31,8 @@ pub enum VmExit {
     PowerOff,
     /// The guest reset itself (i8042 reset line, `reboot`).
     Reset,
-    /// A vCPU triple-faulted.
-    TripleFault,
+    /// A vCPU triple-faulted (where it stopped).
+    TripleFault(String),
     /// KVM could not run a vCPU.
     Failure(String),
     /// husk-vmm was told to stop by a signal.
@@ -154,7 +154,7 @@ impl MutEventSubscriber for ExitWatcher {
             EV_VCPU => {
                 let _ = self.exits.vcpu.read();
                 match self.vcpu_stops.try_recv() {
-                    Ok(VcpuStop::TripleFault) => VmExit::TripleFault,
+                    Ok(VcpuStop::TripleFault(at)) => VmExit::TripleFault(at),
                     Ok(VcpuStop::Reset) => VmExit::Reset,
                     Ok(VcpuStop::PowerOff) => VmExit::PowerOff,
                     Ok(VcpuStop::Failure(why)) => VmExit::Failure(why),

