@@ -122,6 +122,18 @@ out=$(HUSK_MACHINE=1 h run --rm busybox sh -c 'echo from-a-container; exit 3')
 rc=$?
 set -e
 [ "$rc" = 3 ] && [ "$out" = from-a-container ] && ok || fail "husk run in the machine: status $rc, output '$out'"
+# Default deny in the machine: a container does not reach this host's
+# loopback through QEMU's 10.0.2.2, which the machine itself reaches.
+mkdir -p "$data/www" && echo loopback-service > "$data/www/index.html"
+lo_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory "$data/www" "$lo_port" >/dev/null 2>&1 &
+lo_pid=$!
+sleep 1
+got=$(h machine ssh -- timeout 10 wget -q -O - "http://10.0.2.2:$lo_port/" 2>/dev/null || true)
+[ "$got" = loopback-service ] && ok || fail "the machine itself does not reach 10.0.2.2:$lo_port: '$got'"
+out=$(HUSK_MACHINE=1 h run --rm busybox sh -c "timeout 5 wget -q -O - http://10.0.2.2:$lo_port/ 2>/dev/null && echo reached || echo blocked" 2>&1)
+[ "$out" = blocked ] && ok || fail "a container in the machine reached this host's loopback: '$out'"
+kill "$lo_pid" 2>/dev/null || true
 web=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HUSK_MACHINE=1 h run -d --name web -p "$web:80" busybox httpd -f -p 80 -h /etc >/dev/null
 got=

@@ -164,9 +164,31 @@ check "port in use status" 125 "$rc"
 grep -q 'already allocated' "$WORK/err" || fail "port in use: $(cat "$WORK/err")"
 check "port in use message lines" 1 "$(wc -l < "$WORK/err")"
 check "containers after the port error" "$before" "$($husk ps -aq | wc -l)"
+pass "-p 8080:80 reaches httpd in the container; a taken port gets one line and status 125"
+
+# 5b. Default deny: another container reaches neither www nor any of the
+# host's addresses (its gateway, the host's own NIC), while the host itself
+# reaches www and published ports keep working (above).
+www_ip=$($husk inspect www | sed -n 's/.*"IPAddress": "\([0-9.]*\)".*/\1/p' | head -1)
+[ -n "$www_ip" ] || fail "no IPAddress in inspect www"
+check "the host reaches www at $www_ip" hi-from-httpd "$(timeout 10 wget -q -O - "http://$www_ip/" 2>/dev/null)"
+mkdir -p "$WORK/hostwww" && echo host-service > "$WORK/hostwww/index.html"
+busybox httpd -p 0.0.0.0:8099 -h "$WORK/hostwww" || fail "cannot start the host's own httpd"
+check "the host's own service from the host" host-service "$(timeout 10 wget -q -O - http://127.0.0.1:8099/ 2>/dev/null)"
+host_nic=$(ip -4 -o addr show dev eth0 2>/dev/null | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p' | head -1)
+out=$($husk run --rm -e WWW="$www_ip" -e NIC="$host_nic" busybox sh -c '
+  gw=$(ip route | sed -n "s/^default via \([0-9.]*\).*/\1/p")
+  for url in http://$WWW/ http://$gw:8099/ ${NIC:+http://$NIC:8099/}; do
+    if timeout 5 wget -q -O - "$url" > /dev/null 2>&1; then echo "reached $url"; else echo "blocked $url"; fi
+  done')
+echo "$out"
+echo "$out" | grep -q "^blocked http://$www_ip/" || fail "a container reached another container: $out"
+echo "$out" | grep -q "^blocked http://.*:8099/" || fail "a container reached the host's gateway address: $out"
+echo "$out" | grep -q "^reached" && fail "a container reached what default deny forbids: $out"
+pkill -f "httpd -p 0.0.0.0:8099" || true
 $husk rm -f www > /dev/null || fail "rm -f www"
 check "husk-vmm processes after rm -f" 0 "$(vmm_count)"
-pass "-p 8080:80 reaches httpd in the container; a taken port gets one line and status 125"
+pass "default deny: no container to container, no host address (gateway${host_nic:+, $host_nic}); the host still reaches the container"
 
 # 6. Outbound access (NAT): a server on the outer machine, through the nested host's network.
 [ -n "${HUSK_E2E_OUTSIDE:-}" ] ||

@@ -1,6 +1,7 @@
-//! The host end of a container's TAP: wait for husk-vmm to create it, give
-//! it the lease's host address, bring it up, enable IP forwarding and make
-//! sure the NAT rules exist.
+//! The host end of a container's TAP: wait for husk-vmm to create it, make
+//! sure the firewall and NAT rules exist, turn IPv6 off on it (no router
+//! advertisements from guests), give it the lease's host address, bring it
+//! up and enable IP forwarding.
 //!
 //! Addresses are set with the classic socket ioctls (SIOCSIFADDR,
 //! SIOCSIFNETMASK, SIOCSIFFLAGS), as the guest agent does for eth0: no
@@ -13,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{io_cause, nat, Lease, NetError, Result};
+use super::{firewall, io_cause, nat, Lease, NetError, Result};
 
 const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
 const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
@@ -82,9 +83,10 @@ fn ioctl(
     Ok(())
 }
 
-/// Waits up to `timeout` for `lease.tap_name` to exist, sets the lease's
-/// host address with a /30 netmask on it, brings it up, enables IPv4
-/// forwarding and ensures the NAT rules (see [`nat::ensure_rules`]).
+/// Waits up to `timeout` for `lease.tap_name` to exist, ensures the
+/// firewall rules ([`firewall::ensure_rules`]) before the TAP is up, turns
+/// IPv6 off on it, sets the lease's host address with a /30 netmask on it,
+/// brings it up, enables IPv4 forwarding and ensures the NAT rule.
 pub fn configure_host(lease: &Lease, timeout: Duration) -> Result<()> {
     let tap = lease.tap_name.as_str();
     let fail = |cause: String| NetError::Host {
@@ -92,9 +94,23 @@ pub fn configure_host(lease: &Lease, timeout: Duration) -> Result<()> {
         cause,
     };
     wait_for_interface(tap, timeout).map_err(fail)?;
+    firewall::ensure_rules(&lease.net_dir, lease, firewall::in_machine()).map_err(fail)?;
+    disable_ipv6(tap).map_err(fail)?;
     set_address(tap, lease.host_ip, lease.prefix).map_err(fail)?;
     enable_forwarding(Path::new(IP_FORWARD)).map_err(fail)?;
     nat::ensure_rules(&lease.net_dir).map_err(fail)
+}
+
+/// Turns IPv6 off on interface `name` (nothing to do on a host without
+/// IPv6).
+fn disable_ipv6(name: &str) -> std::result::Result<(), String> {
+    let path = Path::new("/proc/sys/net/ipv6/conf")
+        .join(name)
+        .join("disable_ipv6");
+    match fs::write(&path, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| format!("{}: {}", path.display(), io_cause(&e))),
+    }
 }
 
 /// Polls /sys/class/net/NAME until the interface exists.
@@ -247,6 +263,17 @@ pub(crate) mod tests {
         // Idempotent: a second call adds no second rule.
         configure_host(&lease, Duration::from_secs(1)).unwrap();
         assert_eq!(nat::count_masquerade_rules().unwrap(), 1);
+        let ipv6_off = Path::new("/proc/sys/net/ipv6/conf")
+            .join(&lease.tap_name)
+            .join("disable_ipv6");
+        if ipv6_off.exists() {
+            assert_eq!(fs::read_to_string(&ipv6_off).unwrap().trim(), "1");
+        }
+        // The test TAP's anti-spoofing rules go with it.
+        for (chain, args) in firewall::spoof_rules(&lease) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert!(nat::iptables(&[&["-t", "filter", "-D", chain][..], &args].concat()).unwrap());
+        }
         drop(tap);
         assert!(!Path::new("/sys/class/net").join(&lease.tap_name).exists());
     }

@@ -12,10 +12,12 @@
 //!
 //! - [`lease`]: exclusive /30 leases held by `flock`.
 //! - [`host`]: address and link of the host end of the TAP, IP forwarding.
-//! - [`nat`]: the MASQUERADE and FORWARD rules (iptables).
+//! - [`nat`]: the MASQUERADE rule (iptables).
+//! - [`firewall`]: default deny around each container, anti-spoofing.
 //! - [`proxy`]: the published-port proxy.
 //! - [`ports`]: Docker's `-p` syntax.
 
+pub mod firewall;
 pub mod host;
 pub mod lease;
 pub mod nat;

@@ -8,15 +8,11 @@
 //! speaking nf_tables netlink directly would need libnftnl or a hand-written
 //! encoder. `HUSK_IPTABLES` names another binary (e.g. iptables-legacy).
 //!
-//! The rules, each added once (checked with `-C` under a lock file, so
-//! concurrent supervisors do not add it twice) and never removed (they are
-//! shared by all containers and match nothing when none runs):
-//! - `-t nat POSTROUTING -s 10.88.0.0/16 ! -d 10.88.0.0/16 -j MASQUERADE`
-//! - `-t filter FORWARD -i husk+ -j ACCEPT`
-//! - `-t filter FORWARD -o husk+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`
-//!
-//! The FORWARD rules matter on hosts whose FORWARD policy is DROP (Docker
-//! sets that); elsewhere they are harmless.
+//! The rule, added once (checked with `-C` under a lock file, so
+//! concurrent supervisors do not add it twice) and never removed (it is
+//! shared by all containers and matches nothing when none runs):
+//! `-t nat POSTROUTING -s 10.88.0.0/16 ! -d 10.88.0.0/16 -j MASQUERADE`.
+//! What a container may reach is [`super::firewall`]'s.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -36,20 +32,6 @@ pub const MASQUERADE: &[&str] = &[
     "-j",
     "MASQUERADE",
 ];
-/// FORWARD rule: traffic from containers.
-pub const FORWARD_OUT: &[&str] = &["-i", "husk+", "-j", "ACCEPT"];
-/// FORWARD rule: replies to containers.
-pub const FORWARD_IN: &[&str] = &[
-    "-o",
-    "husk+",
-    "-m",
-    "conntrack",
-    "--ctstate",
-    "RELATED,ESTABLISHED",
-    "-j",
-    "ACCEPT",
-];
-
 /// The iptables binary: `$HUSK_IPTABLES`, else the first of
 /// /usr/sbin/iptables, /sbin/iptables, /usr/bin/iptables that exists.
 pub fn iptables_path() -> Option<PathBuf> {
@@ -64,7 +46,7 @@ pub fn iptables_path() -> Option<PathBuf> {
 
 /// Runs iptables with `args`; Ok(true) on success, Ok(false) on a failed
 /// `-C` check (exit status 1), Err with iptables' message otherwise.
-fn iptables(args: &[&str]) -> Result<bool, String> {
+pub(crate) fn iptables(args: &[&str]) -> Result<bool, String> {
     let bin = iptables_path().ok_or("iptables not found (install the iptables package)")?;
     let out = Command::new(&bin)
         .arg("-w")
@@ -82,14 +64,14 @@ fn iptables(args: &[&str]) -> Result<bool, String> {
     let msg = stderr
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
         .unwrap_or("failed")
         .to_string();
     Err(format!("iptables {}: {msg}", args.join(" ")))
 }
 
 /// Adds `rule` to `table`/`chain` unless it is there (`-A` or `-I`).
-fn ensure(table: &str, chain: &str, add: &str, rule: &[&str]) -> Result<(), String> {
+pub(super) fn ensure(table: &str, chain: &str, add: &str, rule: &[&str]) -> Result<(), String> {
     let check = [&["-t", table, "-C", chain][..], rule].concat();
     if iptables(&check)? {
         return Ok(());
@@ -97,16 +79,13 @@ fn ensure(table: &str, chain: &str, add: &str, rule: &[&str]) -> Result<(), Stri
     iptables(&[&["-t", table, add, chain][..], rule].concat()).map(|_| ())
 }
 
-/// Ensures the masquerade and forward rules exist, serialised by
-/// `<lock_dir>/nat.lock`.
+/// Ensures the masquerade rule exists, serialised by `<lock_dir>/nat.lock`.
 pub fn ensure_rules(lock_dir: &Path) -> Result<(), String> {
     let _lock = lock(lock_dir)?;
-    ensure("nat", "POSTROUTING", "-A", MASQUERADE)?;
-    ensure("filter", "FORWARD", "-I", FORWARD_IN)?;
-    ensure("filter", "FORWARD", "-I", FORWARD_OUT)
+    ensure("nat", "POSTROUTING", "-A", MASQUERADE)
 }
 
-fn lock(dir: &Path) -> Result<Flock<File>, String> {
+pub(super) fn lock(dir: &Path) -> Result<Flock<File>, String> {
     let path = dir.join("nat.lock");
     let fail = |e: std::io::Error| format!("{}: {}", path.display(), io_cause(&e));
     fs::create_dir_all(dir).map_err(fail)?;
@@ -148,8 +127,6 @@ pub(crate) mod tests {
         ensure_rules(&test_lock_dir()).unwrap();
         ensure_rules(&test_lock_dir()).unwrap();
         assert_eq!(count_masquerade_rules().unwrap(), 1);
-        assert!(iptables(&[&["-t", "filter", "-C", "FORWARD"][..], FORWARD_OUT].concat()).unwrap());
-        assert!(iptables(&[&["-t", "filter", "-C", "FORWARD"][..], FORWARD_IN].concat()).unwrap());
     }
 
     #[test]

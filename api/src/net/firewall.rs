@@ -1,0 +1,231 @@
+//! Default deny around each container (iptables, filter table).
+//!
+//! A container on the default network reaches the outside (forwarded and
+//! masqueraded, see [`super::nat`]) and its DNS servers (outside too), and
+//! nothing else of the host: not other containers, not any of the host's
+//! own addresses (its gateway included), not link-local 169.254.0.0/16
+//! (cloud metadata), and inside the husk machine not 10.0.2.2, QEMU's alias
+//! for the outer host's loopback. Published ports keep working: the `-p`
+//! proxy is a host process that connects to the guest, so only its replies
+//! come in, as established traffic.
+//!
+//! Rules live in husk's own chains, entered only for traffic of `husk+`
+//! interfaces (the jumps are inserted first in INPUT and FORWARD), so they
+//! never open other traffic on the host:
+//! - `HUSK-SPOOF`: per address slot, `-i huskN ! -s GUEST_IP -j DROP` and
+//!   `-i huskN -m mac ! --mac-source MAC -j DROP`: a guest that sends with
+//!   another source address or MAC than its own is dropped on its TAP.
+//! - `HUSK-INPUT` (to the host itself): spoof check, replies to the host's
+//!   own connections accepted, the rest dropped.
+//! - `HUSK-FORWARD`: spoof check, replies to containers accepted, any other
+//!   traffic towards a container dropped (container to container, or from
+//!   another network), then the forbidden destinations dropped and the rest
+//!   of a container's traffic accepted.
+//!
+//! Like the NAT rule, the chains are made once (checked with `-C` under the
+//! lock) and stay: a slot's TAP name, address and MAC are fixed by the slot
+//! ([`super::lease`]), so its rules are right for whichever container holds
+//! it later, and match nothing while no container runs.
+
+use std::path::Path;
+
+use super::nat::{ensure, iptables, lock};
+use super::Lease;
+
+/// husk's chains in the filter table.
+pub const SPOOF_CHAIN: &str = "HUSK-SPOOF";
+/// Traffic from containers to the host itself.
+pub const INPUT_CHAIN: &str = "HUSK-INPUT";
+/// Traffic routed from or to containers.
+pub const FORWARD_CHAIN: &str = "HUSK-FORWARD";
+/// Inside the husk machine: QEMU's user network maps this address to the
+/// outer host's loopback.
+pub const QEMU_HOST_LOOPBACK: &str = "10.0.2.2/32";
+/// Link-local addresses (cloud metadata services live there).
+pub const LINK_LOCAL: &str = "169.254.0.0/16";
+
+/// One rule: the chain it goes in and its arguments.
+pub type Rule = (&'static str, Vec<String>);
+
+fn rule(chain: &'static str, args: &[&str]) -> Rule {
+    (chain, args.iter().map(|a| a.to_string()).collect())
+}
+
+/// The rules of husk's INPUT and FORWARD chains, in order.
+pub fn base_rules(in_machine: bool) -> Vec<Rule> {
+    let established = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"];
+    let mut rules = vec![
+        rule(INPUT_CHAIN, &["-j", SPOOF_CHAIN]),
+        rule(INPUT_CHAIN, &[&established[..], &["-j", "ACCEPT"]].concat()),
+        rule(INPUT_CHAIN, &["-j", "DROP"]),
+        rule(FORWARD_CHAIN, &["-i", "husk+", "-j", SPOOF_CHAIN]),
+        rule(
+            FORWARD_CHAIN,
+            &[&["-o", "husk+"][..], &established, &["-j", "ACCEPT"]].concat(),
+        ),
+        rule(FORWARD_CHAIN, &["-o", "husk+", "-j", "DROP"]),
+        rule(FORWARD_CHAIN, &["-d", LINK_LOCAL, "-j", "DROP"]),
+    ];
+    if in_machine {
+        rules.push(rule(
+            FORWARD_CHAIN,
+            &["-d", QEMU_HOST_LOOPBACK, "-j", "DROP"],
+        ));
+    }
+    rules.push(rule(FORWARD_CHAIN, &["-i", "husk+", "-j", "ACCEPT"]));
+    rules
+}
+
+/// The jumps into husk's chains, inserted first in the host's chains.
+pub fn jumps() -> Vec<Rule> {
+    vec![
+        rule("INPUT", &["-i", "husk+", "-j", INPUT_CHAIN]),
+        rule("FORWARD", &["-o", "husk+", "-j", FORWARD_CHAIN]),
+        rule("FORWARD", &["-i", "husk+", "-j", FORWARD_CHAIN]),
+    ]
+}
+
+/// The anti-spoofing rules of one address slot.
+pub fn spoof_rules(lease: &Lease) -> Vec<Rule> {
+    let tap = lease.tap_name.as_str();
+    let ip = lease.guest_ip.to_string();
+    let mac = lease.mac_string();
+    vec![
+        rule(SPOOF_CHAIN, &["-i", tap, "!", "-s", &ip, "-j", "DROP"]),
+        rule(
+            SPOOF_CHAIN,
+            &[
+                "-i",
+                tap,
+                "-m",
+                "mac",
+                "!",
+                "--mac-source",
+                &mac,
+                "-j",
+                "DROP",
+            ],
+        ),
+    ]
+}
+
+/// Ensures husk's chains, their rules, the jumps into them and `lease`'s
+/// anti-spoofing rules, serialised by `<lock_dir>/nat.lock`.
+pub fn ensure_rules(lock_dir: &Path, lease: &Lease, in_machine: bool) -> Result<(), String> {
+    let _lock = lock(lock_dir)?;
+    for chain in [SPOOF_CHAIN, INPUT_CHAIN, FORWARD_CHAIN] {
+        ensure_chain(chain)?;
+    }
+    for (chain, args) in spoof_rules(lease).iter().chain(&base_rules(in_machine)) {
+        ensure("filter", chain, "-A", &strs(args))?;
+    }
+    // Inserted at the top, so the last one inserted comes first.
+    for (chain, args) in jumps().iter().rev() {
+        ensure("filter", chain, "-I", &strs(args))?;
+    }
+    Ok(())
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Creates `chain` in the filter table unless it exists (iptables-nft
+/// cannot list a chain that does not exist without an error of its own,
+/// so creation is tried and "already exists" is success).
+fn ensure_chain(chain: &str) -> Result<(), String> {
+    match iptables(&["-t", "filter", "-N", chain]) {
+        Err(e) if e.ends_with("Chain already exists.") => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// Whether husk runs inside the husk machine.
+pub fn in_machine() -> bool {
+    std::env::var_os("HUSK_IN_MACHINE").is_some_and(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::nat::tests::test_lock_dir;
+
+    fn lease(index: u32) -> Lease {
+        let dir = tempfile::tempdir().unwrap();
+        let l = crate::net::allocate(dir.path(), "t").unwrap();
+        assert_eq!(l.tap_name, format!("husk{index}"));
+        l
+    }
+
+    #[test]
+    fn forwarding_accepts_only_after_every_drop() {
+        for machine in [false, true] {
+            let rules = base_rules(machine);
+            let accept = rules
+                .iter()
+                .position(|(c, a)| *c == FORWARD_CHAIN && a == &["-i", "husk+", "-j", "ACCEPT"])
+                .unwrap();
+            assert_eq!(accept, rules.len() - 1);
+            let drops: Vec<_> = rules
+                .iter()
+                .filter(|(c, a)| *c == FORWARD_CHAIN && a.last().is_some_and(|t| t == "DROP"))
+                .collect();
+            assert_eq!(drops.len(), if machine { 3 } else { 2 });
+            assert_eq!(
+                rules
+                    .iter()
+                    .any(|(_, a)| a.iter().any(|w| w == QEMU_HOST_LOOPBACK)),
+                machine
+            );
+            assert_eq!(rules.last().map(|(c, _)| *c), Some(FORWARD_CHAIN));
+            assert_eq!(
+                rules.iter().rfind(|(c, _)| *c == INPUT_CHAIN).unwrap().1,
+                ["-j", "DROP"]
+            );
+        }
+    }
+
+    #[test]
+    fn spoofing_rules_name_the_slot() {
+        let l = lease(0);
+        let rules = spoof_rules(&l);
+        assert_eq!(rules[0].1.join(" "), "-i husk0 ! -s 10.88.0.2 -j DROP");
+        assert_eq!(
+            rules[1].1.join(" "),
+            "-i husk0 -m mac ! --mac-source 02:68:75:00:00:00 -j DROP"
+        );
+    }
+
+    /// On this host's real iptables: twice gives the same ruleset, in order.
+    #[test]
+    fn rules_are_made_once_in_order() {
+        let l = lease(0);
+        ensure_rules(&test_lock_dir(), &l, false).unwrap();
+        let first = list(FORWARD_CHAIN);
+        ensure_rules(&test_lock_dir(), &l, false).unwrap();
+        assert_eq!(list(FORWARD_CHAIN), first);
+        assert_eq!(first.last().unwrap(), "-A HUSK-FORWARD -i husk+ -j ACCEPT");
+        let husk0: Vec<_> = list(SPOOF_CHAIN)
+            .into_iter()
+            .filter(|r| r.contains(" -i husk0 "))
+            .collect();
+        assert_eq!(husk0.len(), 2, "{husk0:?}");
+        let forward = list("FORWARD");
+        assert_eq!(forward[0], "-A FORWARD -o husk+ -j HUSK-FORWARD");
+        assert_eq!(forward[1], "-A FORWARD -i husk+ -j HUSK-FORWARD");
+        assert_eq!(list("INPUT")[0], "-A INPUT -i husk+ -j HUSK-INPUT");
+    }
+
+    fn list(chain: &str) -> Vec<String> {
+        let bin = crate::net::nat::iptables_path().unwrap();
+        let out = std::process::Command::new(bin)
+            .args(["-w", "-t", "filter", "-S", chain])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(String::from)
+            .collect()
+    }
+}
