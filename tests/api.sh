@@ -52,6 +52,8 @@ for docker in "${clients[@]}"; do
   has "$v: privileged is refused" "husk cannot run privileged containers" "${D[@]}" create --privileged busybox true
   has "$v: a taken name is a conflict" "is already in use" "${D[@]}" create --name "$("${D[@]}" inspect -f '{{.Name}}' "$id" | tr -d /)" busybox true
   has "$v: volume rm of a used volume" "volume is in use" "${D[@]}" volume rm data
+  has "$v: exec in a container that is not running" "is not running" "${D[@]}" exec "$id" true
+  has "$v: exec in an unknown container" "No such container: nosuch" "${D[@]}" exec nosuch true
   check "$v: rm" "${D[@]}" rm "$id"
   has "$v: rm again: no such container" "No such container: $id" "${D[@]}" rm "$id"
   has "$v: an unknown image" "No such image" "${D[@]}" inspect --type image nosuch:1
@@ -76,6 +78,10 @@ has "resize of a container that is not running" "is not running" \
   curl -s -X POST --unix-socket "$sock" "http://d/v1.41/containers/$rid/resize?h=30&w=100"
 has "resize needs numbers" "invalid h" \
   curl -s -X POST --unix-socket "$sock" "http://d/v1.41/containers/$rid/resize?h=x&w=100"
+has "exec inspect of an unknown instance" "No such exec instance: nope" \
+  curl -s --unix-socket "$sock" http://d/v1.41/exec/nope/json
+has "exec start of an unknown instance is a 404" "404" curl -s -o /dev/null -w '%{http_code}' \
+  -X POST -H 'Content-Type: application/json' -d '{}' --unix-socket "$sock" http://d/v1.41/exec/nope/start
 /usr/bin/docker -H "unix://$sock" rm "$rid" > /dev/null
 
 if python3 - "$sock" <<'PY'

@@ -1,7 +1,7 @@
 # Scenario api: `husk serve` driven by Debian's docker CLI (20.10), each
 # container in its own microVM: docker run --rm with output and exit status
 # (create, attach, wait, start), stdin through a hijacked attach, run -d -p
-# with busybox httpd fetched from the host, ps, logs, stop, start, rm -f;
+# with busybox httpd fetched from the host, ps, logs, exec, stop, start, rm -f;
 # containers outlive the server and show in husk ps.
 . "$HUSK_E2E_DIR/lib/assert.sh"
 export HUSK_DATA_DIR=$WORK/husk-data
@@ -84,6 +84,22 @@ check "still serving after the API server ended" hello-api "$(timeout 10 wget -q
 start_server
 check "docker inspect after a server restart" running "$(D inspect -f '{{.State.Status}}' web)"
 pass "killing husk serve loses no container; husk ps shows it"
+
+# 6b. docker exec: exec create, start (hijacked) and inspect (the status).
+out=$(D exec web sh -c 'echo in-exec; echo to-err >&2; exit 4' 2> "$WORK/exec.err")
+rc=$?
+check "docker exec status" 4 "$rc"
+check "docker exec stdout" in-exec "$out"
+check "docker exec stderr" to-err "$(cat "$WORK/exec.err")"
+check "docker exec -i" piped "$(echo piped | D exec -i web cat)"
+D exec -d web sh -c 'echo detached > /www/d.txt' || { show_diag; fail "docker exec -d"; }
+got=
+i=0
+until got=$(timeout 10 wget -q -O - http://127.0.0.1:8081/d.txt 2>/dev/null) && [ -n "$got" ] || [ $i -ge 20 ]; do sleep 1; i=$((i + 1)); done
+check "docker exec -d wrote its file" detached "$got"
+D exec nosuch true > "$WORK/err" 2>&1 && fail "docker exec in an unknown container worked"
+grep -q 'No such container: nosuch' "$WORK/err" || fail "docker exec nosuch: $(cat "$WORK/err")"
+pass "docker exec: stdout, stderr, status 4, -i stdin, -d; an unknown container is refused"
 
 # 7. stop, start, rm -f.
 D stop -t 2 web > /dev/null || { show_diag; fail "docker stop"; }

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// No image with that name or id.
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// No exec instance with that id.
+    #[error("No such exec instance: {0}")]
+    NoSuchExec(String),
     /// No volume with that name.
     #[error("get {0}: no such volume")]
     NoSuchVolume(String),
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::NoRoute
             | ApiError::NoSuchContainer(_)
             | ApiError::NoSuchImage(_)
+            | ApiError::NoSuchExec(_)
             | ApiError::NoSuchVolume(_) => StatusCode::NOT_FOUND,
             ApiError::VersionTooNew(_)
             | ApiError::VersionTooOld(_)
@@ -173,6 +177,11 @@ mod tests {
         let e: ApiError = IpcError::NotRunning { id: "ab".into() }.into();
         assert_eq!(e.status(), StatusCode::CONFLICT);
         assert_eq!(e.to_string(), "Container ab is not running");
+        let e = ApiError::NoSuchExec("e1".into());
+        assert_eq!(
+            (e.status(), e.to_string()),
+            (StatusCode::NOT_FOUND, "No such exec instance: e1".into())
+        );
         let e: ApiError = VolumeError::NoSuchVolume("v".into()).into();
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
     }

@@ -12,6 +12,7 @@
 pub mod containers;
 pub mod create_body;
 pub mod error;
+pub mod exec;
 pub mod images;
 pub mod streams;
 pub mod system;
@@ -53,6 +54,8 @@ pub struct Ctx {
     /// Exit statuses seen on attached streams, by container id (a
     /// container removed on exit leaves no state to read them from).
     pub exits: Mutex<HashMap<String, i32>>,
+    /// Exec instances (`docker exec`).
+    pub execs: Mutex<exec::Execs>,
 }
 
 impl Ctx {
@@ -62,6 +65,7 @@ impl Ctx {
             data_dir,
             pending: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
+            execs: Mutex::default(),
         }
     }
 }
@@ -90,6 +94,10 @@ pub enum Route {
     ContainerLogs,
     ContainerAttach,
     ContainerResize,
+    ExecCreate,
+    ExecStart,
+    ExecResize,
+    ExecInspect,
     ImageList,
     ImageCreate,
     ImageInspect,
@@ -121,6 +129,10 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/containers/{id}/logs", Route::ContainerLogs),
     ("POST", "/containers/{id}/attach", Route::ContainerAttach),
     ("POST", "/containers/{id}/resize", Route::ContainerResize),
+    ("POST", "/containers/{id}/exec", Route::ExecCreate),
+    ("POST", "/exec/{id}/start", Route::ExecStart),
+    ("POST", "/exec/{id}/resize", Route::ExecResize),
+    ("GET", "/exec/{id}/json", Route::ExecInspect),
     ("GET", "/images/json", Route::ImageList),
     ("POST", "/images/create", Route::ImageCreate),
     ("GET", "/images/{name*}/json", Route::ImageInspect),
@@ -359,6 +371,10 @@ async fn dispatch(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
         Route::ContainerLogs => streams::logs(ctx, p, q).await,
         Route::ContainerAttach => streams::attach(ctx, p, q, req).await,
         Route::ContainerResize => streams::resize(ctx, p, q).await,
+        Route::ExecCreate => exec::create(ctx, p, req.into_body()).await,
+        Route::ExecStart => exec::start(ctx, p, req).await,
+        Route::ExecResize => exec::resize(ctx, p, q).await,
+        Route::ExecInspect => exec::inspect(ctx, p).await,
         Route::ImageList => images::list(ctx).await,
         Route::ImageCreate => images::create(ctx, q, req.headers()).await,
         Route::ImageInspect => images::inspect(ctx, p).await,

@@ -22,9 +22,9 @@ use crate::container::logs::{self, Follower, Record, STDERR, STDOUT};
 use crate::container::{create, ipc, Handle, State, Status};
 
 /// Content type of a raw (TTY) stream.
-const RAW: &str = "application/vnd.docker.raw-stream";
+pub const RAW: &str = "application/vnd.docker.raw-stream";
 /// Content type of a multiplexed stream.
-const MUX: &str = "application/vnd.docker.multiplexed-stream";
+pub const MUX: &str = "application/vnd.docker.multiplexed-stream";
 
 /// An attach that waits for its container to start: `start` starts the
 /// container with an attached stream and sends that here.
@@ -321,12 +321,14 @@ pub async fn attach(ctx: Arc<Ctx>, key: String, q: Query, mut req: Request<Incom
         };
         if let Some(conn) = conn {
             let o = Bridge {
-                ctx,
-                id,
                 tty,
                 stdin,
                 stdout,
                 stderr,
+                on_exit: Box::new(move |code| {
+                    lock(&ctx.exits).insert(id, code);
+                }),
+                to_supervisor: std::sync::mpsc::channel(),
             };
             if let Err(e) = o.run(upgraded, conn).await {
                 log::debug!("attach: {e}");
@@ -382,18 +384,45 @@ enum Source {
     Pending(oneshot::Receiver<UnixStream>),
 }
 
+/// What a [`Bridge`] does with the exit status its stream carries.
+pub type OnExit = Box<dyn FnOnce(i32) + Send>;
+
+/// Frames for the supervisor's side of a stream (stdin, resizes): the
+/// bridge's stdin and others holding a sender (an exec's resize) send
+/// them; one thread writes them, so frames never interleave.
+pub type ToSupervisor = (
+    std::sync::mpsc::Sender<Frame>,
+    std::sync::mpsc::Receiver<Frame>,
+);
+
 /// Copies between a hijacked client connection and a supervisor stream.
-struct Bridge {
-    ctx: Arc<Ctx>,
-    id: String,
-    tty: bool,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
+pub struct Bridge {
+    /// Raw output (a TTY) or multiplexed frames.
+    pub tty: bool,
+    /// Whether the client's input goes to the process's stdin.
+    pub stdin: bool,
+    /// Whether the client gets the process's stdout.
+    pub stdout: bool,
+    /// Whether the client gets the process's stderr.
+    pub stderr: bool,
+    /// Called with the exit status, before the client's stream ends.
+    pub on_exit: OnExit,
+    /// Frames to write to the supervisor.
+    pub to_supervisor: ToSupervisor,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("tty", &self.tty)
+            .field("stdin", &self.stdin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bridge {
-    async fn run(
+    /// Copies until the supervisor's stream ends.
+    pub async fn run(
         self,
         upgraded: hyper::upgrade::Upgraded,
         conn: UnixStream,
@@ -401,19 +430,13 @@ impl Bridge {
         let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
         let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(64);
         let mut reader = conn.try_clone()?;
-        let (ctx, id, tty, want_out, want_err) = (
-            self.ctx.clone(),
-            self.id.clone(),
-            self.tty,
-            self.stdout,
-            self.stderr,
-        );
+        let (tty, want_out, want_err, on_exit) = (self.tty, self.stdout, self.stderr, self.on_exit);
         std::thread::spawn(move || loop {
             let b = match Frame::read_from(&mut reader) {
                 Ok(Some(Frame::Stdout(d))) if want_out => encode(tty, STDOUT, &d),
                 Ok(Some(Frame::Stderr(d))) if want_err => encode(tty, 2, &d),
                 Ok(Some(Frame::Exit(code))) => {
-                    lock(&ctx.exits).insert(id.clone(), code);
+                    on_exit(code);
                     break;
                 }
                 Ok(Some(_)) => continue,
@@ -423,16 +446,16 @@ impl Bridge {
                 break;
             }
         });
-        let stdin_task = self.stdin.then(|| {
-            let mut writer = conn;
-            let (in_tx, in_rx) = std::sync::mpsc::channel::<Frame>();
-            std::thread::spawn(move || {
-                for f in in_rx {
-                    if f.write_to(&mut writer).is_err() {
-                        break;
-                    }
+        let (in_tx, in_rx) = self.to_supervisor;
+        let mut writer = conn;
+        std::thread::spawn(move || {
+            for f in in_rx {
+                if f.write_to(&mut writer).is_err() {
+                    break;
                 }
-            });
+            }
+        });
+        let stdin_task = self.stdin.then(|| {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 32 << 10];
                 loop {
