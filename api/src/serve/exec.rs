@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::UPGRADE;
+use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::containers::{load, open};
-use super::streams::{Bridge, MUX, RAW};
+use super::streams::{upgraded_response, Bridge};
 use super::{blocking, empty, lock, read_json, ApiError, Ctx, Query, Reply};
 use crate::container::control::{Attach, Frame, Request as SupRequest};
 use crate::container::{ipc, Handle};
@@ -240,16 +240,7 @@ pub async fn start(ctx: Arc<Ctx>, id: String, mut req: Request<Incoming>) -> Rep
             log::debug!("exec: {e}");
         }
     });
-    let mut r = Response::new(super::full(bytes::Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hd = r.headers_mut();
-    hd.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    hd.insert(UPGRADE, HeaderValue::from_static("tcp"));
-    hd.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(if tty { RAW } else { MUX }),
-    );
-    Ok(r)
+    Ok(upgraded_response(tty))
 }
 
 /// Reads a detached exec's stream until its exit status.

@@ -22,9 +22,9 @@ use crate::container::logs::{self, Follower, Record, STDERR, STDOUT};
 use crate::container::{create, ipc, Handle, State, Status};
 
 /// Content type of a raw (TTY) stream.
-pub const RAW: &str = "application/vnd.docker.raw-stream";
+const RAW: &str = "application/vnd.docker.raw-stream";
 /// Content type of a multiplexed stream.
-pub const MUX: &str = "application/vnd.docker.multiplexed-stream";
+const MUX: &str = "application/vnd.docker.multiplexed-stream";
 
 /// An attach that waits for its container to start: `start` starts the
 /// container with an attached stream and sends that here.
@@ -335,6 +335,12 @@ pub async fn attach(ctx: Arc<Ctx>, key: String, q: Query, mut req: Request<Incom
             }
         }
     });
+    Ok(upgraded_response(tty))
+}
+
+/// `101 UPGRADED` to `Upgrade: tcp`, with the stream's content type: raw
+/// with a TTY, multiplexed without.
+pub fn upgraded_response(tty: bool) -> Response<super::Body> {
     let mut r = Response::new(super::full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let hd = r.headers_mut();
@@ -344,7 +350,7 @@ pub async fn attach(ctx: Arc<Ctx>, key: String, q: Query, mut req: Request<Incom
         CONTENT_TYPE,
         HeaderValue::from_static(if tty { RAW } else { MUX }),
     );
-    Ok(r)
+    r
 }
 
 /// `POST /containers/{id}/resize?h=&w=`: the container's terminal size
