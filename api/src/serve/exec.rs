@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::containers::{load, open};
-use super::streams::{upgraded_response, Bridge};
+use super::streams::{terminal_size, upgraded_response, Bridge};
 use super::{blocking, empty, lock, read_json, ApiError, Ctx, Query, Reply};
 use crate::container::control::{Attach, Frame, Request as SupRequest};
 use crate::container::{ipc, Handle};
@@ -256,12 +256,7 @@ fn drain_to_exit(mut conn: std::os::unix::net::UnixStream, on_exit: super::strea
 
 /// `POST /exec/{id}/resize?h=&w=`.
 pub async fn resize(ctx: Arc<Ctx>, id: String, q: Query) -> Reply {
-    let dim = |k: &str| {
-        let v = q.get(k).unwrap_or("");
-        v.parse::<u16>()
-            .map_err(|_| ApiError::BadParameter(format!("invalid {k} {v:?}")))
-    };
-    let (rows, cols) = (dim("h")?, dim("w")?);
+    let (rows, cols) = terminal_size(&q)?;
     let execs = lock(&ctx.execs);
     let e = execs.get(&id)?;
     let r = lock(&e.run);

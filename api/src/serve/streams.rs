@@ -353,15 +353,20 @@ pub fn upgraded_response(tty: bool) -> Response<super::Body> {
     r
 }
 
-/// `POST /containers/{id}/resize?h=&w=`: the container's terminal size
-/// (`docker run -t` sends it after start and on every change).
-pub async fn resize(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
+/// The `h` (rows) and `w` (columns) parameters of a resize.
+pub fn terminal_size(q: &Query) -> Result<(u16, u16), ApiError> {
     let dim = |k: &str| {
         let v = q.get(k).unwrap_or("");
         v.parse::<u16>()
             .map_err(|_| ApiError::BadParameter(format!("invalid {k} {v:?}")))
     };
-    let (rows, cols) = (dim("h")?, dim("w")?);
+    Ok((dim("h")?, dim("w")?))
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: the container's terminal size
+/// (`docker run -t` sends it after start and on every change).
+pub async fn resize(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
+    let (rows, cols) = terminal_size(&q)?;
     blocking(move || {
         let (h, _, _, running) = load(&open(&ctx)?, &key)?;
         if !running {
