@@ -53,6 +53,12 @@ for docker in "${clients[@]}"; do
   has "$v: a taken name is a conflict" "is already in use" "${D[@]}" create --name "$("${D[@]}" inspect -f '{{.Name}}' "$id" | tr -d /)" busybox true
   has "$v: volume rm of a used volume" "volume is in use" "${D[@]}" volume rm data
   has "$v: exec in a container that is not running" "is not running" "${D[@]}" exec "$id" true
+  # Events: the watcher sees a container made and removed (it looks every 250 ms).
+  t0=$(date +%s)
+  ev=$("${D[@]}" create --name "ev-$RANDOM" -l ev=1 busybox true)
+  sleep 0.7; "${D[@]}" rm "$ev" > /dev/null; sleep 0.7
+  evs=$("${D[@]}" events --since "$t0" --until "$(( $(date +%s) + 1 ))" --filter label=ev=1 --format '{{.Action}} {{.Actor.ID}}' 2>&1 | tr '\n' ' ')
+  [ "$evs" = "create $ev destroy $ev " ] && ok "$v: events: create and destroy, filtered by label" || bad "$v: events: '$evs'"
   has "$v: exec in an unknown container" "No such container: nosuch" "${D[@]}" exec nosuch true
   check "$v: rm" "${D[@]}" rm "$id"
   has "$v: rm again: no such container" "No such container: $id" "${D[@]}" rm "$id"
@@ -78,6 +84,8 @@ has "resize of a container that is not running" "is not running" \
   curl -s -X POST --unix-socket "$sock" "http://d/v1.41/containers/$rid/resize?h=30&w=100"
 has "resize needs numbers" "invalid h" \
   curl -s -X POST --unix-socket "$sock" "http://d/v1.41/containers/$rid/resize?h=x&w=100"
+has "events with malformed filters is a 400" "invalid filters" \
+  curl -s --unix-socket "$sock" 'http://d/v1.41/events?filters=%7Bnope'
 has "exec inspect of an unknown instance" "No such exec instance: nope" \
   curl -s --unix-socket "$sock" http://d/v1.41/exec/nope/json
 has "exec start of an unknown instance is a 404" "404" curl -s -o /dev/null -w '%{http_code}' \

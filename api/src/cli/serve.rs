@@ -72,6 +72,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> CliResult {
         .build()
         .map_err(|e| CliError::new(1, format!("cannot start the server: {e}")))?;
     let ctx = Arc::new(Ctx::new(data_dir.to_path_buf()));
+    crate::serve::events::watch(data_dir.to_path_buf(), ctx.clone());
     let result = rt.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         eprintln!("husk: serving the Docker API on unix://{}", path.display());

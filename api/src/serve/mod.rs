@@ -12,6 +12,7 @@
 pub mod containers;
 pub mod create_body;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod images;
 pub mod streams;
@@ -56,6 +57,8 @@ pub struct Ctx {
     pub exits: Mutex<HashMap<String, i32>>,
     /// Exec instances (`docker exec`).
     pub execs: Mutex<exec::Execs>,
+    /// Container events (`GET /events`).
+    pub events: events::EventLog,
 }
 
 impl Ctx {
@@ -66,6 +69,7 @@ impl Ctx {
             pending: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
             execs: Mutex::default(),
+            events: events::EventLog::default(),
         }
     }
 }
@@ -82,6 +86,7 @@ pub enum Route {
     Ping,
     Version,
     Info,
+    Events,
     ContainerList,
     ContainerCreate,
     ContainerInspect,
@@ -117,6 +122,7 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("HEAD", "/_ping", Route::Ping),
     ("GET", "/version", Route::Version),
     ("GET", "/info", Route::Info),
+    ("GET", "/events", Route::Events),
     ("GET", "/containers/json", Route::ContainerList),
     ("POST", "/containers/create", Route::ContainerCreate),
     ("GET", "/containers/{id}/json", Route::ContainerInspect),
@@ -359,6 +365,7 @@ async fn dispatch(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
         Route::Ping => Ok(system::ping(method)),
         Route::Version => system::version().await,
         Route::Info => system::info(ctx).await,
+        Route::Events => events::events(ctx, q).await,
         Route::ContainerList => containers::list(ctx, q).await,
         Route::ContainerCreate => containers::create(ctx, q, req.into_body()).await,
         Route::ContainerInspect => containers::inspect(ctx, p).await,
