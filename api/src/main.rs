@@ -117,6 +117,8 @@ fn data_dir(cli: Option<PathBuf>) -> PathBuf {
 
 fn run(cli: Cli) -> Result<i32, CliError> {
     let data = data_dir(cli.data_dir);
+    husk::storage::private::ensure_private_dir(&data)
+        .map_err(|e| CliError::new(125, husk::error::chain(&e)))?;
     match cli.cmd {
         Cmd::Run(a) => cli::run::run(&data, *a),
         Cmd::Create(a) => cli::run::create_only(&data, *a),

@@ -91,7 +91,7 @@ fn handle(ctx: &Ctx, mut stream: TcpStream) -> Result<()> {
         None => return Ok(()),
     };
     stream.set_read_timeout(None).ok();
-    if req.token != ctx.token {
+    if !same_token(&req.token, &ctx.token) {
         write_frame(&mut stream, &Frame::Error("husk machine: bad token".into()))?;
         return Ok(());
     }
@@ -313,5 +313,29 @@ fn relay_input(mut stream: TcpStream, mut input: Input, pid: Pid, exited: &Atomi
     }
     if !exited.load(Ordering::SeqCst) {
         let _ = kill(pid, Signal::SIGHUP);
+    }
+}
+
+/// Compares a presented token with the machine's in time that does not
+/// depend on where they differ (only on the presented token's length).
+fn same_token(presented: &str, expected: &str) -> bool {
+    let (p, e) = (presented.as_bytes(), expected.as_bytes());
+    let mut diff = u8::from(p.len() != e.len());
+    for (i, b) in p.iter().enumerate() {
+        diff |= b ^ e.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token("abc123", "abc123"));
+        for bad in ["", "abc12", "abc1234", "xbc123", "abc12x"] {
+            assert!(!same_token(bad, "abc123"), "{bad}");
+        }
     }
 }

@@ -10,6 +10,12 @@
 //! address (connected to the guest port) and forgets it after
 //! [`UDP_IDLE_TIMEOUT`] without traffic.
 //!
+//! Both are bounded ([`ProxyLimits`]): a container's published ports relay
+//! at most [`MAX_CONNECTIONS`] TCP connections at once (more are closed at
+//! once) and keep at most [`MAX_UDP_SESSIONS`] UDP sessions per port (a new
+//! client's datagrams are dropped while full), so a flood of clients costs
+//! the host a bounded number of threads and sockets.
+//!
 //! All listeners are bound before any thread starts, so an error on any
 //! leaves none bound. Stopping closes one end of a socket pair that every
 //! listener thread polls, then shuts every relayed connection down.
@@ -31,6 +37,31 @@ pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const UDP_BUFFER: usize = 65536;
+/// The most TCP connections relayed at once for one container.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// The most UDP client sessions kept per published UDP port.
+pub const MAX_UDP_SESSIONS: usize = 1024;
+
+/// What the proxy of one container may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyLimits {
+    /// How long a UDP client may stay silent before its session goes.
+    pub udp_idle: Duration,
+    /// TCP connections relayed at once.
+    pub max_connections: usize,
+    /// UDP sessions per port.
+    pub max_udp_sessions: usize,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            udp_idle: UDP_IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_udp_sessions: MAX_UDP_SESSIONS,
+        }
+    }
+}
 
 /// The running proxy for one container's published ports. Dropping it (or
 /// [`Publisher::stop`]) closes the listeners and ends its threads.
@@ -53,6 +84,8 @@ struct ConnState {
     stopped: bool,
     next: u64,
     live: HashMap<u64, (TcpStream, TcpStream)>,
+    /// Connections accepted and not yet ended (relayed or connecting).
+    active: usize,
 }
 
 impl Connections {
@@ -71,6 +104,22 @@ impl Connections {
         let id = s.next;
         s.live.insert(id, pair);
         Some(id)
+    }
+
+    /// Takes a place for one more connection; false when `max` are active
+    /// or the proxy is stopping.
+    fn reserve(&self, max: usize) -> bool {
+        let mut s = self.lock();
+        if s.stopped || s.active >= max {
+            return false;
+        }
+        s.active += 1;
+        true
+    }
+
+    fn release(&self) {
+        let mut s = self.lock();
+        s.active = s.active.saturating_sub(1);
     }
 
     fn remove(&self, id: u64) {
@@ -97,14 +146,14 @@ enum Bound {
 /// `port is already allocated: 0.0.0.0:8080: Address already in use`, and
 /// no port stays bound. `host_ip` None listens on 0.0.0.0 (IPv4 only).
 pub fn publish(specs: &[PortSpec], guest_ip: Ipv4Addr) -> Result<Publisher> {
-    publish_with(specs, guest_ip, UDP_IDLE_TIMEOUT)
+    publish_with(specs, guest_ip, ProxyLimits::default())
 }
 
-/// [`publish`] with another UDP idle timeout.
+/// [`publish`] with other limits.
 pub fn publish_with(
     specs: &[PortSpec],
     guest_ip: Ipv4Addr,
-    udp_idle: Duration,
+    limits: ProxyLimits,
 ) -> Result<Publisher> {
     let bound = specs.iter().map(bind).collect::<Result<Vec<_>>>()?;
     let (stop, stop_rx) = UnixStream::pair().map_err(|e| NetError::Proxy(io_cause(&e)))?;
@@ -129,13 +178,15 @@ pub fn publish_with(
                 let conns = Arc::clone(&publisher.conns);
                 std::thread::Builder::new()
                     .name(format!("husk-proxy-{}", port.host_port))
-                    .spawn(move || accept_loop(&listener, &stop_rx, backend, &conns))
+                    .spawn(move || {
+                        accept_loop(&listener, &stop_rx, backend, &conns, limits.max_connections)
+                    })
             }
             Bound::Udp(socket, port) => {
                 let backend = SocketAddr::new(IpAddr::V4(guest_ip), port.container_port);
                 std::thread::Builder::new()
                     .name(format!("husk-proxy-{}u", port.host_port))
-                    .spawn(move || udp_loop(&socket, &stop_rx, backend, udp_idle))
+                    .spawn(move || udp_loop(&socket, &stop_rx, backend, limits))
             }
         };
         // On failure `publisher` drops here, stopping the threads started.
@@ -235,6 +286,7 @@ fn accept_loop(
     stop: &UnixStream,
     backend: SocketAddr,
     conns: &Arc<Connections>,
+    max: usize,
 ) {
     loop {
         let mut fds = [pollfd(listener.as_raw_fd()), pollfd(stop.as_raw_fd())];
@@ -243,10 +295,21 @@ fn accept_loop(
         }
         match listener.accept() {
             Ok((client, _)) => {
-                let conns = Arc::clone(conns);
-                let _ = std::thread::Builder::new()
+                if !conns.reserve(max) {
+                    // Full: the client is closed at once.
+                    continue;
+                }
+                let held = Arc::clone(conns);
+                let spawned = std::thread::Builder::new()
                     .name("husk-proxy-conn".into())
-                    .spawn(move || relay_tcp(client, backend, &conns));
+                    .spawn(move || {
+                        relay_tcp(client, backend, &held);
+                        held.release();
+                    });
+                if let Err(e) = spawned {
+                    conns.release();
+                    log::warn!("port proxy: cannot relay a connection to {backend}: {e}");
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
@@ -309,7 +372,8 @@ struct UdpSession {
     last: Instant,
 }
 
-fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr, idle: Duration) {
+fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr, limits: ProxyLimits) {
+    let idle = limits.udp_idle;
     let tick = idle.min(Duration::from_secs(1));
     let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
     let mut buf = vec![0u8; UDP_BUFFER];
@@ -325,7 +389,13 @@ fn udp_loop(listener: &UdpSocket, stop: &UnixStream, backend: SocketAddr, idle: 
             return;
         }
         if fds[0].revents != 0 {
-            udp_from_clients(listener, backend, &mut sessions, &mut buf);
+            udp_from_clients(
+                listener,
+                backend,
+                &mut sessions,
+                &mut buf,
+                limits.max_udp_sessions,
+            );
         }
         for (client, fd) in clients.iter().zip(&fds[2..]) {
             if fd.revents == 0 {
@@ -348,11 +418,14 @@ fn udp_from_clients(
     backend: SocketAddr,
     sessions: &mut HashMap<SocketAddr, UdpSession>,
     buf: &mut [u8],
+    max: usize,
 ) {
     use std::collections::hash_map::Entry;
     while let Ok((n, client)) = listener.recv_from(buf) {
+        let sessions_full = sessions.len() >= max;
         let session = match sessions.entry(client) {
             Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if sessions_full => continue,
             Entry::Vacant(e) => match udp_session(backend) {
                 Ok(socket) => e.insert(UdpSession {
                     socket,
@@ -441,6 +514,40 @@ mod tests {
         assert_eq!(rest, b"bye");
     }
 
+    /// Echoes one round trip through `c`.
+    fn echoes(c: &mut TcpStream) -> bool {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 2];
+        c.write_all(b"hi").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"hi"
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_closed_until_one_ends() {
+        let backend = echo_server();
+        let limits = ProxyLimits {
+            max_connections: 2,
+            ..ProxyLimits::default()
+        };
+        let p = publish_with(&[tcp(backend)], LOCALHOST, limits).unwrap();
+        let port = p.bound()[0].host_port;
+        let mut first = TcpStream::connect((LOCALHOST, port)).unwrap();
+        let mut second = TcpStream::connect((LOCALHOST, port)).unwrap();
+        assert!(echoes(&mut first) && echoes(&mut second));
+        let mut third = TcpStream::connect((LOCALHOST, port)).unwrap();
+        assert!(!echoes(&mut third), "a third connection is relayed");
+        drop(first);
+        // The first one's relay ends, and a place is free again.
+        let start = Instant::now();
+        loop {
+            let mut next = TcpStream::connect((LOCALHOST, port)).unwrap();
+            if echoes(&mut next) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "no place freed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     #[test]
     fn refused_backend_closes_the_client() {
         let dead = free_port();
@@ -515,7 +622,11 @@ mod tests {
     fn udp_sessions_expire_when_idle() {
         let mut spec = tcp(udp_whoami_server());
         spec.proto = Proto::Udp;
-        let p = publish_with(&[spec], LOCALHOST, Duration::from_millis(200)).unwrap();
+        let limits = ProxyLimits {
+            udp_idle: Duration::from_millis(200),
+            ..ProxyLimits::default()
+        };
+        let p = publish_with(&[spec], LOCALHOST, limits).unwrap();
         let c = UdpSocket::bind((LOCALHOST, 0)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.connect((LOCALHOST, p.bound()[0].host_port)).unwrap();

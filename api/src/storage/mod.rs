@@ -5,9 +5,11 @@
 //! - [`scratch`]: each container's writable-layer disk (a sparse copy of an
 //!   empty template);
 //! - [`volume`]: named volumes;
-//! - [`ext4`]: making and checking ext4 images.
+//! - [`ext4`]: making and checking ext4 images;
+//! - [`private`]: the data directory above them all is its owner's alone.
 
 pub mod ext4;
+pub mod private;
 pub mod rootfs;
 pub mod scratch;
 pub mod volume;
