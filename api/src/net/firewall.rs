@@ -15,7 +15,9 @@
 //! - `HUSK-SPOOF`: per address slot, `-i huskN ! -s GUEST_IP -j DROP` and
 //!   `-i huskN -m mac ! --mac-source MAC -j DROP`: a guest that sends with
 //!   another source address or MAC than its own is dropped on its TAP.
-//! - `HUSK-INPUT` (to the host itself): spoof check, replies to the host's
+//! - `HUSK-INPUT` (to the host itself): spoof check, DNS (port 53) to the
+//!   servers husk gives the guests (a resolver on one of the host's own
+//!   addresses, such as a dnsmasq, keeps answering), replies to the host's
 //!   own connections accepted, the rest dropped.
 //! - `HUSK-FORWARD`: spoof check, replies to containers accepted, any other
 //!   traffic towards a container dropped (container to container, or from
@@ -27,6 +29,7 @@
 //! ([`super::lease`]), so its rules are right for whichever container holds
 //! it later, and match nothing while no container runs.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::nat::{ensure, iptables, lock};
@@ -109,15 +112,49 @@ pub fn spoof_rules(lease: &Lease) -> Vec<Rule> {
     ]
 }
 
-/// Ensures husk's chains, their rules, the jumps into them and `lease`'s
-/// anti-spoofing rules, serialised by `<lock_dir>/nat.lock`.
+/// The rules that let guests ask `dns` servers on the host itself (UDP and
+/// TCP port 53), placed right after the spoof check of `HUSK-INPUT`.
+pub fn dns_rules(dns: &[Ipv4Addr]) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for ip in dns {
+        let ip = ip.to_string();
+        for proto in ["udp", "tcp"] {
+            rules.push(rule(
+                INPUT_CHAIN,
+                &["-d", &ip, "-p", proto, "--dport", "53", "-j", "ACCEPT"],
+            ));
+        }
+    }
+    rules
+}
+
+/// Ensures husk's chains, their rules, the jumps into them, `lease`'s
+/// anti-spoofing rules and DNS to the guests' servers
+/// ([`super::dns_servers`]), serialised by `<lock_dir>/nat.lock`.
 pub fn ensure_rules(lock_dir: &Path, lease: &Lease, in_machine: bool) -> Result<(), String> {
+    ensure_rules_with(lock_dir, lease, in_machine, &super::dns_servers())
+}
+
+/// [`ensure_rules`] with these DNS servers.
+pub fn ensure_rules_with(
+    lock_dir: &Path,
+    lease: &Lease,
+    in_machine: bool,
+    dns: &[Ipv4Addr],
+) -> Result<(), String> {
     let _lock = lock(lock_dir)?;
     for chain in [SPOOF_CHAIN, INPUT_CHAIN, FORWARD_CHAIN] {
         ensure_chain(chain)?;
     }
     for (chain, args) in spoof_rules(lease).iter().chain(&base_rules(in_machine)) {
         ensure("filter", chain, "-A", &strs(args))?;
+    }
+    for (chain, args) in dns_rules(dns) {
+        let args = strs(&args);
+        if !iptables(&[&["-t", "filter", "-C", chain][..], &args].concat())? {
+            // Position 2: after the spoof check, before the final drop.
+            iptables(&[&["-t", "filter", "-I", chain, "2"][..], &args].concat())?;
+        }
     }
     // Inserted at the top, so the last one inserted comes first.
     for (chain, args) in jumps().iter().rev() {
@@ -200,9 +237,17 @@ mod tests {
     #[test]
     fn rules_are_made_once_in_order() {
         let l = lease(0);
-        ensure_rules(&test_lock_dir(), &l, false).unwrap();
+        let dns = [Ipv4Addr::new(192, 0, 2, 53)];
+        ensure_rules_with(&test_lock_dir(), &l, false, &dns).unwrap();
         let first = list(FORWARD_CHAIN);
-        ensure_rules(&test_lock_dir(), &l, false).unwrap();
+        let input = list(INPUT_CHAIN);
+        ensure_rules_with(&test_lock_dir(), &l, false, &dns).unwrap();
+        assert_eq!(list(INPUT_CHAIN), input);
+        assert_eq!(input[0], "-A HUSK-INPUT -j HUSK-SPOOF");
+        let at = |want: &str| input.iter().position(|r| r == want).unwrap();
+        let dns_udp = at("-A HUSK-INPUT -d 192.0.2.53/32 -p udp -m udp --dport 53 -j ACCEPT");
+        let dns_tcp = at("-A HUSK-INPUT -d 192.0.2.53/32 -p tcp -m tcp --dport 53 -j ACCEPT");
+        assert!(dns_udp < at("-A HUSK-INPUT -j DROP") && dns_tcp < at("-A HUSK-INPUT -j DROP"));
         assert_eq!(list(FORWARD_CHAIN), first);
         assert_eq!(first.last().unwrap(), "-A HUSK-FORWARD -i husk+ -j ACCEPT");
         let husk0: Vec<_> = list(SPOOF_CHAIN)
