@@ -139,8 +139,11 @@ echo "nested host: up, running scenario $(cat /husk/scenario)"
 timeout -s KILL "$(cat /husk/limit)" sh /husk/scenarios/$(cat /husk/scenario).sh
 rc=$?
 if [ $rc = 137 ]; then
-  echo "nested host: scenario killed after $(cat /husk/limit) s; its logs:"
-  for f in /tmp/*.log; do echo "--- $f"; tail -n 30 "$f"; done
+  echo "nested host: scenario killed after $(cat /husk/limit) s; what still ran and the logs:"
+  ps | grep -v " \[[^]]*\]$"
+  for f in /tmp/*.log $(find /tmp -name supervisor.log -o -name vmm.log -o -name console.log 2>/dev/null | head -12); do
+    [ -f "$f" ] && { echo "--- $f"; tail -n 15 "$f"; }
+  done
 fi
 echo "HUSK-E2E-STATUS=$rc"
 poweroff -f
