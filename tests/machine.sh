@@ -159,6 +159,58 @@ rc=$?
 set -e
 [ "$rc" = 125 ] && ok || fail "unknown image through the machine: status $rc: $err"
 
+# The Docker API through the machine: `husk serve` here relays each client
+# connection to a `husk serve` inside, where the microVMs run.
+sock=$data/docker.sock
+HUSK_MACHINE=1 "$HUSK" --data-dir "$data" serve --socket "$sock" 2>"$data/serve.err" &
+serve_pid=$!
+for _ in $(seq 240); do grep -q 'serving the Docker API' "$data/serve.err" 2>/dev/null && break; sleep 0.5; done
+grep -q 'through the husk machine' "$data/serve.err" && ok || fail "husk serve did not start through the machine: $(cat "$data/serve.err")"
+d() { DOCKER_HOST=unix://$sock /usr/bin/docker "$@"; }
+got=$(d version --format '{{.Server.Os}} {{.Server.APIVersion}}' 2>&1) || true
+[ "$got" = "linux 1.41" ] && ok || fail "docker version through the machine: '$got'"
+set +e
+out=$(d run --rm busybox sh -c 'echo hi-from-docker; exit 3' 2>&1)
+rc=$?
+set -e
+[ "$rc" = 3 ] && [ "$out" = hi-from-docker ] && ok || fail "docker run through the machine: status $rc, '$out'"
+dweb=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+d run -d --name dweb -p "127.0.0.1:$dweb:80" busybox httpd -f -p 80 -h /etc >/dev/null 2>&1 || fail "docker run -d -p through the machine"
+got=
+for _ in $(seq 40); do
+  got=$(curl -s -m 5 "http://127.0.0.1:$dweb/hostname") && break
+  sleep 0.5
+done
+[ -n "$got" ] && ok || fail "docker run -p $dweb:80: no answer on this host"
+[ "$(d exec dweb cat /etc/hostname 2>&1)" = "$got" ] && ok || fail "docker exec through the machine"
+HUSK_MACHINE=1 h ps | grep -q dweb && ok ||
+  fail "husk ps does not show the container docker made"
+newer=$(command -v docker)
+if [ "$newer" != /usr/bin/docker ]; then
+  DOCKER_HOST=unix://$sock "$newer" ps --format '{{.Names}} {{.Ports}}' | grep -q "^dweb 127.0.0.1:$dweb->80/tcp" && ok ||
+    fail "$("$newer" --version): ps through the machine: $(DOCKER_HOST=unix://$sock "$newer" ps 2>&1)"
+fi
+# A pull from a registry on this host's loopback (the machine reaches it at
+# QEMU's 10.0.2.2).
+reg=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$data/registry"
+printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$data/registry" "$reg" > "$data/registry.yml"
+docker-registry serve "$data/registry.yml" >"$data/registry.log" 2>&1 &
+reg_pid=$!
+h save -o "$data/pushme" busybox >/dev/null
+for _ in $(seq 20); do curl -s -m 2 "http://127.0.0.1:$reg/v2/" >/dev/null && break; sleep 0.5; done
+skopeo copy -q --dest-tls-verify=false "oci:$data/pushme" "docker://127.0.0.1:$reg/tools/bb:1" >/dev/null 2>&1 ||
+  fail "skopeo could not push to the local registry"
+out=$(d pull "localhost:$reg/tools/bb:1" 2>&1) && ok || fail "docker pull through the machine: $out"
+d images --format '{{.Repository}}:{{.Tag}}' | grep -qx "localhost:$reg/tools/bb:1" && ok || fail "docker images lacks the pulled image"
+kill "$reg_pid" 2>/dev/null || true
+# Stopping the relay loses no container.
+kill "$serve_pid"
+wait "$serve_pid" 2>/dev/null || true
+[ ! -e "$sock" ] && ok || fail "the API socket is left behind"
+HUSK_MACHINE=1 h ps | grep -q dweb && ok || fail "dweb is gone after husk serve ended"
+HUSK_MACHINE=1 h rm -f dweb >/dev/null
+
 # Stop keeps the data disk; a command starts the machine again on its own.
 h machine ssh -- sh -c 'echo kept > /var/lib/husk/marker'
 h machine stop >/dev/null

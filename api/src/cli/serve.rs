@@ -1,8 +1,10 @@
 //! `husk serve [--socket PATH]`: the Docker Engine API on a Unix socket
 //! (`serve/`). Default `/run/husk/docker.sock` as root, else
 //! `$XDG_RUNTIME_DIR/husk/docker.sock`; mode 0660, group `docker` when
-//! it exists. Ends on SIGINT/SIGTERM, removing the socket; containers keep
-//! running (each has its own supervisor).
+//! it exists. Ends on SIGINT/SIGTERM (and SIGHUP), removing the socket;
+//! containers keep running (each has its own supervisor). On a host without
+//! hardware virtualization the API is served inside the husk machine and
+//! relayed here (`machine::api_relay`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{CliError, CliResult};
-use crate::serve::{serve, Ctx};
+use crate::serve::{default_socket, serve, Ctx};
 
 /// Options of `husk serve`.
 #[derive(Debug, Args)]
@@ -19,14 +21,6 @@ pub struct ServeArgs {
     /// The Unix socket to listen on.
     #[arg(long, short = 'H', value_name = "PATH")]
     pub socket: Option<PathBuf>,
-}
-
-/// The default socket path.
-pub fn default_socket() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/husk/docker.sock");
-    }
-    crate::container::default_run_root().join("docker.sock")
 }
 
 fn fail(what: &str, path: &Path, e: impl std::fmt::Display) -> CliError {
@@ -66,6 +60,13 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CliError> {
 pub fn run(data_dir: &Path, args: ServeArgs) -> CliResult {
     let path = args.socket.unwrap_or_else(default_socket);
     let std_listener = bind(&path)?;
+    if crate::machine::should_forward() {
+        let result = crate::machine::api_relay::serve_host(data_dir, std_listener, &path);
+        let _ = std::fs::remove_file(&path);
+        return result
+            .map(|()| 0)
+            .map_err(|e| CliError::new(1, crate::error::chain(&e)));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,11 +77,15 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> CliResult {
     let result = rt.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         eprintln!("husk: serving the Docker API on unix://{}", path.display());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        // The relay of a host without hardware virtualization hangs up.
+        let mut hup = signal(SignalKind::hangup())?;
         tokio::select! {
             r = serve(listener, ctx) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
+            _ = hup.recv() => Ok(()),
         }
     });
     let _ = std::fs::remove_file(&path);

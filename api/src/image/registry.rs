@@ -146,6 +146,31 @@ pub struct Registry {
     quiet: bool,
     /// Progress bars, on a terminal only.
     bars: Option<indicatif::MultiProgress>,
+    /// The host and port connected to (see [`dial_host`]).
+    dial_host: String,
+}
+
+/// QEMU's user-network address of the outer host's loopback, seen from
+/// inside the husk machine.
+const MACHINE_HOST_LOOPBACK: &str = "10.0.2.2";
+
+/// The address to connect to for a registry `host`: the same, except
+/// inside the husk machine (`in_machine`), where a loopback registry
+/// (`localhost:5000`, as a user of this host means it) is reached at the
+/// outer host's loopback through QEMU's user network.
+pub fn dial_host(host: &str, in_machine: bool) -> String {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (host, None),
+    };
+    let loopback = name == "localhost" || name.starts_with("127.") || name == "[::1]";
+    if !(in_machine && loopback) {
+        return host.to_string();
+    }
+    match port {
+        Some(p) => format!("{MACHINE_HOST_LOOPBACK}:{p}"),
+        None => MACHINE_HOST_LOOPBACK.to_string(),
+    }
 }
 
 /// Whether husk talks plain HTTP to `host`: loopback registries, as Docker
@@ -195,15 +220,17 @@ impl Registry {
             quiet,
             bars: (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .then(indicatif::MultiProgress::new),
+            dial_host: dial_host(
+                reference.api_host(),
+                std::env::var_os("HUSK_IN_MACHINE").is_some_and(|v| !v.is_empty()),
+            ),
         }
     }
 
     fn url(&self, r: &Reference, kind: &str, what: &str) -> String {
         format!(
             "{}://{}/v2/{}/{kind}/{what}",
-            self.scheme,
-            r.api_host(),
-            r.repository
+            self.scheme, self.dial_host, r.repository
         )
     }
 
@@ -499,6 +526,10 @@ mod tests {
         assert!(is_insecure("localhost"));
         assert!(!is_insecure("registry-1.docker.io"));
         assert!(!is_insecure("example.com:5000"));
+        assert_eq!(dial_host("localhost:5000", true), "10.0.2.2:5000");
+        assert_eq!(dial_host("127.0.0.1", true), "10.0.2.2");
+        assert_eq!(dial_host("localhost:5000", false), "localhost:5000");
+        assert_eq!(dial_host("example.com:5000", true), "example.com:5000");
         assert_eq!(param(r#"Bearer realm="é"#, "realm"), Some("é"));
         assert_eq!(param("Bearer realm=", "realm"), None);
     }

@@ -85,6 +85,23 @@ impl Client {
         }
     }
 
+    /// A connection to the Docker API server running inside the machine
+    /// (`husk serve` there), relayed byte for byte by the control server.
+    pub fn dial_api(&self) -> Result<TcpStream> {
+        let timeout = Duration::from_secs(10);
+        let mut s = self.connect(timeout)?;
+        s.set_read_timeout(Some(timeout)).ok();
+        write_frame(&mut s, &self.request(Kind::Api, vec![]).to_frame())?;
+        match read_frame(&mut s)? {
+            Some(Frame::Exit(0)) => {
+                s.set_read_timeout(None).ok();
+                Ok(s)
+            }
+            Some(Frame::Error(m)) => Err(MachineError::Remote(m)),
+            _ => Err(MachineError::ConnectionLost),
+        }
+    }
+
     /// Asks the server to end, which powers the machine off.
     pub fn stop(&self) -> Result<()> {
         self.simple(Kind::Stop, Duration::from_secs(10)).map(|_| ())

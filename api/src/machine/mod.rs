@@ -49,6 +49,7 @@
 //! (`hostfwd_add net0 tcp:IP:P-:P` on the monitor) for new ports and removes
 //! the ones it added that are gone ([`ports`]).
 
+pub mod api_relay;
 pub mod client;
 pub mod images;
 pub mod initramfs;
@@ -171,12 +172,13 @@ pub fn subcommand(args: &[OsString]) -> Option<&str> {
 }
 
 /// Whether this command line (argv after the program name) goes to the
-/// machine: never `machine ...` itself, never inside the machine or with
+/// machine: never `machine ...` or `serve`, never inside the machine or with
 /// `HUSK_MACHINE=0`; every command with `HUSK_MACHINE=1`; else the
 /// [`MACHINE_COMMANDS`] when the host lacks hardware virtualization.
 pub fn should_forward_args(args: &[OsString]) -> bool {
     let sub = subcommand(args);
-    if sub.is_none() || sub == Some("machine") || !should_forward() {
+    // `serve` reaches the machine itself (`api_relay`).
+    if sub.is_none() || matches!(sub, Some("machine" | "serve")) || !should_forward() {
         return false;
     }
     std::env::var("HUSK_MACHINE").as_deref() == Ok("1")

@@ -46,6 +46,10 @@ pub enum Kind {
     Ports,
     /// Answer `Exit 0`, then end the server so the machine powers off.
     Stop,
+    /// Connect to the Docker API socket of the `husk serve` running inside
+    /// the machine, answer `Exit 0` (or `Error`), then relay raw bytes both
+    /// ways until each side has closed its half.
+    Api,
 }
 
 /// The first frame of a connection.

@@ -32,6 +32,7 @@ struct Ctx {
     token: String,
     ports: PortProvider,
     husk_exe: PathBuf,
+    api_socket: PathBuf,
     stopping: AtomicBool,
 }
 
@@ -58,6 +59,7 @@ pub fn serve(
         token,
         ports,
         husk_exe,
+        api_socket: crate::serve::default_socket(),
         stopping: AtomicBool::new(false),
     });
     for conn in listener.incoming() {
@@ -104,6 +106,10 @@ fn handle(ctx: &Ctx, mut stream: TcpStream) -> Result<()> {
         Kind::Stop => {
             ctx.stopping.store(true, Ordering::SeqCst);
             write_frame(&mut stream, &Frame::Exit(0))?;
+        }
+        Kind::Api => {
+            super::api_relay::serve_api_connection(stream, &ctx.api_socket)?;
+            return Ok(());
         }
         Kind::Husk | Kind::Ssh => {
             if let Err(e) = run(ctx, &req, stream.try_clone().map_err(sock)?) {

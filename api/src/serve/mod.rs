@@ -74,6 +74,15 @@ impl Ctx {
     }
 }
 
+/// The default socket path: `/run/husk/docker.sock` as root, else
+/// `docker.sock` in the user's husk run directory.
+pub fn default_socket() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/husk/docker.sock");
+    }
+    crate::container::default_run_root().join("docker.sock")
+}
+
 /// Locks a mutex, also after a panic elsewhere.
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -219,12 +219,15 @@ fn prepare_network(data_dir: &Path, config: &ContainerConfig) -> Result<Network,
         .iter()
         .map(|p| p.parse::<net::PortSpec>())
         .collect::<Result<Vec<_>, _>>()?;
-    let publisher = net::publish(&machine_bind_all(specs), lease.guest_ip)?;
+    let publisher = net::publish(&machine_bind_all(specs.clone()), lease.guest_ip)?;
     let ports = publisher
         .bound()
         .into_iter()
-        .map(|p| PortBinding {
-            host_ip: p.host_ip.to_string(),
+        .zip(&specs)
+        .map(|(p, spec)| PortBinding {
+            // The address asked for: inside the machine the listener takes
+            // every address, and the outer host forwards from this one.
+            host_ip: spec.host_ip.unwrap_or(p.host_ip).to_string(),
             host_port: p.host_port,
             container_port: p.container_port,
             proto: p.proto.to_string(),
