@@ -185,6 +185,24 @@ done
 [ "$(d exec dweb cat /etc/hostname 2>&1)" = "$got" ] && ok || fail "docker exec through the machine"
 HUSK_MACHINE=1 h ps | grep -q dweb && ok ||
   fail "husk ps does not show the container docker made"
+# Files both ways: docker cp (the client tars and untars) and husk cp.
+printf 'into-the-container\n' > "$data/cpin.txt"
+d cp "$data/cpin.txt" dweb:/tmp/cpin.txt >/dev/null 2>&1 && ok || fail "docker cp into the container"
+[ "$(d exec dweb cat /tmp/cpin.txt 2>&1)" = into-the-container ] && ok || fail "the copied file is not in the container"
+mkdir -p "$data/cpout"
+d cp dweb:/etc "$data/cpout/" >/dev/null 2>&1 && [ "$(cat "$data/cpout/etc/hostname" 2>&1)" = "$got" ] && ok ||
+  fail "docker cp out of the container: $(ls -R "$data/cpout" 2>&1 | head -5)"
+mkdir -p "$data/tree/sub" && echo deep > "$data/tree/sub/f"
+out=$(HUSK_MACHINE=1 h cp "$data/tree" dweb:/tmp/ 2>&1) && [ "$(d exec dweb cat /tmp/tree/sub/f 2>&1)" = deep ] && ok ||
+  fail "husk cp of a directory into the container: $out"
+out=$(HUSK_MACHINE=1 h cp dweb:/tmp/tree/sub/f "$data/renamed" 2>&1) && [ "$(cat "$data/renamed" 2>&1)" = deep ] && ok ||
+  fail "husk cp of a file out under a new name: $out"
+set +e
+err=$(HUSK_MACHINE=1 h cp dweb:/no/such "$data/x" 2>&1)
+rc=$?
+set -e
+[ "$rc" = 1 ] && [ "$err" = "husk: Could not find the file /no/such in container dweb" ] && ok ||
+  fail "husk cp of a missing path: status $rc, '$err'"
 newer=$(command -v docker)
 if [ "$newer" != /usr/bin/docker ]; then
   DOCKER_HOST=unix://$sock "$newer" ps --format '{{.Names}} {{.Ports}}' | grep -q "^dweb 127.0.0.1:$dweb->80/tcp" && ok ||

@@ -54,6 +54,16 @@ enum Cmd {
     Logs(cli::logs::LogsArgs),
     /// Run a command in a running container.
     Exec(cli::exec::ExecArgs),
+    /// Copy files between a running container and this host (or a tar on stdin/stdout).
+    Cp(cli::cp::CpArgs),
+    /// In the husk machine: the stat of PATH in CONTAINER as JSON (null if none).
+    #[command(hide = true)]
+    ContainerPathStat {
+        /// Container.
+        container: String,
+        /// Path in it.
+        path: String,
+    },
     /// Show containers' configuration and state as JSON.
     Inspect(cli::inspect::InspectArgs),
     /// Manage named volumes (disks the host keeps).
@@ -135,6 +145,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::Wait(a) => cli::lifecycle::wait(&data, a),
         Cmd::Logs(a) => cli::logs::run(&data, a),
         Cmd::Exec(a) => cli::exec::run(&data, a),
+        Cmd::Cp(a) => cli::cp::run(&data, a),
+        Cmd::ContainerPathStat { container, path } => cli::cp::print_stat(&data, &container, &path),
         Cmd::Inspect(a) => cli::inspect::run(&data, a),
         Cmd::Volume(v) => cli::volume::dispatch(&data, v),
         Cmd::Machine { cmd } => cli::machine::dispatch(&data, cmd),

@@ -18,10 +18,12 @@
 //! The run directory is short (`/run/husk` as root) because Unix socket
 //! paths are limited to 108 bytes.
 
+pub mod archive;
 pub mod client;
 pub mod control;
 pub mod create;
 pub mod env;
+pub mod hostcopy;
 pub mod ipc;
 pub mod logs;
 pub mod names;

@@ -153,7 +153,7 @@ pub fn should_forward() -> bool {
 /// (their registries and files are the host's).
 pub const MACHINE_COMMANDS: &[&str] = &[
     "run", "create", "start", "stop", "restart", "kill", "rm", "ps", "exec", "logs", "attach",
-    "wait", "inspect", "port", "top", "pause", "unpause", "cp", "stats", "volume",
+    "wait", "inspect", "port", "top", "pause", "unpause", "stats", "volume",
 ];
 
 /// The subcommand of a command line (argv after the program name): the first
@@ -172,13 +172,13 @@ pub fn subcommand(args: &[OsString]) -> Option<&str> {
 }
 
 /// Whether this command line (argv after the program name) goes to the
-/// machine: never `machine ...` or `serve`, never inside the machine or with
+/// machine: never `machine ...`, `serve` or `cp`, never inside the machine or with
 /// `HUSK_MACHINE=0`; every command with `HUSK_MACHINE=1`; else the
 /// [`MACHINE_COMMANDS`] when the host lacks hardware virtualization.
 pub fn should_forward_args(args: &[OsString]) -> bool {
     let sub = subcommand(args);
-    // `serve` reaches the machine itself (`api_relay`).
-    if sub.is_none() || matches!(sub, Some("machine" | "serve")) || !should_forward() {
+    // `serve` and `cp` reach the machine themselves (`api_relay`, `cli::cp`).
+    if sub.is_none() || matches!(sub, Some("machine" | "serve" | "cp")) || !should_forward() {
         return false;
     }
     std::env::var("HUSK_MACHINE").as_deref() == Ok("1")

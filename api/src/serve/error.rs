@@ -33,6 +33,9 @@ pub enum ApiError {
     /// No volume with that name.
     #[error("get {0}: no such volume")]
     NoSuchVolume(String),
+    /// Something else asked for is not there (a path in a container).
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with the object's state or another object.
     #[error("{0}")]
     Conflict(String),
@@ -58,7 +61,8 @@ impl ApiError {
             | ApiError::NoSuchContainer(_)
             | ApiError::NoSuchImage(_)
             | ApiError::NoSuchExec(_)
-            | ApiError::NoSuchVolume(_) => StatusCode::NOT_FOUND,
+            | ApiError::NoSuchVolume(_)
+            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::VersionTooNew(_)
             | ApiError::VersionTooOld(_)
             | ApiError::BadParameter(_)

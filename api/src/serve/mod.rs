@@ -9,6 +9,7 @@
 //! paths), the headers every response carries and the body helpers; one
 //! file per endpoint group has the handlers.
 
+pub mod archive;
 pub mod containers;
 pub mod create_body;
 pub mod error;
@@ -108,6 +109,9 @@ pub enum Route {
     ContainerLogs,
     ContainerAttach,
     ContainerResize,
+    ArchiveHead,
+    ArchiveGet,
+    ArchivePut,
     ExecCreate,
     ExecStart,
     ExecResize,
@@ -144,6 +148,9 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/containers/{id}/logs", Route::ContainerLogs),
     ("POST", "/containers/{id}/attach", Route::ContainerAttach),
     ("POST", "/containers/{id}/resize", Route::ContainerResize),
+    ("HEAD", "/containers/{id}/archive", Route::ArchiveHead),
+    ("GET", "/containers/{id}/archive", Route::ArchiveGet),
+    ("PUT", "/containers/{id}/archive", Route::ArchivePut),
     ("POST", "/containers/{id}/exec", Route::ExecCreate),
     ("POST", "/exec/{id}/start", Route::ExecStart),
     ("POST", "/exec/{id}/resize", Route::ExecResize),
@@ -387,6 +394,9 @@ async fn dispatch(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
         Route::ContainerLogs => streams::logs(ctx, p, q).await,
         Route::ContainerAttach => streams::attach(ctx, p, q, req).await,
         Route::ContainerResize => streams::resize(ctx, p, q).await,
+        Route::ArchiveHead => archive::head(ctx, p, q).await,
+        Route::ArchiveGet => archive::get(ctx, p, q).await,
+        Route::ArchivePut => archive::put(ctx, p, q, req.into_body()).await,
         Route::ExecCreate => exec::create(ctx, p, req.into_body()).await,
         Route::ExecStart => exec::start(ctx, p, req).await,
         Route::ExecResize => exec::resize(ctx, p, q).await,
