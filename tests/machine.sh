@@ -208,6 +208,54 @@ if [ "$newer" != /usr/bin/docker ]; then
   DOCKER_HOST=unix://$sock "$newer" ps --format '{{.Names}} {{.Ports}}' | grep -q "^dweb 127.0.0.1:$dweb->80/tcp" && ok ||
     fail "$("$newer" --version): ps through the machine: $(DOCKER_HOST=unix://$sock "$newer" ps 2>&1)"
 fi
+# docker-compose 1.29: two services on the project's network, one reaching
+# the other by service name, a named volume, a published port; a second
+# project reaches none of it; down -v leaves nothing behind.
+mkdir -p "$data/p1" "$data/p2"
+cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$data/p1/docker-compose.yml" <<YML
+version: "3"
+services:
+  web:
+    image: busybox
+    command: sh -c 'echo served-by-web > /www/index.html && exec httpd -f -p 80 -h /www'
+    ports: ["127.0.0.1:$cport:80"]
+    volumes: ["site:/www"]
+  client:
+    image: busybox
+    command: sleep 600
+volumes:
+  site: {}
+YML
+cat > "$data/p2/docker-compose.yml" <<YML
+version: "3"
+services:
+  other:
+    image: busybox
+    command: sleep 600
+YML
+dc() { (cd "$data/$1" && shift && DOCKER_HOST=unix://$sock docker-compose "$@"); }
+out=$(dc p1 up -d 2>&1) && ok || fail "docker-compose up -d: $out"
+[ "$(dc p1 ps --services --filter status=running 2>/dev/null | sort | tr '\n' ' ')" = "client web " ] && ok ||
+  fail "docker-compose ps: $(dc p1 ps 2>&1)"
+got=
+for _ in $(seq 40); do got=$(curl -s -m 5 "http://127.0.0.1:$cport/") && [ -n "$got" ] && break; sleep 0.5; done
+[ "$got" = served-by-web ] && ok || fail "the compose service's published port answered '$got'"
+# (Debian's busybox wget crashes with -T: timeout(1) bounds it instead.)
+got=$(dc p1 exec -T client timeout 10 wget -q -O - http://web/ 2>&1)
+[ "$got" = served-by-web ] && ok || fail "client did not reach web by its service name: '$got'"
+dc p1 logs web >/dev/null 2>&1 && ok || fail "docker-compose logs"
+webip=$(d inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' p1_web_1 2>&1)
+got=$(dc p1 exec -T client timeout 10 wget -q -O - "http://$webip/" 2>&1)
+[ "$got" = served-by-web ] && ok || fail "client did not reach web at its address $webip: '$got'"
+dc p2 up -d >/dev/null 2>&1 && ok || fail "docker-compose up of the second project"
+got=$(dc p2 exec -T other sh -c "timeout 5 wget -q -O - http://web/ 2>/dev/null || echo by-name-blocked; timeout 5 wget -q -O - http://$webip/ 2>/dev/null || echo by-address-blocked" 2>&1)
+[ "$got" = "by-name-blocked
+by-address-blocked" ] && ok || fail "the second project reached the first's web ($webip): '$got'"
+dc p2 down -v >/dev/null 2>&1
+out=$(dc p1 down -v 2>&1) && ok || fail "docker-compose down -v: $out"
+left=$(d ps -aq --filter label=com.docker.compose.project=p1; d network ls -q --filter name=p1_; d volume ls -q --filter name=p1_)
+[ -z "$left" ] && ok || fail "docker-compose down -v left: $left"
 # A pull from a registry on this host's loopback (the machine reaches it at
 # QEMU's 10.0.2.2).
 reg=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

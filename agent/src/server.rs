@@ -407,6 +407,7 @@ impl<C: Connector> Server<C> {
             } => self.do_resize(&id, exec_id.as_deref(), ConsoleSize { rows, cols }),
             Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
             Request::Shutdown => self.do_shutdown(),
+            Request::SetHosts { id, entries } => self.do_set_hosts(&id, &entries),
         }
     }
 
@@ -459,19 +460,24 @@ impl<C: Connector> Server<C> {
         } else {
             etc::interface_ipv4(&self.config.network_interface)
         };
-        let config = etc::write(&dir, &hostname, addr, self.config.resolv_conf.as_deref()).map(
-            |etc_files| ContainerConfig {
-                id: req.id.clone(),
-                rootfs: overlay.merged.clone(),
-                process: req.process,
-                hostname,
-                mounts: req.mounts,
-                limits: req.limits,
-                new_network: req.new_network,
-                etc_files,
-                cgroup_root: self.config.cgroup_root.clone(),
-            },
-        );
+        let config = etc::write(
+            &dir,
+            &hostname,
+            addr,
+            &req.hosts,
+            self.config.resolv_conf.as_deref(),
+        )
+        .map(|etc_files| ContainerConfig {
+            id: req.id.clone(),
+            rootfs: overlay.merged.clone(),
+            process: req.process,
+            hostname,
+            mounts: req.mounts,
+            limits: req.limits,
+            new_network: req.new_network,
+            etc_files,
+            cgroup_root: self.config.cgroup_root.clone(),
+        });
         let container = match config.and_then(Container::create) {
             Ok(c) => c,
             Err(e) => {
@@ -630,6 +636,14 @@ impl<C: Connector> Server<C> {
             relay.wait();
         }
         Ok(Response::Exited { status })
+    }
+
+    fn do_set_hosts(&self, id: &str, entries: &[husk_proto::agent::HostEntry]) -> Result<Response> {
+        husk_proto::agent::validate_hosts(entries)?;
+        self.entry(id)?;
+        let dir = self.config.run_dir.join("containers").join(id);
+        etc::set_members(&dir, entries)?;
+        Ok(Response::HostsSet)
     }
 
     fn do_shutdown(&self) -> Result<Response> {

@@ -233,6 +233,7 @@ impl Harness {
             mounts: vec![],
             limits,
             new_network: true,
+            hosts: Vec::new(),
         })))
     }
 }
@@ -817,6 +818,7 @@ fn run_once_ends_after_the_last_exit_is_reported() {
         mounts: vec![],
         limits: Limits::default(),
         new_network: true,
+        hosts: Vec::new(),
     };
     assert!(matches!(
         call(Request::Create(Box::new(create))),
@@ -1230,6 +1232,7 @@ fn etc_hostname_hosts_and_resolv_conf() {
             mounts: vec![],
             limits: Limits::default(),
             new_network,
+            hosts: Vec::new(),
         })));
         assert!(matches!(r, Response::Created { .. }), "{r:?}");
         assert!(matches!(

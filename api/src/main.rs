@@ -66,6 +66,9 @@ enum Cmd {
     },
     /// Show containers' configuration and state as JSON.
     Inspect(cli::inspect::InspectArgs),
+    /// Manage user-defined networks (members reach and resolve each other).
+    #[command(subcommand)]
+    Network(cli::network::NetworkCmd),
     /// Manage named volumes (disks the host keeps).
     #[command(subcommand)]
     Volume(cli::volume::VolumeCmd),
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::ContainerPathStat { container, path } => cli::cp::print_stat(&data, &container, &path),
         Cmd::Inspect(a) => cli::inspect::run(&data, a),
         Cmd::Volume(v) => cli::volume::dispatch(&data, v),
+        Cmd::Network(n) => cli::network::dispatch(&data, n),
         Cmd::Machine { cmd } => cli::machine::dispatch(&data, cmd),
         Cmd::ImagePresent { reference, digest } => {
             cli::internal::image_present(&data, &reference, &digest)

@@ -224,6 +224,34 @@ fn concurrent_ensures_build_once() {
     assert_eq!(cache_files(&cache).len(), 1);
 }
 
+/// Starts of one image that hold the disk as their VMs run (shared lock)
+/// never wait on each other's holds: a start that finds the disk being
+/// built waits for the disk, not for the lock (it used to block on the
+/// lock for as long as the first VM ran).
+#[test]
+fn held_disks_do_not_block_later_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
+    let manifest = busybox(&store);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..4 {
+        let (store, cache, manifest, tx) =
+            (store.clone(), cache.clone(), manifest.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let held = cache.ensure_held(&store, &manifest).unwrap();
+            tx.send(()).unwrap();
+            // The "VM" keeps its hold until the test ends.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            drop(held);
+        });
+    }
+    for i in 0..4 {
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("start {i} waited on another start's hold"));
+    }
+}
+
 /// A stale temporary of a killed build is removed by the next build.
 #[test]
 fn stale_temporaries_are_cleaned() {

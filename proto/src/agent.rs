@@ -96,6 +96,54 @@ pub enum Request {
     },
     /// Kill every container and end the serve loop (PID 1 then powers off).
     Shutdown,
+    /// Replace the network members' lines of a container's `/etc/hosts`
+    /// (the other containers of its networks); answered by `HostsSet`.
+    SetHosts {
+        /// Container id.
+        id: String,
+        /// The lines.
+        entries: Vec<HostEntry>,
+    },
+}
+
+/// The most `/etc/hosts` lines a container gets for its network members.
+pub const MAX_HOST_ENTRIES: usize = 1024;
+/// The most names one line carries.
+pub const MAX_HOST_NAMES: usize = 32;
+
+/// One `/etc/hosts` line: another container of the same network, by its
+/// name, aliases and short id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    /// Its address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its names: `[A-Za-z0-9_.-]{1,253}` each.
+    pub names: Vec<String>,
+}
+
+/// Checks a list of host lines: bounded, and names that cannot break the
+/// file's format.
+pub fn validate_hosts(entries: &[HostEntry]) -> Result<()> {
+    let invalid = |reason: String| Err(ProtocolError::Invalid { reason });
+    if entries.len() > MAX_HOST_ENTRIES {
+        return invalid(format!("more than {MAX_HOST_ENTRIES} host entries"));
+    }
+    for e in entries {
+        if e.names.is_empty() || e.names.len() > MAX_HOST_NAMES {
+            return invalid(format!("host entry {} has {} names", e.ip, e.names.len()));
+        }
+        for n in &e.names {
+            let ok = !n.is_empty()
+                && n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                return invalid(format!("host name {n:?} is not [A-Za-z0-9_.-]{{1,253}}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How a blob reaches the agent.
@@ -298,6 +346,9 @@ pub struct CreateRequest {
     /// When false it shares the guest's (eth0).
     #[serde(default = "default_true")]
     pub new_network: bool,
+    /// `/etc/hosts` lines for the other containers of its networks.
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
 }
 
 impl CreateRequest {
@@ -324,6 +375,7 @@ impl CreateRequest {
             }
             _ => {}
         }
+        validate_hosts(&self.hosts)?;
         for m in &self.mounts {
             if !m.source.is_absolute() {
                 return invalid(format!("mount source {:?} is not absolute", m.source));
@@ -445,6 +497,8 @@ pub enum Response {
     Signalled,
     /// The terminal size was set.
     Resized,
+    /// `/etc/hosts` was updated.
+    HostsSet,
     /// The process ended.
     Exited {
         /// How.
@@ -563,6 +617,7 @@ mod tests {
             mounts: vec![],
             limits: Limits::default(),
             new_network: true,
+            hosts: Vec::new(),
         };
         ok.validate().unwrap();
         let mut bad = ok.clone();

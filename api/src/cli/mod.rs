@@ -10,6 +10,7 @@ pub mod internal;
 pub mod lifecycle;
 pub mod logs;
 pub mod machine;
+pub mod network;
 pub mod pause;
 pub mod ps;
 pub mod run;

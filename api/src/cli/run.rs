@@ -68,9 +68,13 @@ pub struct RunArgs {
     /// CPU limit (e.g. 1.5).
     #[arg(long)]
     pub cpus: Option<String>,
-    /// Network: default (outbound access, -p) or none.
+    /// Network: default (outbound access, -p), none, or a user-defined
+    /// network (`husk network create`).
     #[arg(long, default_value = "default")]
     pub network: String,
+    /// Another name the container has on its user-defined network.
+    #[arg(long = "network-alias", value_name = "ALIAS")]
+    pub network_alias: Vec<String>,
     /// Print where start-up time went (on stderr) when the command returns.
     #[arg(long)]
     pub timings: bool,
@@ -105,7 +109,7 @@ pub fn parse_volume(spec: &str) -> Result<VolumeMount, CliError> {
 
 /// The typed create options of the flags (`--env-file` read, `-e KEY`
 /// taken from this environment, sizes parsed).
-pub fn create_options(args: &RunArgs) -> Result<CreateOptions, CliError> {
+pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, CliError> {
     let mut env = Vec::new();
     for f in &args.env_file {
         env.extend(read_env_file(f).map_err(|e| usage(crate::error::chain(&e)))?);
@@ -122,6 +126,8 @@ pub fn create_options(args: &RunArgs) -> Result<CreateOptions, CliError> {
         Some(c) => Some(parse_cpus(c).ok_or_else(|| usage(format!("invalid --cpus {c:?}")))?),
         None => None,
     };
+    let (network, networks) = create::resolve_network(data_dir, &args.network, &args.network_alias)
+        .map_err(create_error)?;
     Ok(CreateOptions {
         name: args.name.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| {
@@ -151,7 +157,8 @@ pub fn create_options(args: &RunArgs) -> Result<CreateOptions, CliError> {
             .collect::<Result<Vec<_>, _>>()?,
         memory_bytes,
         cpu_millis,
-        network: create::parse_network(&args.network).map_err(create_error)?,
+        network,
+        networks,
         auto_remove: args.rm,
         labels: Default::default(),
     })
@@ -221,7 +228,7 @@ fn create_container(data_dir: &Path, args: &RunArgs) -> Result<(Containers, Hand
     // A missing kernel or VMM and bad flags are reported before anything
     // is pulled or created.
     crate::assets::find().map_err(|e| CliError::new(125, e.to_string()))?;
-    let opts = create_options(args)?;
+    let opts = create_options(data_dir, args)?;
     let store = Store::open(&data_dir.join("images"))
         .map_err(|e| CliError::new(125, crate::error::chain(&e)))?;
     let img = resolve_image(&store, &args.image, args.quiet)?;

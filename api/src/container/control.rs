@@ -55,6 +55,11 @@ pub enum Request {
     Pause,
     /// Resume them.
     Unpause,
+    /// Replace the network members' lines of the container's `/etc/hosts`.
+    SetHosts {
+        /// The lines.
+        entries: Vec<husk_proto::agent::HostEntry>,
+    },
     /// SIGTERM, then SIGKILL after `timeout_secs`; answered once it ended.
     Stop {
         /// Grace period.

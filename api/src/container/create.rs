@@ -11,7 +11,7 @@ use std::time::Duration;
 use husk_proto::agent::{ConsoleSize, ProcessSpec};
 
 use super::control::{Attach, Request};
-use super::spec::{ContainerConfig, NetworkMode, VolumeMount};
+use super::spec::{ContainerConfig, NetworkAttachment, NetworkMode, VolumeMount};
 use super::{ipc, names, new_id, short_id, ContainerError, Containers, Handle};
 use crate::image::oci::ImageConfig;
 use crate::image::store::{Store, StoredImage};
@@ -31,8 +31,14 @@ pub enum CreateError {
     /// Ports cannot be published without a network.
     #[error("cannot publish ports with --network none")]
     PortsWithoutNetwork,
+    /// An alias that cannot be a host name.
+    #[error("invalid network alias {0:?}: only [a-zA-Z0-9_.-] are allowed")]
+    BadAlias(String),
+    /// Aliases need a user-defined network.
+    #[error("network-scoped aliases are only supported for user-defined networks")]
+    AliasOnDefault,
     /// An unknown network.
-    #[error("network {0} not found (husk has: default, none)")]
+    #[error("network {0} not found")]
     UnknownNetwork(String),
     /// A volume specification husk cannot honour.
     #[error("invalid volume specification: {spec:?}: {why}")]
@@ -100,6 +106,8 @@ pub struct CreateOptions {
     pub cpu_millis: Option<u64>,
     /// Network mode.
     pub network: NetworkMode,
+    /// User-defined networks ([`resolve_network`]).
+    pub networks: Vec<crate::container::spec::NetworkAttachment>,
     /// Remove the container when it exits.
     pub auto_remove: bool,
     /// Labels.
@@ -113,6 +121,42 @@ pub fn parse_network(name: &str) -> Result<NetworkMode, CreateError> {
         "none" => Ok(NetworkMode::None),
         other => Err(CreateError::UnknownNetwork(other.to_string())),
     }
+}
+
+/// Resolves `--network NAME` (with `--network-alias`es): a built-in mode,
+/// or a user-defined network of `data_dir` (the default network's NAT plus
+/// its members).
+pub fn resolve_network(
+    data_dir: &Path,
+    name: &str,
+    aliases: &[String],
+) -> Result<(NetworkMode, Vec<NetworkAttachment>), CreateError> {
+    if let Some(bad) = aliases.iter().find(|a| !valid_alias(a)) {
+        return Err(CreateError::BadAlias(bad.clone()));
+    }
+    match parse_network(name) {
+        Ok(mode) if aliases.is_empty() => return Ok((mode, Vec::new())),
+        Ok(_) => return Err(CreateError::AliasOnDefault),
+        Err(_) => {}
+    }
+    let n = crate::net::networks::Networks::open(data_dir)
+        .find(name)
+        .map_err(|_| CreateError::UnknownNetwork(name.to_string()))?;
+    Ok((
+        NetworkMode::Default,
+        vec![NetworkAttachment {
+            network: n.name,
+            aliases: aliases.to_vec(),
+        }],
+    ))
+}
+
+/// Whether `a` can be a network alias (a host name in `/etc/hosts`).
+pub fn valid_alias(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 253
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Parses `NAME:/path[:ro|rw]` (a named volume; host paths are refused).
@@ -259,6 +303,7 @@ pub fn build_config(
         network: opts.network,
         auto_remove: opts.auto_remove,
         labels: opts.labels.clone(),
+        networks: opts.networks.clone(),
     })
 }
 

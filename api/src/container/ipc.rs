@@ -116,6 +116,25 @@ pub fn request(h: &Handle, req: &Request) -> Result<UnixStream, IpcError> {
     }
 }
 
+/// [`request`] with the reply awaited at most `limit` (a supervisor that
+/// is still booting accepts connections before it serves them).
+pub fn request_within(h: &Handle, req: &Request, limit: Duration) -> Result<UnixStream, IpcError> {
+    let not_running = || IpcError::NotRunning { id: h.id.clone() };
+    let mut c = UnixStream::connect(h.control_socket()).map_err(|_| not_running())?;
+    c.set_read_timeout(Some(limit)).map_err(|_| not_running())?;
+    c.set_write_timeout(Some(limit))
+        .map_err(|_| not_running())?;
+    write_frame(&mut c, req).map_err(|_| not_running())?;
+    let reply = read_frame::<_, Reply>(&mut c);
+    let _ = c.set_read_timeout(None);
+    let _ = c.set_write_timeout(None);
+    match reply {
+        Ok(Reply::Ok) => Ok(c),
+        Ok(Reply::Error { message, status }) => Err(IpcError::Refused { message, status }),
+        Err(_) => Err(not_running()),
+    }
+}
+
 /// Waits (up to `limit`) until the container's supervisor has ended.
 pub fn wait_supervisor_gone(h: &Handle, limit: Duration) {
     let start = Instant::now();

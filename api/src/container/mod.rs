@@ -5,7 +5,7 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! containers/<64-hex id>/config.json     what the user asked for (written once)
+//! containers/<64-hex id>/config.json     what the user asked for (written once; networks change)
 //!                       /state.json      status, pids, exit code, timings (atomic)
 //!                       /container.log   the init's stdout/stderr (`logs.rs` frames)
 //!                       /console.log     the guest's serial console
@@ -26,7 +26,9 @@ pub mod env;
 pub mod hostcopy;
 pub mod ipc;
 pub mod logs;
+pub mod membership;
 pub mod names;
+pub mod netattach;
 pub mod spec;
 pub mod state;
 pub mod supervisor;
@@ -319,6 +321,17 @@ impl Handle {
     /// The state as last written.
     pub fn state(&self) -> Result<State> {
         read_json(&self.dir.join("state.json"))
+    }
+
+    /// Rewrites the config atomically (only its networks change after
+    /// creation: `network connect` and `disconnect`).
+    pub fn write_config(&self, c: &ContainerConfig) -> Result<()> {
+        let path = self.dir.join("config.json");
+        let json = serde_json::to_vec_pretty(c).map_err(|source| ContainerError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &json)
     }
 
     /// Writes the state atomically.

@@ -17,6 +17,18 @@ pub enum NetworkMode {
     None,
 }
 
+/// A user-defined network the container is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAttachment {
+    /// The network's name.
+    pub network: String,
+    /// Extra names its members resolve the container by (besides its name
+    /// and short id).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
 /// A named volume mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +87,9 @@ pub struct ContainerConfig {
     /// written before labels existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// User-defined networks (with the default network's NAT besides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
 }
 
 /// Guest memory for a container: its limit plus room for the guest kernel

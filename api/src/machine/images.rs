@@ -139,6 +139,7 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
         "--memory",
         "--cpus",
         "--network",
+        "--network-alias",
     ];
     let mut out = Vec::new();
     let mut it = argv.into_iter();

@@ -16,11 +16,15 @@
 //! - [`firewall`]: default deny around each container, anti-spoofing.
 //! - [`proxy`]: the published-port proxy.
 //! - [`ports`]: Docker's `-p` syntax.
+//! - [`networks`]: user-defined networks; [`peers`]: their members'
+//!   reachability.
 
 pub mod firewall;
 pub mod host;
 pub mod lease;
 pub mod nat;
+pub mod networks;
+pub mod peers;
 pub mod ports;
 pub mod proxy;
 

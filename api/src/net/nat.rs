@@ -98,17 +98,25 @@ pub(super) fn lock(dir: &Path) -> Result<Flock<File>, String> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| fail(e.into()))
 }
 
-/// How many copies of the masquerade rule the nat table holds.
-pub fn count_masquerade_rules() -> Result<usize, String> {
+/// The rules of `chain` in `table`, as `iptables -S` prints them.
+pub(crate) fn list_rules(table: &str, chain: &str) -> Result<Vec<String>, String> {
     let bin = iptables_path().ok_or("iptables not found")?;
     let out = Command::new(&bin)
-        .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+        .args(["-w", "-t", table, "-S", chain])
         .output()
         .map_err(|e| format!("{}: {}", bin.display(), io_cause(&e)))?;
-    let want = format!("-A POSTROUTING {}", MASQUERADE.join(" "));
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.trim() == want)
+        .map(|l| l.trim().to_string())
+        .collect())
+}
+
+/// How many copies of the masquerade rule the nat table holds.
+pub fn count_masquerade_rules() -> Result<usize, String> {
+    let want = format!("-A POSTROUTING {}", MASQUERADE.join(" "));
+    Ok(list_rules("nat", "POSTROUTING")?
+        .iter()
+        .filter(|l| **l == want)
         .count())
 }
 

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use super::{blocking, create_body, empty, json, read_json, ApiError, Ctx, Query, Reply};
 use crate::container::control::Request;
-use crate::container::spec::NetworkMode;
 use crate::container::state::{PortBinding, State};
 use crate::container::{create, ipc, ContainerConfig, Containers, Handle, Status};
 use crate::image::store::Store;
@@ -31,13 +30,6 @@ pub fn unix_secs(t: &str) -> u64 {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn network_name(c: &ContainerConfig) -> &'static str {
-    match c.network {
-        NetworkMode::Default => "default",
-        NetworkMode::None => "none",
-    }
 }
 
 fn is_running(h: &Handle, s: &State) -> bool {
@@ -114,8 +106,8 @@ pub fn summary(c: &ContainerConfig, s: &State, running: bool, data_dir: &Path) -
         "Labels": c.labels,
         "State": state_text(s, running),
         "Status": crate::cli::ps::status_text(s),
-        "HostConfig": {"NetworkMode": network_name(c)},
-        "NetworkSettings": {"Networks": {network_name(c): {"IPAddress": s.ip.clone().unwrap_or_default()}}},
+        "HostConfig": {"NetworkMode": super::networks::network_mode(c)},
+        "NetworkSettings": {"Networks": super::networks::container_networks(c, s, data_dir)},
         "Mounts": mounts(c, data_dir),
     })
 }
@@ -163,7 +155,7 @@ pub fn inspect_json(
         "LogPath": h.log_path(),
         "HostConfig": {
             "Binds": c.volumes.iter().map(|v| format!("{}:{}{}", v.name, v.destination, if v.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
-            "NetworkMode": network_name(c),
+            "NetworkMode": super::networks::network_mode(c),
             "PortBindings": port_bindings(&c.ports),
             "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
             "AutoRemove": c.auto_remove,
@@ -195,11 +187,7 @@ pub fn inspect_json(
         "NetworkSettings": {
             "IPAddress": s.ip.clone().unwrap_or_default(),
             "Ports": port_map(&s.ports),
-            "Networks": {network_name(c): {
-                "IPAddress": s.ip.clone().unwrap_or_default(),
-                "Aliases": [c.name.clone(), crate::container::short_id(&c.id).to_string()],
-                "NetworkID": network_name(c),
-            }},
+            "Networks": super::networks::container_networks(c, s, data_dir),
         },
         "Timings": s.timings,
     })
@@ -251,7 +239,7 @@ pub fn parse_filters(q: &Query) -> Result<BTreeMap<String, Vec<String>>, ApiErro
 }
 
 /// Whether a container passes every filter (values of one filter are
-/// alternatives).
+/// alternatives, except labels, which must all match).
 pub fn matches(
     filters: &BTreeMap<String, Vec<String>>,
     c: &ContainerConfig,
@@ -259,7 +247,9 @@ pub fn matches(
 ) -> Result<bool, ApiError> {
     for (k, vals) in filters {
         let ok = match k.as_str() {
-            "label" => vals.iter().any(|l| match l.split_once('=') {
+            // Every label must match, as Docker reads them (compose asks
+            // for its project and oneoff labels together).
+            "label" => vals.iter().all(|l| match l.split_once('=') {
                 Some((k, v)) => c.labels.get(k).is_some_and(|x| x == v),
                 None => c.labels.contains_key(l),
             }),
@@ -304,7 +294,7 @@ pub async fn create(ctx: Arc<Ctx>, q: Query, body: Incoming) -> Reply {
     let body: create_body::CreateBody = read_json::<Option<_>>(body)
         .await?
         .ok_or_else(|| ApiError::BadParameter("a container config is required".into()))?;
-    let (image, opts) = create_body::parse(body, q.get("name").map(String::from))?;
+    let (image, opts) = create_body::parse(body, q.get("name").map(String::from), &ctx.data_dir)?;
     let id = blocking(move || {
         crate::assets::find().map_err(|e| ApiError::internal(&e))?;
         let store = Store::open(&ctx.data_dir.join("images"))?;
@@ -444,6 +434,14 @@ mod tests {
         assert!(matches(&by("id", "abab"), &c, "x").unwrap());
         assert!(matches(&by("label", "app"), &c, "x").unwrap());
         assert!(!matches(&by("label", "app=x"), &c, "x").unwrap());
+        let both = |a: &str, b: &str| {
+            BTreeMap::from([("label".to_string(), vec![a.to_string(), b.to_string()])])
+        };
+        assert!(matches(&both("app", "app=shop"), &c, "x").unwrap());
+        assert!(
+            !matches(&both("app=shop", "project=other"), &c, "x").unwrap(),
+            "labels of one filter must all match"
+        );
         assert!(matches(&by("bogus", "x"), &c, "x").is_err());
         assert!(parse_filters(&Query::parse(Some("filters=nope"))).is_err());
     }

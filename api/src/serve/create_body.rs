@@ -47,6 +47,23 @@ pub struct CreateBody {
     pub labels: Option<BTreeMap<String, String>>,
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     pub host_config: Option<HostConfig>,
+    pub networking_config: Option<NetworkingConfig>,
+}
+
+/// `NetworkingConfig`: per network, the endpoint's aliases.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<BTreeMap<String, Option<EndpointConfig>>>,
+}
+
+/// One endpoint of `NetworkingConfig` (and of `/networks/{id}/connect`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct EndpointConfig {
+    pub aliases: Option<Vec<String>>,
 }
 
 /// `HostConfig` (the fields husk reads).
@@ -100,8 +117,13 @@ fn unsupported(what: &str) -> ApiError {
     ApiError::Unsupported(format!("husk cannot {what}"))
 }
 
-/// The image and the create options of a body; `name` from the query.
-pub fn parse(body: CreateBody, name: Option<String>) -> Result<(String, CreateOptions), ApiError> {
+/// The image and the create options of a body; `name` from the query;
+/// user-defined networks are those of `data_dir`.
+pub fn parse(
+    body: CreateBody,
+    name: Option<String>,
+    data_dir: &std::path::Path,
+) -> Result<(String, CreateOptions), ApiError> {
     let image = body
         .image
         .filter(|i| !i.is_empty())
@@ -120,14 +142,26 @@ pub fn parse(body: CreateBody, name: Option<String>) -> Result<(String, CreateOp
     for m in hc.mounts.unwrap_or_default() {
         volumes.push(mount(m)?);
     }
-    let network = create::parse_network(hc.network_mode.as_deref().unwrap_or("")).map_err(|e| {
-        match hc.network_mode.as_deref() {
-            Some("host") => {
-                unsupported("use the host's network: each container is its own microVM")
-            }
-            _ => ApiError::BadParameter(e.to_string()),
+    let mode = hc.network_mode.clone().unwrap_or_default();
+    if mode == "host" {
+        return Err(unsupported(
+            "use the host's network: each container is its own microVM",
+        ));
+    }
+    let aliases = body
+        .networking_config
+        .and_then(|n| n.endpoints_config)
+        .and_then(|mut e| e.remove(&mode))
+        .flatten()
+        .and_then(|e| e.aliases)
+        .unwrap_or_default();
+    let (network, networks) = match create::resolve_network(data_dir, &mode, &aliases) {
+        Ok(r) => r,
+        Err(e @ create::CreateError::UnknownNetwork(_)) => {
+            return Err(ApiError::NotFound(e.to_string()))
         }
-    })?;
+        Err(e) => return Err(ApiError::BadParameter(e.to_string())),
+    };
     let opts = CreateOptions {
         name: name
             .filter(|n| !n.is_empty())
@@ -146,6 +180,7 @@ pub fn parse(body: CreateBody, name: Option<String>) -> Result<(String, CreateOp
         memory_bytes: positive(hc.memory),
         cpu_millis: positive(hc.nano_cpus).map(|n| n.div_ceil(1_000_000)),
         network,
+        networks,
         auto_remove: hc.auto_remove.unwrap_or(false),
         labels: body.labels.unwrap_or_default(),
     };
@@ -224,7 +259,11 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<(String, CreateOptions), ApiError> {
-        parse(serde_json::from_str(s).unwrap(), Some("web".into()))
+        parse(
+            serde_json::from_str(s).unwrap(),
+            Some("web".into()),
+            std::path::Path::new("/nonexistent"),
+        )
     }
 
     #[test]
@@ -304,10 +343,36 @@ mod tests {
         for body in [
             r#"{"Cmd":["x"]}"#,
             r#"{"Image":"b","HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"x"}]}}}"#,
-            r#"{"Image":"b","HostConfig":{"NetworkMode":"mynet"}}"#,
         ] {
             let e = parse_str(body).unwrap_err();
             assert!(matches!(e, ApiError::BadParameter(_)), "{body}: {e}");
         }
+        let e = parse_str(r#"{"Image":"b","HostConfig":{"NetworkMode":"mynet"}}"#).unwrap_err();
+        assert_eq!(
+            (e.status(), e.to_string()),
+            (
+                hyper::StatusCode::NOT_FOUND,
+                "network mynet not found".into()
+            )
+        );
+    }
+
+    #[test]
+    fn user_networks_and_their_aliases() {
+        let d = tempfile::tempdir().unwrap();
+        crate::net::networks::Networks::open(d.path())
+            .create("proj_default", "bridge", Default::default())
+            .unwrap();
+        let body = r#"{"Image":"b","HostConfig":{"NetworkMode":"proj_default"},
+            "NetworkingConfig":{"EndpointsConfig":{"proj_default":{"Aliases":["web"],"IPAMConfig":null}}}}"#;
+        let (_, o) = parse(serde_json::from_str(body).unwrap(), None, d.path()).unwrap();
+        assert_eq!(o.network, crate::container::spec::NetworkMode::Default);
+        assert_eq!(o.networks.len(), 1);
+        assert_eq!(o.networks[0].network, "proj_default");
+        assert_eq!(o.networks[0].aliases, vec!["web".to_string()]);
+        let bad = r#"{"Image":"b","HostConfig":{"NetworkMode":"proj_default"},
+            "NetworkingConfig":{"EndpointsConfig":{"proj_default":{"Aliases":["a b"]}}}}"#;
+        let e = parse(serde_json::from_str(bad).unwrap(), None, d.path()).unwrap_err();
+        assert_eq!(e.status(), hyper::StatusCode::BAD_REQUEST);
     }
 }

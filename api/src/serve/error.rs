@@ -36,6 +36,9 @@ pub enum ApiError {
     /// Something else asked for is not there (a path in a container).
     #[error("{0}")]
     NotFound(String),
+    /// Not allowed (a built-in network, a network in use).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request conflicts with the object's state or another object.
     #[error("{0}")]
     Conflict(String),
@@ -68,6 +71,7 @@ impl ApiError {
             | ApiError::BadParameter(_)
             | ApiError::Unsupported(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotModified => StatusCode::NOT_MODIFIED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod images;
+pub mod networks;
 pub mod streams;
 pub mod system;
 pub mod volumes;
@@ -121,6 +122,13 @@ pub enum Route {
     ImageInspect,
     ImageDelete,
     ImageTag,
+    NetworkList,
+    NetworkCreate,
+    NetworkInspect,
+    NetworkDelete,
+    NetworkConnect,
+    NetworkDisconnect,
+    NetworkPrune,
     VolumeList,
     VolumeCreate,
     VolumeInspect,
@@ -160,6 +168,17 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/images/{name*}/json", Route::ImageInspect),
     ("POST", "/images/{name*}/tag", Route::ImageTag),
     ("DELETE", "/images/{name*}", Route::ImageDelete),
+    ("GET", "/networks", Route::NetworkList),
+    ("POST", "/networks/create", Route::NetworkCreate),
+    ("POST", "/networks/prune", Route::NetworkPrune),
+    ("GET", "/networks/{id}", Route::NetworkInspect),
+    ("DELETE", "/networks/{id}", Route::NetworkDelete),
+    ("POST", "/networks/{id}/connect", Route::NetworkConnect),
+    (
+        "POST",
+        "/networks/{id}/disconnect",
+        Route::NetworkDisconnect,
+    ),
     ("GET", "/volumes", Route::VolumeList),
     ("POST", "/volumes/create", Route::VolumeCreate),
     ("POST", "/volumes/prune", Route::VolumePrune),
@@ -406,6 +425,13 @@ async fn dispatch(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
         Route::ImageInspect => images::inspect(ctx, p).await,
         Route::ImageDelete => images::delete(ctx, p, q).await,
         Route::ImageTag => images::tag(ctx, p, q).await,
+        Route::NetworkList => networks::list(ctx, q).await,
+        Route::NetworkCreate => networks::create(ctx, req.into_body()).await,
+        Route::NetworkInspect => networks::inspect(ctx, p).await,
+        Route::NetworkDelete => networks::delete(ctx, p).await,
+        Route::NetworkConnect => networks::attach(ctx, p, req.into_body(), true).await,
+        Route::NetworkDisconnect => networks::attach(ctx, p, req.into_body(), false).await,
+        Route::NetworkPrune => networks::prune(ctx).await,
         Route::VolumeList => volumes::list(ctx).await,
         Route::VolumeCreate => volumes::create(ctx, req.into_body()).await,
         Route::VolumeInspect => volumes::inspect(ctx, p).await,

@@ -111,6 +111,9 @@ pub struct RootfsDisk {
     pub bytes: u64,
 }
 
+/// How often a start waiting for another's build of the same disk looks.
+const BUILD_POLL: Duration = Duration::from_millis(50);
+
 /// A shared lock on a cached disk, held while a VM uses it: the disk is not
 /// removed by [`RootfsCache::remove_unused`] meanwhile. Released on drop (or
 /// when the holding process dies).
@@ -249,7 +252,18 @@ impl RootfsCache {
             return Ok(disk);
         }
         let lock_path = self.lock_path(&key);
-        let _lock = lock_file(&lock_path, FlockArg::LockExclusive)?;
+        // Never wait for the lock: a VM of the finished disk holds it shared
+        // for as long as it runs. Poll: the disk appears, or the lock is
+        // free to build it.
+        let _lock = loop {
+            if let Some(l) = lock_file(&lock_path, FlockArg::LockExclusiveNonblock)? {
+                break l;
+            }
+            if let Some(disk) = self.hit(&key)? {
+                return Ok(disk);
+            }
+            std::thread::sleep(BUILD_POLL);
+        };
         // Whatever happens, the lock file goes before the lock is released
         // (waiters notice and retry on a fresh one), so the cache holds only
         // finished disks.

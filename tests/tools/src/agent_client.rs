@@ -141,6 +141,7 @@ fn run(args: &[String]) -> io::Result<i32> {
         mounts: Vec::new(),
         limits: Limits::default(),
         new_network: true,
+        hosts: Vec::new(),
     })))?;
     c.call(Request::Start { id: "c1".into() })?;
     let status = match c.call(Request::Wait {

@@ -73,7 +73,7 @@ pub(super) fn boot(
         events,
         timings,
     ));
-    if let Err(e) = create_container(&sup, disks.volume_mounts.clone()) {
+    if let Err(e) = create_container(data_dir, &sup, disks.volume_mounts.clone()) {
         stop_vmm(&mut vmm);
         return Err(e);
     }
@@ -374,10 +374,25 @@ fn last_console_line(path: &Path) -> Option<String> {
     Some(line.chars().filter(|c| !c.is_control()).take(200).collect())
 }
 
-/// The agent's `create` (rootfs overlay, mounts, limits; nothing runs yet).
-fn create_container(sup: &Sup, mounts: Vec<MountSpec>) -> Result<(), StartError> {
+/// The agent's `create` (rootfs overlay, mounts, limits, the hosts lines
+/// of its networks' members; nothing runs yet). The members' rules and
+/// hosts are brought up to date first.
+fn create_container(data_dir: &Path, sup: &Sup, mounts: Vec<MountSpec>) -> Result<(), StartError> {
     let t = Instant::now();
-    let create = create_request(&sup.config, mounts);
+    let hosts = match sup.member() {
+        Some(me) => {
+            let cs = crate::container::Containers::open(data_dir)?;
+            crate::container::membership::joined(
+                data_dir,
+                &cs,
+                &me,
+                &[],
+                crate::container::membership::Tell::OthersLater,
+            )
+        }
+        None => Vec::new(),
+    };
+    let create = create_request(&sup.config, mounts, hosts);
     lock(&sup.agent)
         .call(AgentRequest::Create(Box::new(create)))
         .map_err(agent_error)?;
@@ -427,7 +442,11 @@ fn disk_name(i: usize) -> String {
     format!("vd{letter}")
 }
 
-fn create_request(config: &ContainerConfig, mounts: Vec<MountSpec>) -> CreateRequest {
+fn create_request(
+    config: &ContainerConfig,
+    mounts: Vec<MountSpec>,
+    hosts: Vec<husk_proto::agent::HostEntry>,
+) -> CreateRequest {
     let p = &config.process;
     let [stdin, stdout, stderr] = INIT_STDIO_PORTS;
     CreateRequest {
@@ -449,6 +468,7 @@ fn create_request(config: &ContainerConfig, mounts: Vec<MountSpec>) -> CreateReq
             pids: None,
         },
         new_network: config.network == NetworkMode::None,
+        hosts,
     }
 }
 
@@ -468,7 +488,7 @@ mod tests {
         c.process.cmd = vec!["sh".into()];
         c.process.tty = true;
         c.network = NetworkMode::None;
-        let r = create_request(&c, vec![]);
+        let r = create_request(&c, vec![], vec![]);
         assert!(r.new_network);
         assert_eq!(r.stdio.stderr, None);
         assert_eq!(r.stdio.stdin, None);

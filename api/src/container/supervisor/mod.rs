@@ -246,7 +246,7 @@ pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
         Ok((sup, held, vmm)) => {
             report_ready(&mut ready, Ok(()));
             drop(ready);
-            let code = run(&containers, sup, held, vmm, rx);
+            let code = run(data_dir, &containers, sup, held, vmm, rx);
             drop(lock);
             code
         }
@@ -347,6 +347,10 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
                 },
+                Request::SetHosts { entries } => match sup.set_hosts(entries) {
+                    Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                    Err(e) => Sup::err_reply(&mut c, &e),
+                },
                 Request::Unpause => match sup.pause(false) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
@@ -369,6 +373,7 @@ fn vmm_died(why: &str) -> String {
 
 /// Waits for the end, then cleans up and reports it.
 fn run(
+    data_dir: &Path,
     containers: &Containers,
     sup: Arc<Sup>,
     held: Held,
@@ -427,6 +432,9 @@ fn run(
         s.mark_exited(code, error.clone());
         s.ports.clear();
     });
+    if let Some(me) = sup.member() {
+        super::membership::left(data_dir, containers, &me);
+    }
     // Power the VM off, or kill it.
     if vm_ok {
         let _ = lock(&sup.agent).call_within(AgentRequest::Shutdown, Some(Duration::from_secs(5)));

@@ -426,6 +426,36 @@ impl Sup {
         );
     }
 
+    /// `SetHosts`: the network members' lines of the container's
+    /// `/etc/hosts` (a created container has its file too).
+    pub(super) fn set_hosts(
+        &self,
+        entries: Vec<husk_proto::agent::HostEntry>,
+    ) -> Result<(), StartError> {
+        lock(&self.agent)
+            .call_within(
+                AgentRequest::SetHosts {
+                    id: CONTAINER_ID.into(),
+                    entries,
+                },
+                Some(SIGNAL_TIMEOUT),
+            )
+            .map(|_| ())
+            .map_err(agent_error)
+    }
+
+    /// This container as a member of its user-defined networks (as its
+    /// record says now: they change while it runs), when it has an address
+    /// and had or has networks.
+    pub(super) fn member(&self) -> Option<crate::container::membership::Member> {
+        let config = self.handle.config().unwrap_or_else(|_| self.config.clone());
+        if config.networks.is_empty() && self.config.networks.is_empty() {
+            return None;
+        }
+        let ip = lock(&self.state).ip.as_deref()?.parse().ok()?;
+        Some(crate::container::membership::Member::new(&config, ip))
+    }
+
     /// `husk pause` (`pause` true) or `husk unpause`: stops or resumes the
     /// microVM's vCPUs; the state says `paused`.
     pub(super) fn pause(&self, pause: bool) -> Result<(), StartError> {
