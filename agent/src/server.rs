@@ -407,6 +407,9 @@ impl<C: Connector> Server<C> {
             } => self.do_resize(&id, exec_id.as_deref(), ConsoleSize { rows, cols }),
             Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
             Request::Shutdown => self.do_shutdown(),
+            Request::Build(_) => Err(ServerError::Protocol(ProtocolError::Invalid {
+                reason: "build is served by builder microVMs only".into(),
+            })),
         }
     }
 

@@ -244,6 +244,27 @@ pub fn apply_layer_file(
     unpack_tar(root, Pipelined::new(decompressor(f, media_type)?), opts)
 }
 
+/// Verifies the blob of `size` bytes at `offset` of the blob disk at
+/// `path` against `digest`, then unpacks it into `root`.
+pub fn apply_layer_extent(
+    root: &Path,
+    path: &Path,
+    offset: u64,
+    size: u64,
+    digest: &str,
+    media_type: &str,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats> {
+    let digest = Digest::parse(digest)?;
+    blob::media_type_compression(media_type)?;
+    let f = blob::verify_extent(path, offset, size, &digest, opts.max_blob_bytes)?;
+    unpack_tar(
+        root,
+        Pipelined::new(decompressor(f.take(size), media_type)?),
+        opts,
+    )
+}
+
 /// Receives a streamed blob into `tmp_dir`, verifies it and unpacks it.
 pub fn apply_layer_stream<R: Read>(
     root: &Path,
