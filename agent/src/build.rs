@@ -282,7 +282,8 @@ mod tests {
                 size: b.len() as u64,
             });
             disk.extend_from_slice(b);
-            disk.resize((disk.len() as u64).next_multiple_of(BLOB_ALIGN) as usize, 0);
+            let align = usize::try_from(BLOB_ALIGN).unwrap();
+            disk.resize(disk.len().next_multiple_of(align), 0);
         }
         let path = dir.join("blobs.img");
         fs::write(&path, disk).unwrap();

@@ -499,7 +499,7 @@ impl<C: Connector> Server<C> {
     fn unpack_image(&self, id: &str, layers: &[agent::Layer]) -> Result<PathBuf> {
         let images = self.config.run_dir.join("images");
         fs::create_dir_all(&images).map_err(io_err(&images))?;
-        let key = layers::chain_key(layers.iter().map(|l| l.digest.as_str()));
+        let key = agent::chain_key(layers.iter().map(|l| l.digest.as_str()));
         let done = images.join(&key);
         if done.is_dir() {
             log::info!("image {key} already unpacked");

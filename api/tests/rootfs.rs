@@ -239,7 +239,11 @@ fn tampered_layer_fails_and_leaves_nothing() {
     fs::remove_file(&blob).unwrap();
     let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
     assert!(matches!(err, RootfsError::BlobDisk { .. }), "{err:?}");
-    assert!(husk::error::chain(&err).contains("cannot open"), "{err}");
+    let msg = husk::error::chain(&err);
+    assert!(
+        msg.contains(&format!("cannot read layer {digest} from ")),
+        "{msg}"
+    );
     assert_eq!(cache_files(&cache), Vec::<String>::new());
 }
 
@@ -363,10 +367,7 @@ fn layer(entries: &[E<'_>]) -> Vec<u8> {
             }
         }
     }
-    let tar = b.into_inner().unwrap();
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    gz.finish().unwrap()
+    gzip(&b.into_inner().unwrap())
 }
 
 fn desc(media_type: &str, digest: String, size: usize) -> Descriptor {
@@ -376,6 +377,30 @@ fn desc(media_type: &str, digest: String, size: usize) -> Descriptor {
         size: size as u64,
         platform: None,
         annotations: Default::default(),
+    }
+}
+
+fn gzip(tar: &[u8]) -> Vec<u8> {
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut gz, tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// An image of gzip `layers`, put in `store`.
+fn manifest_of(store: &Store, layers: &[&[u8]]) -> Manifest {
+    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    Manifest {
+        schema_version: 2,
+        media_type: Some(MT_OCI_MANIFEST.into()),
+        config: desc(
+            MT_OCI_CONFIG,
+            store.put_bytes(config).unwrap(),
+            config.len(),
+        ),
+        layers: layers
+            .iter()
+            .map(|l| desc(MT_OCI_LAYER_GZIP, store.put_bytes(l).unwrap(), l.len()))
+            .collect(),
     }
 }
 
@@ -399,21 +424,7 @@ fn two_layers_with_whiteouts_keep_owners_links_and_setuid() {
         E::File("opq/new", b"new", 0o640, 33),
         E::Symlink("etc/link", "kept"),
     ]);
-    let layers: Vec<Descriptor> = [&l1, &l2]
-        .iter()
-        .map(|l| desc(MT_OCI_LAYER_GZIP, store.put_bytes(l).unwrap(), l.len()))
-        .collect();
-    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MT_OCI_MANIFEST.into()),
-        config: desc(
-            MT_OCI_CONFIG,
-            store.put_bytes(config).unwrap(),
-            config.len(),
-        ),
-        layers,
-    };
+    let manifest = manifest_of(&store, &[&l1, &l2]);
     let disk = cache.ensure(&store, &manifest, &HostBuilder).unwrap();
     assert!(disk.built);
     fsck(&disk.path);
@@ -489,10 +500,7 @@ fn raw_name_layer(name: &str) -> Vec<u8> {
     h.set_cksum();
     let mut b = tar::Builder::new(Vec::new());
     b.append(&h, &b"bad"[..]).unwrap();
-    let tar = b.into_inner().unwrap();
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    gz.finish().unwrap()
+    gzip(&b.into_inner().unwrap())
 }
 
 /// An entry that would land outside the rootfs fails the build with one
@@ -502,20 +510,8 @@ fn escaping_entry_is_named_in_the_error() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
-    let bad = raw_name_layer("../../x");
-    let digest = store.put_bytes(&bad).unwrap();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MT_OCI_MANIFEST.into()),
-        config: desc(
-            MT_OCI_CONFIG,
-            store.put_bytes(config).unwrap(),
-            config.len(),
-        ),
-        layers: vec![desc(MT_OCI_LAYER_GZIP, digest.clone(), bad.len())],
-    };
+    let manifest = manifest_of(&store, &[&raw_name_layer("../../x")]);
+    let digest = &manifest.layers[0].digest;
     let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
     let chain = husk::error::chain(&err);
     let key = RootfsCache::chain_key(&manifest);
@@ -549,29 +545,44 @@ fn a_layer_larger_than_its_disk_fails_the_build() {
     h.set_cksum();
     let mut b = tar::Builder::new(Vec::new());
     b.append(&h, &zeros[..]).unwrap();
-    let tar = b.into_inner().unwrap();
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    let bomb = gz.finish().unwrap();
+    let bomb = gzip(&b.into_inner().unwrap());
     assert!(bomb.len() < 2 << 20, "{}", bomb.len());
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MT_OCI_MANIFEST.into()),
-        config: desc(
-            MT_OCI_CONFIG,
-            store.put_bytes(config).unwrap(),
-            config.len(),
-        ),
-        layers: vec![desc(
-            MT_OCI_LAYER_GZIP,
-            store.put_bytes(&bomb).unwrap(),
-            bomb.len(),
-        )],
-    };
+    let manifest = manifest_of(&store, &[&bomb]);
     let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
     let chain = husk::error::chain(&err);
     assert!(chain.contains("No space left on device"), "{chain}");
     assert_eq!(cache_files(&cache), Vec::<String>::new());
+}
+
+/// The host side never unpacks a layer: the `husk` crate does not depend on
+/// the unpacker (only its tests do, above), and none of its sources names
+/// it or a tar reader of layers.
+#[test]
+fn the_host_does_not_link_the_unpacker() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let toml = fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let deps = toml
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .unwrap();
+    assert!(!deps.contains("husk-layers"), "{deps}");
+    assert!(!deps.contains("husk-agent"), "{deps}");
+    let mut stack = vec![root.join("src")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap();
+            for word in ["husk_layers", "apply_layer", "unpack_tar"] {
+                assert!(!text.contains(word), "{} names {word}", path.display());
+            }
+            files += 1;
+        }
+    }
+    assert!(files > 50, "{files}");
 }

@@ -281,18 +281,6 @@ pub fn apply_layer_stream<R: Read>(
     unpack_tar(root, Pipelined::new(decompressor(f, media_type)?), opts)
 }
 
-/// The cache key of an unpacked image: sha256 over the layer digests in
-/// order, one per line (like OCI's chain id, but over blob digests).
-pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for d in digests {
-        h.update(d.as_bytes());
-        h.update(b"\n");
-    }
-    hex::encode(h.finalize())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,6 +168,20 @@ impl BuildRequest {
     }
 }
 
+/// The cache key of an unpacked image, the same on both sides (the
+/// agent's `images/<key>`, the host's rootfs disk `<key>.ext4`): sha256
+/// over the layer digests in order, one per line (like OCI's chain id, but
+/// over blob digests).
+pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for d in digests {
+        h.update(d.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
 /// How a blob reaches the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -570,6 +584,16 @@ mod tests {
             offset,
             size,
         }
+    }
+
+    #[test]
+    fn the_chain_key_is_the_sha256_of_the_digest_lines() {
+        // printf 'sha256:a\nsha256:b\n' | sha256sum
+        assert_eq!(
+            chain_key(["sha256:a", "sha256:b"]),
+            "5d02884ff145014d7bbd2e791dfad6096dbc4208330b699b82742d4b403d1f56"
+        );
+        assert_ne!(chain_key(["a", "b"]), chain_key(["b", "a"]));
     }
 
     #[test]

@@ -28,12 +28,21 @@ pub enum BlobDiskError {
         #[source]
         source: StoreError,
     },
-    /// I/O on a blob or on the blob disk.
-    #[error("{what} {path}")]
-    Io {
-        /// What was being done ("cannot read").
-        what: &'static str,
-        /// The file.
+    /// A stored blob could not be read.
+    #[error("cannot read layer {digest} from {path}")]
+    ReadBlob {
+        /// The layer.
+        digest: String,
+        /// Its file in the store.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The blob disk could not be made or written.
+    #[error("cannot write the blob disk {path}")]
+    Write {
+        /// The blob disk.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -63,14 +72,6 @@ pub enum BlobDiskError {
 
 /// `Result` for this module.
 pub type Result<T> = std::result::Result<T, BlobDiskError>;
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BlobDiskError + 'a {
-    move |source| BlobDiskError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Largest blob disk (the sum of an image's compressed layers).
 pub const MAX_BLOB_DISK: u64 = 64 << 30;
@@ -107,12 +108,16 @@ pub fn layout(layers: &[Descriptor]) -> Result<(BuildRequest, u64)> {
 /// returns the request that describes it.
 pub fn write(store: &Store, layers: &[Descriptor], path: &Path) -> Result<BuildRequest> {
     let (request, bytes) = layout(layers)?;
+    let write_err = |source| BlobDiskError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut disk = File::options()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(io_err("cannot create", path))?;
-    disk.set_len(bytes).map_err(io_err("cannot size", path))?;
+        .map_err(write_err)?;
+    disk.set_len(bytes).map_err(write_err)?;
     for l in &request.layers {
         let blob_path = store
             .blob_path(&l.digest)
@@ -120,11 +125,13 @@ pub fn write(store: &Store, layers: &[Descriptor], path: &Path) -> Result<BuildR
                 digest: l.digest.clone(),
                 source,
             })?;
-        let blob = File::open(&blob_path).map_err(io_err("cannot open", &blob_path))?;
-        let actual = blob
-            .metadata()
-            .map_err(io_err("cannot stat", &blob_path))?
-            .len();
+        let read_err = |source| BlobDiskError::ReadBlob {
+            digest: l.digest.clone(),
+            path: blob_path.clone(),
+            source,
+        };
+        let blob = File::open(&blob_path).map_err(read_err)?;
+        let actual = blob.metadata().map_err(read_err)?.len();
         if actual != l.size {
             return Err(BlobDiskError::SizeMismatch {
                 digest: l.digest.clone(),
@@ -132,10 +139,8 @@ pub fn write(store: &Store, layers: &[Descriptor], path: &Path) -> Result<BuildR
                 actual,
             });
         }
-        disk.seek(SeekFrom::Start(l.offset))
-            .map_err(io_err("cannot write", path))?;
-        let copied =
-            io::copy(&mut blob.take(l.size), &mut disk).map_err(io_err("cannot write", path))?;
+        disk.seek(SeekFrom::Start(l.offset)).map_err(write_err)?;
+        let copied = io::copy(&mut blob.take(l.size), &mut disk).map_err(write_err)?;
         if copied != l.size {
             return Err(BlobDiskError::SizeMismatch {
                 digest: l.digest.clone(),
@@ -144,7 +149,7 @@ pub fn write(store: &Store, layers: &[Descriptor], path: &Path) -> Result<BuildR
             });
         }
     }
-    disk.sync_all().map_err(io_err("cannot sync", path))?;
+    disk.sync_all().map_err(write_err)?;
     Ok(request)
 }
 

@@ -31,9 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use husk_proto::agent::BuildRequest;
+use husk_proto::agent::{chain_key, BuildRequest};
 use nix::fcntl::{Flock, FlockArg};
-use sha2::Digest as _;
 
 use crate::image::oci::Manifest;
 use crate::image::store::{Store, StoreError};
@@ -112,17 +111,6 @@ pub trait DiskBuilder {
         &self,
         job: &BuildJob<'_>,
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
-}
-
-/// The cache key of an unpacked image: sha256 over the layer digests in
-/// order, one per line (like OCI's chain id, but over blob digests).
-pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
-    let mut h = sha2::Sha256::new();
-    for d in digests {
-        h.update(d.as_bytes());
-        h.update(b"\n");
-    }
-    hex::encode(h.finalize())
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
