@@ -208,10 +208,12 @@ fn parse_disk(spec: &str) -> Option<DiskMount> {
     })
 }
 
-/// `BLOBS:TARGET`: two distinct device names (no `/`, no `:`, not empty).
+/// `BLOBS:TARGET`: two distinct device names (not empty; no `/`, `:`,
+/// quote or space, so that what parses also renders).
 fn parse_build(spec: &str) -> Option<BuildDisks> {
     let (blobs, target) = spec.split_once(':')?;
-    let device = |d: &str| !d.is_empty() && !d.contains(['/', ':']);
+    let device =
+        |d: &str| !d.is_empty() && !d.contains(['/', ':', '"']) && !d.contains(char::is_whitespace);
     if !device(blobs) || !device(target) || blobs == target {
         return None;
     }
@@ -312,6 +314,7 @@ mod tests {
         assert_eq!(line, "husk.build=vda:vdb");
         assert_eq!(BootParams::parse(&format!("quiet {line}")).unwrap(), p);
         assert_eq!(BootParams::parse("quiet").unwrap().build, None);
+        assert!(BootParams::parse("husk.build=v\"a:vdb").is_err());
         let mut bad = p.clone();
         bad.build = Some(BuildDisks {
             blobs: "vda".into(),
