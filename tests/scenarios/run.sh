@@ -90,7 +90,20 @@ grep -q "cannot build the rootfs disk of image .*: the builder microVM: layer sh
 check "cache after the corrupt layer" "" "$(ls "$bad/rootfs" | grep -v '^scratch-')"
 check "containers after the corrupt layer" "" "$(HUSK_DATA_DIR=$bad $husk ps -aq)"
 check "husk-vmm processes after the corrupt layer" 0 "$(vmm_count)"
-pass "first run built the rootfs in a builder microVM; a corrupt layer is refused there, nothing cached"
+# A builder that does not answer in time (here: a 1 s boot limit) is
+# killed; one line says so, and nothing is cached or left running.
+slow=$WORK/slow-data
+HUSK_BOOT_TIMEOUT=1 HUSK_DATA_DIR=$slow $husk run --rm busybox true > "$WORK/out" 2> "$WORK/err"
+rc=$?
+cat "$WORK/err"
+check "run with a builder that times out: status" 125 "$rc"
+check "run with a builder that times out: stderr lines" 1 "$(wc -l < "$WORK/err")"
+grep -q "cannot build the rootfs disk of image .*: the builder microVM: .*did not answer within 1 s" "$WORK/err" \
+  || fail "builder timeout not reported: $(cat "$WORK/err")"
+check "cache after the builder timeout" "" "$(ls "$slow/rootfs" | grep -v '^scratch-')"
+check "husk-vmm processes after the builder timeout" 0 "$(vmm_count)"
+check "builder VM directories after the timeout" "" "$(find "$HUSK_RUN_DIR" -name 'build-*')"
+pass "first run built the rootfs in a builder microVM; a corrupt layer is refused there, a builder that times out is killed; nothing cached"
 
 # 2. The second run of the image does not unpack it again.
 out=$($husk run --rm --timings busybox echo again 2> "$WORK/err")

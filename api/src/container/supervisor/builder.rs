@@ -164,11 +164,15 @@ impl DiskBuilder for VmBuilder {
     }
 }
 
-/// `HUSK_BUILD_TIMEOUT` seconds, or [`BUILD_TIMEOUT`].
+/// `HUSK_BUILD_TIMEOUT` seconds (at least 1), or [`BUILD_TIMEOUT`].
 fn build_timeout() -> Duration {
-    std::env::var("HUSK_BUILD_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    parse_timeout(std::env::var("HUSK_BUILD_TIMEOUT").ok().as_deref())
+}
+
+fn parse_timeout(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
         .map_or(BUILD_TIMEOUT, Duration::from_secs)
 }
 
@@ -275,6 +279,14 @@ mod tests {
             c.vsock.map(|v| v.uds_path),
             Some(PathBuf::from("/run/b/vsock.sock"))
         );
+    }
+
+    #[test]
+    fn the_build_timeout_is_positive() {
+        assert_eq!(parse_timeout(Some("5")), Duration::from_secs(5));
+        for bad in [None, Some("0"), Some("-1"), Some("x")] {
+            assert_eq!(parse_timeout(bad), BUILD_TIMEOUT, "{bad:?}");
+        }
     }
 
     #[test]
