@@ -111,10 +111,17 @@ impl VmBuilder {
         VmBuilder { run_dir }
     }
 
-    /// The builder VM's own directory, fresh and private.
+    /// The builder VM's own directory, fresh and private:
+    /// `<run dir>/build-<run dir's name>`. Its name is also its husk-vmm's
+    /// cgroup's, so a leftover of a killed supervisor is reused by the
+    /// container's next build, not leaked.
     fn work_dir(&self) -> Result<PathBuf, BuilderError> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = self.run_dir.join(format!("build-{}", std::process::id()));
+        let name = self
+            .run_dir
+            .file_name()
+            .map_or_else(|| "vm".into(), |n| n.to_string_lossy());
+        let dir = self.run_dir.join(format!("build-{name}"));
         let fail = |source| BuilderError::Dir {
             path: dir.clone(),
             source,
@@ -279,6 +286,20 @@ mod tests {
             c.vsock.map(|v| v.uds_path),
             Some(PathBuf::from("/run/b/vsock.sock"))
         );
+    }
+
+    #[test]
+    fn the_work_dir_is_named_after_the_run_dir_and_fresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = VmBuilder::new(tmp.path().join("abc123"));
+        let dir = b.work_dir().unwrap();
+        assert_eq!(dir, tmp.path().join("abc123/build-abc123"));
+        fs::write(dir.join("stale"), "x").unwrap();
+        assert_eq!(b.work_dir().unwrap(), dir);
+        assert!(!dir.join("stale").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
