@@ -7,7 +7,10 @@
 //! - [`server`]: the request handlers, generic over the stream type.
 //! - [`vsock`]: the guest transport; [`vsock::serve`] is what PID 1 calls.
 //! - [`reaper`]: exit statuses of container processes (PID 1 reaps all).
+//! - [`build`]: builder mode, unpacking an image's layers into its rootfs
+//!   disk inside a builder microVM.
 
+pub mod build;
 pub mod container;
 pub mod overlay;
 pub mod reaper;

@@ -8,7 +8,9 @@
 //! vsock device it then serves the control protocol (`proto/PROTOCOL.md`)
 //! on vsock port 1024 until told to shut down (or, with `run_once`, until
 //! its containers have exited); without one (or with `no_serve`) it has
-//! nothing to do. Either way it then powers the VM off. As PID 1
+//! nothing to do. With `husk.build` it is a builder microVM instead
+//! (`husk_agent::build`): it mounts the target disk, serves one `build`
+//! and nothing else. Either way it then powers the VM off. As PID 1
 //! it never unwinds out of `main`: any error is logged and the VM powered off.
 
 mod boot;
@@ -53,6 +55,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let _ = nix::unistd::sethostname("husk");
+    if let Some(build) = &params.build {
+        return build_mode(build);
+    }
     for disk in &params.disks {
         boot::mount_disk(disk)?;
     }
@@ -61,5 +66,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         config.run_once = params.run_once;
         husk_agent::vsock::serve(config, husk_proto::guest::CONTROL_PORT)?;
     }
+    Ok(())
+}
+
+/// A builder microVM: mounts the target disk, serves one control
+/// connection (hello, then one build), and returns so PID 1 powers off.
+fn build_mode(disks: &husk_proto::boot::BuildDisks) -> Result<(), Box<dyn std::error::Error>> {
+    use husk_agent::build;
+    boot::mount_disk(&husk_proto::boot::DiskMount {
+        device: disks.target.clone(),
+        path: build::BUILD_MOUNT.into(),
+        read_only: false,
+    })?;
+    let listener = husk_agent::vsock::listen(husk_proto::guest::CONTROL_PORT)?;
+    let conn = husk_agent::vsock::accept(&listener)?;
+    build::serve(conn, VERSION, |req| {
+        build::build_in_guest(&disks.blobs, req)
+    })?;
     Ok(())
 }

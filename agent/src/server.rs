@@ -408,6 +408,9 @@ impl<C: Connector> Server<C> {
             Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
             Request::Shutdown => self.do_shutdown(),
             Request::SetHosts { id, entries } => self.do_set_hosts(&id, &entries),
+            Request::Build(_) => Err(ServerError::Protocol(ProtocolError::Invalid {
+                reason: "build is served by builder microVMs only".into(),
+            })),
         }
     }
 
@@ -502,7 +505,7 @@ impl<C: Connector> Server<C> {
     fn unpack_image(&self, id: &str, layers: &[agent::Layer]) -> Result<PathBuf> {
         let images = self.config.run_dir.join("images");
         fs::create_dir_all(&images).map_err(io_err(&images))?;
-        let key = layers::chain_key(layers.iter().map(|l| l.digest.as_str()));
+        let key = agent::chain_key(layers.iter().map(|l| l.digest.as_str()));
         let done = images.join(&key);
         if done.is_dir() {
             log::info!("image {key} already unpacked");

@@ -1,6 +1,9 @@
-//! The image rootfs disk cache: built from the store with the agent's
-//! unpacker, checked with debugfs, e2fsck and a read-only loop mount (these
-//! tests need root and e2fsprogs).
+//! The image rootfs disk cache: the host's side of a build (blob disk,
+//! empty target disk, locking, cleanup) with a stand-in for the builder
+//! microVM that runs the agent's own build code on the host over a loop
+//! mount of the target ([`HostBuilder`]; the microVM itself is tested by
+//! `tests/e2e.sh run`). Disks are checked with debugfs, e2fsck and a
+//! read-only loop mount (these tests need root and e2fsprogs).
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,7 +17,40 @@ use husk::image::default::ensure_default_image;
 use husk::image::oci::{Descriptor, Manifest, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP, MT_OCI_MANIFEST};
 use husk::image::reference::Reference;
 use husk::image::store::Store;
-use husk::storage::rootfs::{RootfsCache, RootfsError};
+use husk::storage::rootfs::{BuildJob, DiskBuilder, RootfsCache, RootfsError};
+use husk_layers::UnpackOptions;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The builder microVM's stand-in: the agent's build code on a loop mount.
+struct HostBuilder;
+
+impl DiskBuilder for HostBuilder {
+    fn build(&self, job: &BuildJob<'_>) -> Result<(), BoxError> {
+        assert!(job.blobs.exists() && job.target.exists());
+        let m = Mount::new(job.target, "loop");
+        husk_agent::build::unpack_layers(
+            job.blobs,
+            m.dir.path(),
+            job.request,
+            &UnpackOptions::default(),
+        )?;
+        Ok(())
+    }
+}
+
+/// A builder that fails (as a VM that timed out would), after checking
+/// what it was given.
+struct FailingBuilder;
+
+impl DiskBuilder for FailingBuilder {
+    fn build(&self, job: &BuildJob<'_>) -> Result<(), BoxError> {
+        let blobs = fs::metadata(job.blobs).unwrap().len();
+        let end = job.request.layers.last().unwrap().end().unwrap();
+        assert_eq!(blobs, end.next_multiple_of(4096));
+        Err("the guest agent did not answer within 1 s".into())
+    }
+}
 
 fn busybox(store: &Store) -> Manifest {
     ensure_default_image(store).expect("the default image needs busybox-static");
@@ -62,16 +98,19 @@ struct Mount {
 }
 
 impl Mount {
-    fn ro(image: &Path) -> Mount {
+    fn new(image: &Path, options: &str) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
-            .args(["-o", "loop,ro"])
+            .args(["-o", options])
             .arg(image)
             .arg(dir.path())
             .status()
             .unwrap();
-        assert!(st.success(), "mount -o loop,ro {}", image.display());
+        assert!(st.success(), "mount -o {options} {}", image.display());
         Mount { dir }
+    }
+    fn ro(image: &Path) -> Mount {
+        Mount::new(image, "loop,ro")
     }
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -100,7 +139,7 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
     let manifest = busybox(&store);
 
-    let disk = cache.ensure(&store, &manifest).unwrap();
+    let disk = cache.ensure(&store, &manifest, &HostBuilder).unwrap();
     assert!(disk.built);
     assert_eq!(disk.chain_key, RootfsCache::chain_key(&manifest));
     assert_eq!(
@@ -147,7 +186,7 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     }
 
     let mtime = fs::metadata(&disk.path).unwrap().modified().unwrap();
-    let again = cache.ensure(&store, &manifest).unwrap();
+    let again = cache.ensure(&store, &manifest, &HostBuilder).unwrap();
     assert!(!again.built, "second ensure is a hit");
     assert_eq!(cache.cached(&manifest).unwrap(), Some(again.clone()));
     let keys = husk::storage::rootfs::referenced_keys(&store).unwrap();
@@ -166,7 +205,7 @@ fn busybox_disk_is_built_once_and_keeps_modes() {
     assert_eq!(cache.remove_unused(&HashSet::new()).unwrap(), 1);
     assert_eq!(cache_files(&cache), Vec::<String>::new());
     assert!(again.hold(&cache).is_err(), "a removed disk cannot be held");
-    let (held, _lease) = cache.ensure_held(&store, &manifest).unwrap();
+    let (held, _lease) = cache.ensure_held(&store, &manifest, &HostBuilder).unwrap();
     assert!(held.built, "rebuilt after removal");
     assert_eq!(cache.remove_unused(&HashSet::new()).unwrap(), 0, "held");
 }
@@ -183,18 +222,51 @@ fn tampered_layer_fails_and_leaves_nothing() {
     bytes[mid] ^= 0xff;
     fs::write(&blob, &bytes).unwrap();
 
-    let err = cache.ensure(&store, &manifest).unwrap_err();
-    assert!(matches!(err, RootfsError::Layer { .. }), "{err:?}");
-    let msg = format!("{}: {}", err, std::error::Error::source(&err).unwrap());
-    assert!(msg.contains("digest mismatch"), "{msg}");
-    assert!(msg.contains(&manifest.layers[0].digest), "{msg}");
+    let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
+    assert!(matches!(err, RootfsError::Build { .. }), "{err:?}");
+    let msg = husk::error::chain(&err);
+    let key = RootfsCache::chain_key(&manifest);
+    let digest = &manifest.layers[0].digest;
+    assert!(
+        msg.starts_with(&format!(
+            "cannot build the rootfs disk of image {key}: layer {digest}: digest mismatch: expected {digest}, got sha256:"
+        )),
+        "{msg}"
+    );
     assert_eq!(cache_files(&cache), Vec::<String>::new());
 
-    // A missing blob, too.
+    // A missing blob, too: the host names it before any VM starts.
     fs::remove_file(&blob).unwrap();
-    let err = cache.ensure(&store, &manifest).unwrap_err();
-    assert!(matches!(err, RootfsError::Layer { .. }), "{err:?}");
+    let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
+    assert!(matches!(err, RootfsError::BlobDisk { .. }), "{err:?}");
+    let msg = husk::error::chain(&err);
+    assert!(
+        msg.contains(&format!("cannot read layer {digest} from ")),
+        "{msg}"
+    );
     assert_eq!(cache_files(&cache), Vec::<String>::new());
+}
+
+/// A builder that fails leaves neither the blob disk nor the target disk,
+/// and its cause reaches the caller on one line.
+#[test]
+fn a_failed_build_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
+    let manifest = busybox(&store);
+    let err = cache
+        .ensure(&store, &manifest, &FailingBuilder)
+        .unwrap_err();
+    assert_eq!(
+        husk::error::chain(&err),
+        format!(
+            "cannot build the rootfs disk of image {}: the guest agent did not answer within 1 s",
+            RootfsCache::chain_key(&manifest)
+        )
+    );
+    assert_eq!(cache_files(&cache), Vec::<String>::new());
+    assert_eq!(cache.cached(&manifest).unwrap(), None);
 }
 
 #[test]
@@ -214,7 +286,7 @@ fn concurrent_ensures_build_once() {
             );
             std::thread::spawn(move || {
                 barrier.wait();
-                cache.ensure(&store, &manifest).unwrap()
+                cache.ensure(&store, &manifest, &HostBuilder).unwrap()
             })
         })
         .collect();
@@ -262,9 +334,10 @@ fn stale_temporaries_are_cleaned() {
     let key = RootfsCache::chain_key(&manifest);
     fs::create_dir_all(cache.dir().join(format!("tmp-{key}-1-0/bin"))).unwrap();
     fs::write(cache.dir().join(format!("tmp-{key}-1-0.ext4")), b"x").unwrap();
+    fs::write(cache.dir().join(format!("tmp-{key}-1-0.blobs")), b"x").unwrap();
     let other = "0".repeat(64);
     fs::create_dir_all(cache.dir().join(format!("tmp-{other}-1-0/etc"))).unwrap();
-    cache.ensure(&store, &manifest).unwrap();
+    cache.ensure(&store, &manifest, &HostBuilder).unwrap();
     assert_eq!(
         cache_files(&cache),
         vec![format!("{key}.ext4"), format!("tmp-{other}-1-0")]
@@ -322,10 +395,7 @@ fn layer(entries: &[E<'_>]) -> Vec<u8> {
             }
         }
     }
-    let tar = b.into_inner().unwrap();
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    gz.finish().unwrap()
+    gzip(&b.into_inner().unwrap())
 }
 
 fn desc(media_type: &str, digest: String, size: usize) -> Descriptor {
@@ -335,6 +405,30 @@ fn desc(media_type: &str, digest: String, size: usize) -> Descriptor {
         size: size as u64,
         platform: None,
         annotations: Default::default(),
+    }
+}
+
+fn gzip(tar: &[u8]) -> Vec<u8> {
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut gz, tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// An image of gzip `layers`, put in `store`.
+fn manifest_of(store: &Store, layers: &[&[u8]]) -> Manifest {
+    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    Manifest {
+        schema_version: 2,
+        media_type: Some(MT_OCI_MANIFEST.into()),
+        config: desc(
+            MT_OCI_CONFIG,
+            store.put_bytes(config).unwrap(),
+            config.len(),
+        ),
+        layers: layers
+            .iter()
+            .map(|l| desc(MT_OCI_LAYER_GZIP, store.put_bytes(l).unwrap(), l.len()))
+            .collect(),
     }
 }
 
@@ -358,22 +452,8 @@ fn two_layers_with_whiteouts_keep_owners_links_and_setuid() {
         E::File("opq/new", b"new", 0o640, 33),
         E::Symlink("etc/link", "kept"),
     ]);
-    let layers: Vec<Descriptor> = [&l1, &l2]
-        .iter()
-        .map(|l| desc(MT_OCI_LAYER_GZIP, store.put_bytes(l).unwrap(), l.len()))
-        .collect();
-    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MT_OCI_MANIFEST.into()),
-        config: desc(
-            MT_OCI_CONFIG,
-            store.put_bytes(config).unwrap(),
-            config.len(),
-        ),
-        layers,
-    };
-    let disk = cache.ensure(&store, &manifest).unwrap();
+    let manifest = manifest_of(&store, &[&l1, &l2]);
+    let disk = cache.ensure(&store, &manifest, &HostBuilder).unwrap();
     assert!(disk.built);
     fsck(&disk.path);
     let m = Mount::ro(&disk.path);
@@ -424,7 +504,7 @@ fn full_disk_leaves_nothing() {
     }
     let _u = Umount(small.clone());
     let cache = RootfsCache::open(&small.join("rootfs")).unwrap();
-    let err = cache.ensure(&store, &manifest).unwrap_err();
+    let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
     let mut msg = err.to_string();
     let mut src = std::error::Error::source(&err);
     while let Some(s) = src {
@@ -448,10 +528,7 @@ fn raw_name_layer(name: &str) -> Vec<u8> {
     h.set_cksum();
     let mut b = tar::Builder::new(Vec::new());
     b.append(&h, &b"bad"[..]).unwrap();
-    let tar = b.into_inner().unwrap();
-    let mut gz = GzBuilder::new().write(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    gz.finish().unwrap()
+    gzip(&b.into_inner().unwrap())
 }
 
 /// An entry that would land outside the rootfs fails the build with one
@@ -461,23 +538,17 @@ fn escaping_entry_is_named_in_the_error() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
-    let bad = raw_name_layer("../../x");
-    let digest = store.put_bytes(&bad).unwrap();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MT_OCI_MANIFEST.into()),
-        config: desc(
-            MT_OCI_CONFIG,
-            store.put_bytes(config).unwrap(),
-            config.len(),
-        ),
-        layers: vec![desc(MT_OCI_LAYER_GZIP, digest.clone(), bad.len())],
-    };
-    let err = cache.ensure(&store, &manifest).unwrap_err();
+    let manifest = manifest_of(&store, &[&raw_name_layer("../../x")]);
+    let digest = &manifest.layers[0].digest;
+    let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
     let chain = husk::error::chain(&err);
-    assert!(chain.starts_with(&format!("layer {digest}: ")), "{chain}");
+    let key = RootfsCache::chain_key(&manifest);
+    assert!(
+        chain.starts_with(&format!(
+            "cannot build the rootfs disk of image {key}: layer {digest}: "
+        )),
+        "{chain}"
+    );
     assert!(
         chain.contains("entry \"../../x\" refused: '..' escapes the root"),
         "{chain}"
@@ -485,4 +556,61 @@ fn escaping_entry_is_named_in_the_error() {
     assert_eq!(chain.matches("../../x").count(), 1, "{chain}");
     assert_eq!(cache_files(&cache), Vec::<String>::new());
     assert!(!tmp.path().join("x").exists());
+}
+
+/// A layer that unpacks to more than the target disk holds (its size is
+/// bounded from the compressed sizes) fails the build with ENOSPC named,
+/// and leaves nothing.
+#[test]
+fn a_layer_larger_than_its_disk_fails_the_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let cache = RootfsCache::open(&tmp.path().join("rootfs")).unwrap();
+    // 160 MiB of zeros compress to a few hundred KiB.
+    let zeros = vec![0u8; 160 << 20];
+    let mut h = entry("zeros", tar::EntryType::Regular, 0o644, 0);
+    h.set_size(zeros.len() as u64);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &zeros[..]).unwrap();
+    let bomb = gzip(&b.into_inner().unwrap());
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    let manifest = manifest_of(&store, &[&bomb]);
+    let err = cache.ensure(&store, &manifest, &HostBuilder).unwrap_err();
+    let chain = husk::error::chain(&err);
+    assert!(chain.contains("No space left on device"), "{chain}");
+    assert_eq!(cache_files(&cache), Vec::<String>::new());
+}
+
+/// The host side never unpacks a layer: the `husk` crate does not depend on
+/// the unpacker (only its tests do, above), and none of its sources names
+/// it or a tar reader of layers.
+#[test]
+fn the_host_does_not_link_the_unpacker() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let toml = fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let deps = toml
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .unwrap();
+    assert!(!deps.contains("husk-layers"), "{deps}");
+    assert!(!deps.contains("husk-agent"), "{deps}");
+    let mut stack = vec![root.join("src")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap();
+            for word in ["husk_layers", "apply_layer", "unpack_tar"] {
+                assert!(!text.contains(word), "{} names {word}", path.display());
+            }
+            files += 1;
+        }
+    }
+    assert!(files > 50, "{files}");
 }

@@ -185,6 +185,38 @@ pub fn verify_file(path: &Path, digest: &Digest, size: Option<u64>, cap: u64) ->
     Ok(f)
 }
 
+/// Hashes the `size` bytes at `offset` of the file at `path` (a blob disk
+/// holding several blobs) and checks them against `digest`. Returns the
+/// file positioned at `offset`; read at most `size` bytes from it.
+pub fn verify_extent(
+    path: &Path,
+    offset: u64,
+    size: u64,
+    digest: &Digest,
+    cap: u64,
+) -> Result<File> {
+    if size > cap {
+        return Err(LayerError::BlobTooLarge { limit: cap });
+    }
+    let mut f = File::open(path).map_err(|source| LayerError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let seek = |f: &mut File| {
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|source| LayerError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    seek(&mut f)?;
+    let (actual, n) = hash_copy(BufReader::new((&mut f).take(size)), io::sink(), cap, path)?;
+    // A short read (the disk ends early) is a size mismatch.
+    check(digest, &actual, n, Some(size))?;
+    seek(&mut f)?;
+    Ok(f)
+}
+
 /// Copies a streamed blob into an anonymous temporary file in `tmp_dir`
 /// while hashing it, checks it, and returns the file rewound.
 pub fn receive_stream<R: Read>(
@@ -248,6 +280,28 @@ mod tests {
             media_type_compression("text/plain"),
             Err(LayerError::UnsupportedMediaType { .. })
         ));
+    }
+
+    #[test]
+    fn extents_are_checked_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("blobs");
+        let mut bytes = vec![0u8; 8192];
+        bytes[4096..4101].copy_from_slice(b"hello");
+        std::fs::write(&disk, &bytes).unwrap();
+        let hello = Digest(Sha256::digest(b"hello").into());
+        let mut f = verify_extent(&disk, 4096, 5, &hello, 10).unwrap();
+        let mut back = String::new();
+        (&mut f).take(5).read_to_string(&mut back).unwrap();
+        assert_eq!(back, "hello");
+        let err = verify_extent(&disk, 4095, 5, &hello, 10).unwrap_err();
+        assert!(matches!(err, LayerError::DigestMismatch { .. }), "{err}");
+        let err = verify_extent(&disk, 8190, 5, &hello, 10).unwrap_err();
+        assert!(matches!(err, LayerError::DigestMismatch { .. }), "{err}");
+        let err = verify_extent(&disk, 4096, 11, &hello, 10).unwrap_err();
+        assert!(matches!(err, LayerError::BlobTooLarge { .. }), "{err}");
+        let err = verify_extent(&d.path().join("none"), 0, 5, &hello, 10).unwrap_err();
+        assert!(matches!(err, LayerError::Open { .. }), "{err}");
     }
 
     #[test]

@@ -244,6 +244,27 @@ pub fn apply_layer_file(
     unpack_tar(root, Pipelined::new(decompressor(f, media_type)?), opts)
 }
 
+/// Verifies the blob of `size` bytes at `offset` of the blob disk at
+/// `path` against `digest`, then unpacks it into `root`.
+pub fn apply_layer_extent(
+    root: &Path,
+    path: &Path,
+    offset: u64,
+    size: u64,
+    digest: &str,
+    media_type: &str,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats> {
+    let digest = Digest::parse(digest)?;
+    blob::media_type_compression(media_type)?;
+    let f = blob::verify_extent(path, offset, size, &digest, opts.max_blob_bytes)?;
+    unpack_tar(
+        root,
+        Pipelined::new(decompressor(f.take(size), media_type)?),
+        opts,
+    )
+}
+
 /// Receives a streamed blob into `tmp_dir`, verifies it and unpacks it.
 pub fn apply_layer_stream<R: Read>(
     root: &Path,
@@ -258,18 +279,6 @@ pub fn apply_layer_stream<R: Read>(
     blob::media_type_compression(media_type)?;
     let f = blob::receive_stream(stream, tmp_dir, &digest, size, opts.max_blob_bytes)?;
     unpack_tar(root, Pipelined::new(decompressor(f, media_type)?), opts)
-}
-
-/// The cache key of an unpacked image: sha256 over the layer digests in
-/// order, one per line (like OCI's chain id, but over blob digests).
-pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for d in digests {
-        h.update(d.as_bytes());
-        h.update(b"\n");
-    }
-    hex::encode(h.finalize())
 }
 
 #[cfg(test)]

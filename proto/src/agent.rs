@@ -104,6 +104,10 @@ pub enum Request {
         /// The lines.
         entries: Vec<HostEntry>,
     },
+    /// Builder microVMs only (`husk.build`): verify and unpack layers into
+    /// the target disk, then unmount it. Answered by `Built`; any other
+    /// agent refuses it, and a builder refuses every container request.
+    Build(BuildRequest),
 }
 
 /// The most `/etc/hosts` lines a container gets for its network members.
@@ -144,6 +148,87 @@ pub fn validate_hosts(entries: &[HostEntry]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+
+/// Most layers one image may have (Docker's limit is 127).
+pub const MAX_BUILD_LAYERS: usize = 128;
+/// Alignment of each blob on a builder's blob disk (bytes).
+pub const BLOB_ALIGN: u64 = 4096;
+
+/// One layer blob on a builder's blob disk: `size` bytes at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobExtent {
+    /// `sha256:<64 hex>` of the blob (compressed, as stored).
+    pub digest: String,
+    /// OCI or Docker schema-2 layer media type.
+    pub media_type: String,
+    /// Byte offset on the blob disk, a multiple of [`BLOB_ALIGN`].
+    pub offset: u64,
+    /// Size of the blob in bytes.
+    pub size: u64,
+}
+
+impl BlobExtent {
+    /// The first byte past the blob, or `None` on overflow.
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.size)
+    }
+}
+
+/// `Build`: the image's layers, base first, as extents of the blob disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// The layers, in order.
+    pub layers: Vec<BlobExtent>,
+}
+
+impl BuildRequest {
+    /// Checks the layout: 1 to [`MAX_BUILD_LAYERS`] layers, each aligned to
+    /// [`BLOB_ALIGN`], in disk order, not overlapping, and not past
+    /// `disk_bytes` (the blob disk's size) when given.
+    pub fn validate(&self, disk_bytes: Option<u64>) -> Result<()> {
+        let invalid = |reason: String| Err(ProtocolError::Invalid { reason });
+        if self.layers.is_empty() || self.layers.len() > MAX_BUILD_LAYERS {
+            return invalid(format!(
+                "{} layers, want 1 to {MAX_BUILD_LAYERS}",
+                self.layers.len()
+            ));
+        }
+        let mut next = 0u64;
+        for l in &self.layers {
+            let Some(end) = l.end() else {
+                return invalid(format!("layer {} overflows the blob disk", l.digest));
+            };
+            if l.offset % BLOB_ALIGN != 0 || l.offset < next {
+                return invalid(format!(
+                    "layer {} at offset {} is unaligned or overlaps the previous one",
+                    l.digest, l.offset
+                ));
+            }
+            if disk_bytes.is_some_and(|d| end > d) {
+                return invalid(format!("layer {} ends past the blob disk", l.digest));
+            }
+            next = end;
+        }
+        Ok(())
+    }
+}
+
+/// The cache key of an unpacked image, the same on both sides (the
+/// agent's `images/<key>`, the host's rootfs disk `<key>.ext4`): sha256
+/// over the layer digests in order, one per line (like OCI's chain id, but
+/// over blob digests).
+pub fn chain_key<'a>(digests: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for d in digests {
+        h.update(d.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
 }
 
 /// How a blob reaches the agent.
@@ -506,6 +591,13 @@ pub enum Response {
     },
     /// The agent is shutting down.
     ShuttingDown,
+    /// The layers were unpacked, the target disk synced and unmounted.
+    Built {
+        /// Entries read from all layers.
+        entries: u64,
+        /// Bytes of file content written.
+        bytes: u64,
+    },
     /// The request failed.
     Error {
         /// Class.
@@ -538,6 +630,48 @@ mod tests {
         );
         let back: Envelope<Request> = read_frame(&mut buf.as_slice()).unwrap();
         assert_eq!(back, msg);
+    }
+
+    fn extent(offset: u64, size: u64) -> BlobExtent {
+        BlobExtent {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            offset,
+            size,
+        }
+    }
+
+    #[test]
+    fn the_chain_key_is_the_sha256_of_the_digest_lines() {
+        // printf 'sha256:a\nsha256:b\n' | sha256sum
+        assert_eq!(
+            chain_key(["sha256:a", "sha256:b"]),
+            "5d02884ff145014d7bbd2e791dfad6096dbc4208330b699b82742d4b403d1f56"
+        );
+        assert_ne!(chain_key(["a", "b"]), chain_key(["b", "a"]));
+    }
+
+    #[test]
+    fn build_request_layout_is_checked() {
+        let ok = BuildRequest {
+            layers: vec![extent(0, 5000), extent(8192, 1), extent(12288, 0)],
+        };
+        ok.validate(Some(12288)).unwrap();
+        ok.validate(None).unwrap();
+        let json = r#"{"type":"build","layers":[{"digest":"sha256:x","media_type":"m","offset":0,"size":1}]}"#;
+        let req: Request = serde_json::from_str(json).unwrap();
+        assert!(matches!(req, Request::Build(ref b) if b.layers[0].size == 1));
+        for (bad, disk, why) in [
+            (vec![], None, "0 layers"),
+            (vec![extent(0, 5000), extent(4096, 1)], None, "overlaps"),
+            (vec![extent(100, 1)], None, "unaligned"),
+            (vec![extent(0, 4097)], Some(4096), "past the blob disk"),
+            (vec![extent(u64::MAX - 4095, 4096)], None, "overflows"),
+            (vec![extent(0, 0); MAX_BUILD_LAYERS + 1], None, "129 layers"),
+        ] {
+            let err = BuildRequest { layers: bad }.validate(disk).unwrap_err();
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! type, so the command line is never built or read by hand.
 //!
 //! Parameters: `husk.disk=DEV:PATH[:ro]` (repeatable), `husk.ip=A.B.C.D/N`,
-//! `husk.gw=A.B.C.D`, `husk.dns=IP[,IP...]`, `husk.run_once`, `husk.no_serve`.
+//! `husk.gw=A.B.C.D`, `husk.dns=IP[,IP...]`, `husk.run_once`, `husk.no_serve`,
+//! `husk.build=BLOBS:TARGET` (a builder microVM: see [`BuildDisks`]).
 //! Other words (the kernel's own) are ignored.
 
 use std::net::Ipv4Addr;
@@ -58,6 +59,19 @@ pub struct GuestNet {
     pub dns: Vec<Ipv4Addr>,
 }
 
+/// A builder microVM's two disks (`husk.build=BLOBS:TARGET`): the agent
+/// runs no container; it serves only `build` (`crate::agent::BuildRequest`):
+/// it verifies the layer blobs read from `/dev/<blobs>` (read-only) and
+/// unpacks them into the empty ext4 file system on `/dev/<target>`,
+/// mounted at [`crate::guest::BUILD_MOUNT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildDisks {
+    /// Device name of the blob disk under /dev, e.g. `vda`.
+    pub blobs: String,
+    /// Device name of the target disk under /dev, e.g. `vdb`.
+    pub target: String,
+}
+
 /// Everything husk puts on a guest's kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootParams {
@@ -69,6 +83,8 @@ pub struct BootParams {
     pub run_once: bool,
     /// Do not serve the control protocol even with a vsock device.
     pub no_serve: bool,
+    /// Builder mode: unpack layers into a disk, run no container.
+    pub build: Option<BuildDisks>,
 }
 
 impl BootParams {
@@ -104,6 +120,18 @@ impl BootParams {
         if self.no_serve {
             words.push("husk.no_serve".into());
         }
+        if let Some(b) = &self.build {
+            check_word("husk.build", &b.blobs)?;
+            check_word("husk.build", &b.target)?;
+            if parse_build(&format!("{}:{}", b.blobs, b.target)).is_none() {
+                return Err(BootParamError::Unrenderable {
+                    what: "husk.build",
+                    value: format!("{}:{}", b.blobs, b.target),
+                    reason: "two device names without ':' or '/'",
+                });
+            }
+            words.push(format!("husk.build={}:{}", b.blobs, b.target));
+        }
         Ok(words.join(" "))
     }
 
@@ -132,6 +160,10 @@ impl BootParams {
                 }
                 "husk.run_once" => params.run_once = true,
                 "husk.no_serve" => params.no_serve = true,
+                "husk.build" => {
+                    params.build =
+                        Some(parse_build(value).ok_or_else(|| bad("expected BLOBS:TARGET"))?)
+                }
                 k if k.starts_with("husk.") => return Err(bad("unknown husk parameter")),
                 _ => {}
             }
@@ -176,6 +208,21 @@ fn parse_disk(spec: &str) -> Option<DiskMount> {
     })
 }
 
+/// `BLOBS:TARGET`: two distinct device names (not empty; no `/`, `:`,
+/// quote or space, so that what parses also renders).
+fn parse_build(spec: &str) -> Option<BuildDisks> {
+    let (blobs, target) = spec.split_once(':')?;
+    let device =
+        |d: &str| !d.is_empty() && !d.contains(['/', ':', '"']) && !d.contains(char::is_whitespace);
+    if !device(blobs) || !device(target) || blobs == target {
+        return None;
+    }
+    Some(BuildDisks {
+        blobs: blobs.to_string(),
+        target: target.to_string(),
+    })
+}
+
 fn parse_cidr(spec: &str) -> Option<(Ipv4Addr, u8)> {
     let (ip, prefix) = spec.split_once('/')?;
     let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
@@ -208,6 +255,7 @@ mod tests {
             }),
             run_once: true,
             no_serve: false,
+            build: None,
         }
     }
 
@@ -240,10 +288,44 @@ mod tests {
             "husk.gw=10.88.0",
             "husk.dns=1.1.1.1,,8.8.8.8",
             "husk.bogus",
+            "husk.build",
+            "husk.build=vda",
+            "husk.build=vda:",
+            "husk.build=vda:vda",
+            "husk.build=vda:vdb:vdc",
+            "husk.build=../vda:vdb",
         ] {
             let err = BootParams::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn build_mode_renders_and_parses_back() {
+        let p = BootParams {
+            build: Some(BuildDisks {
+                blobs: "vda".into(),
+                target: "vdb".into(),
+            }),
+            no_serve: false,
+            ..BootParams::default()
+        };
+        let line = p.render().unwrap();
+        assert_eq!(line, "husk.build=vda:vdb");
+        assert_eq!(BootParams::parse(&format!("quiet {line}")).unwrap(), p);
+        assert_eq!(BootParams::parse("quiet").unwrap().build, None);
+        assert!(BootParams::parse("husk.build=v\"a:vdb").is_err());
+        let mut bad = p.clone();
+        bad.build = Some(BuildDisks {
+            blobs: "vda".into(),
+            target: "vda".into(),
+        });
+        assert!(bad.render().is_err());
+        bad.build = Some(BuildDisks {
+            blobs: "v:a".into(),
+            target: "vdb".into(),
+        });
+        assert!(bad.render().is_err());
     }
 
     #[test]

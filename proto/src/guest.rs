@@ -16,6 +16,8 @@ pub const RUN_DIR: &str = "/run/husk";
 pub const IMAGE_MOUNT: &str = "/run/husk/image";
 /// Where volume disks are mounted in the guest: `VOLUMES_DIR/<name>`.
 pub const VOLUMES_DIR: &str = "/run/husk/volumes";
+/// Where a builder microVM mounts the disk it unpacks layers into.
+pub const BUILD_MOUNT: &str = "/run/husk/build";
 /// The id of the one container a husk microVM runs.
 pub const CONTAINER_ID: &str = "c";
 
@@ -59,6 +61,7 @@ mod tests {
     fn paths_nest_under_the_run_dir() {
         assert_eq!(container_dir(CONTAINER_ID), "/run/husk/containers/c");
         assert!(IMAGE_MOUNT.starts_with(RUN_DIR));
+        assert!(BUILD_MOUNT.starts_with(RUN_DIR));
         assert_eq!(volume_mount("data"), "/run/husk/volumes/data");
         assert_eq!(exec_stdio_ports(1), Some([5103, 5104, 5105]));
         assert_eq!(exec_stdio_ports(u32::MAX), None);

@@ -3,7 +3,9 @@
 # -e/-w/-u, -d then ps/logs/exec/stop/rm, -p with busybox httpd fetched from
 # the host, outbound access through NAT, a named volume written by one
 # container and read by the next, -t through a real pty, Docker's 125/126/127,
-# bad input, SIGKILLed supervisors and VMMs, and husk-vmm's jail.
+# bad input, SIGKILLed supervisors and VMMs, and husk-vmm's jail. First runs
+# build the image's rootfs disk in a builder microVM; a corrupt layer is
+# refused there.
 . "$HUSK_E2E_DIR/lib/assert.sh"
 export HUSK_DATA_DIR=$WORK/husk-data
 export HUSK_RUN_DIR=$WORK/husk-run
@@ -21,6 +23,25 @@ check() { # check DESCRIPTION WANT GOT
   [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
 }
 vmm_count() { ps -o comm 2>/dev/null | grep -c '^husk-vmm' ; }
+now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
+
+# 0. Measurement only: with a husk built from before the builder microVM
+# (tests/e2e.sh run with HUSK_E2E_EXTRA_FILES=/var/tmp/husk-before/husk),
+# the first `run --rm busybox true` of each, alternating, on empty data dirs.
+before=${HUSK_BEFORE:-/var/tmp/husk-before/husk}
+if [ -x "$before" ]; then
+  for i in 1 2; do
+    for which in before after; do
+      bin=$husk; [ $which = after ] || bin=$before
+      t0=$(now_cs)
+      HUSK_DATA_DIR=$WORK/m-$which-$i HUSK_RUN_DIR=$WORK/m-run-$which-$i \
+        $bin run --rm --timings busybox true 2> "$WORK/m.err" || { cat "$WORK/m.err"; fail "first run ($which)"; }
+      t1=$(now_cs)
+      echo "first-run $which #$i: $(( (t1 - t0) * 10 )) ms; $(grep start-up "$WORK/m.err")"
+      rm -rf "$WORK/m-$which-$i" "$WORK/m-run-$which-$i"
+    done
+  done
+fi
 
 # 1. run --rm: output, stderr and the exit status come back; nothing stays.
 out=$($husk run --rm --timings busybox sh -c 'echo hello; echo oops >&2; exit 3' 2> "$WORK/err")
@@ -46,6 +67,43 @@ check "logs /dev/stdout" a "$out"
 check "logs /dev/stderr" b "$(cat "$WORK/err")"
 $husk rm devout > /dev/null || fail "rm devout"
 pass "/dev/stdout and /dev/stderr open in a container (run --rm, and -d with logs)"
+
+# 1c. That build ran in a builder microVM and left nothing but the disk; a
+# layer corrupted in the store is refused there (the guest checks each
+# blob's digest) with one line naming it, and no cache entry is made.
+ls "$HUSK_DATA_DIR/rootfs" > "$WORK/cache"
+grep -q '^tmp-' "$WORK/cache" && fail "the build left temporaries: $(cat "$WORK/cache")"
+check "rootfs disks after the first run" 1 "$(grep -c '^[0-9a-f]\{64\}\.ext4$' "$WORK/cache")"
+check "builder VM directories left" "" "$(find "$HUSK_RUN_DIR" -name 'build-*')"
+bad=$WORK/bad-data
+HUSK_DATA_DIR=$bad $husk images > /dev/null || fail "images (bad data dir)"
+layer=$(ls -S "$bad"/images/blobs/sha256/* | head -1)
+size=$(stat -c %s "$layer")
+printf '\377' | dd of="$layer" bs=1 seek=$((size / 2)) conv=notrunc 2> /dev/null
+HUSK_DATA_DIR=$bad $husk run --rm busybox true > "$WORK/out" 2> "$WORK/err"
+rc=$?
+cat "$WORK/err"
+check "run of a corrupt layer: status" 125 "$rc"
+check "run of a corrupt layer: stderr lines" 1 "$(wc -l < "$WORK/err")"
+grep -q "cannot build the rootfs disk of image .*: the builder microVM: layer sha256:$(basename "$layer"): digest mismatch" "$WORK/err" \
+  || fail "corrupt layer not named: $(cat "$WORK/err")"
+check "cache after the corrupt layer" "" "$(ls "$bad/rootfs" | grep -v '^scratch-')"
+check "containers after the corrupt layer" "" "$(HUSK_DATA_DIR=$bad $husk ps -aq)"
+check "husk-vmm processes after the corrupt layer" 0 "$(vmm_count)"
+# A builder that does not answer in time (here: a 1 s boot limit) is
+# killed; one line says so, and nothing is cached or left running.
+slow=$WORK/slow-data
+HUSK_BOOT_TIMEOUT=1 HUSK_DATA_DIR=$slow $husk run --rm busybox true > "$WORK/out" 2> "$WORK/err"
+rc=$?
+cat "$WORK/err"
+check "run with a builder that times out: status" 125 "$rc"
+check "run with a builder that times out: stderr lines" 1 "$(wc -l < "$WORK/err")"
+grep -q "cannot build the rootfs disk of image .*: the builder microVM: .*did not answer within 1 s" "$WORK/err" \
+  || fail "builder timeout not reported: $(cat "$WORK/err")"
+check "cache after the builder timeout" "" "$(ls "$slow/rootfs" | grep -v '^scratch-')"
+check "husk-vmm processes after the builder timeout" 0 "$(vmm_count)"
+check "builder VM directories after the timeout" "" "$(find "$HUSK_RUN_DIR" -name 'build-*')"
+pass "first run built the rootfs in a builder microVM; a corrupt layer is refused there, a builder that times out is killed; nothing cached"
 
 # 2. The second run of the image does not unpack it again.
 out=$($husk run --rm --timings busybox echo again 2> "$WORK/err")

@@ -1,8 +1,17 @@
 //! The image rootfs cache: per image, a read-only ext4 disk image of its
 //! unpacked layers, keyed by the chain key of its layer digests
-//! ([`husk_layers::chain_key`]) and attached read-only to every VM of
-//! that image, so the second `husk run` of an image neither unpacks nor
-//! copies anything (proto/PROTOCOL.md, "Writable layer and cache").
+//! ([`chain_key`]) and attached read-only to every VM of that image, so the
+//! second `husk run` of an image neither unpacks nor copies anything
+//! (proto/PROTOCOL.md, "Writable layer and cache").
+//!
+//! Layers are never unpacked on the host. On a miss the host writes the
+//! blob disk (the verified blobs, concatenated: [`super::blobdisk`]) and an
+//! empty ext4 disk sized from the layers (`mkfs.ext4` without `-d`: no
+//! image content), and a [`DiskBuilder`] fills it: in production a builder
+//! microVM (`container::supervisor::builder`), whose agent verifies every
+//! blob and unpacks it into the disk. Only when it reports success and has
+//! ended is the disk synced and renamed into the cache; the host never
+//! parses a tar entry, mounts or checks the disk the guest wrote.
 //!
 //! Layout of the cache directory:
 //!
@@ -11,26 +20,23 @@
 //!   concurrent `husk run`s of one image build it once) and shared while a VM
 //!   uses it ([`RootfsDisk::hold`]), so [`RootfsCache::remove_unused`] leaves
 //!   it alone;
-//! - `tmp-<key>-<pid>-<n>` and `tmp-<key>-<pid>-<n>.ext4`: the unpacked tree
-//!   and the disk being made; removed on failure, and a killed build's are
-//!   removed by the next build of that key or by `remove_unused`.
-//!
-//! Layers are verified and unpacked by the agent's own scoped unpacker
-//! ([`husk_layers::apply_layer_file`]), never by `tar`'s.
+//! - `tmp-<key>-<pid>-<n>.blobs` and `tmp-<key>-<pid>-<n>.ext4`: the blob
+//!   disk and the disk being made; removed on failure, and a killed build's
+//!   are removed by the next build of that key or by `remove_unused`.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use husk_layers::{self as layers, LayerError, UnpackOptions};
+use husk_proto::agent::{chain_key, BuildRequest};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::image::oci::Manifest;
 use crate::image::store::{Store, StoreError};
+use crate::storage::blobdisk::{self, BlobDiskError};
 use crate::storage::ext4::{self, Ext4Error, MkfsOptions};
 
 /// Rootfs cache errors.
@@ -47,28 +53,29 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
-    /// A layer blob is not in the store (or its digest is invalid).
-    #[error("layer {digest}")]
-    Store {
-        /// The layer.
-        digest: String,
-        /// The cause.
-        #[source]
-        source: StoreError,
-    },
     /// The image store could not be read.
     #[error("cannot read the image store")]
     ImageStore(#[source] StoreError),
-    /// A layer failed verification or unpacking.
-    #[error("layer {digest}")]
-    Layer {
-        /// The layer.
-        digest: String,
+    /// The blob disk could not be written.
+    #[error("cannot prepare the layers of image {key}")]
+    BlobDisk {
+        /// The chain key.
+        key: String,
         /// The cause.
         #[source]
-        source: LayerError,
+        source: BlobDiskError,
     },
-    /// Making the disk image failed.
+    /// The builder failed (a bad blob or layer, a full disk, a guest that
+    /// did not answer in time, ...).
+    #[error("cannot build the rootfs disk of image {key}")]
+    Build {
+        /// The chain key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Making the empty disk image failed.
     #[error("cannot make the rootfs disk for image {key}")]
     Ext4 {
         /// The chain key.
@@ -81,6 +88,30 @@ pub enum RootfsError {
 
 /// `Result` for this module.
 pub type Result<T> = std::result::Result<T, RootfsError>;
+
+/// One build: unpack the layers of `request`, read from the blob disk
+/// `blobs`, into the empty ext4 file system `target`.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildJob<'a> {
+    /// The chain key of the image.
+    pub key: &'a str,
+    /// The blob disk (read-only for the builder).
+    pub blobs: &'a Path,
+    /// The empty ext4 disk to fill.
+    pub target: &'a Path,
+    /// The layers, as extents of `blobs`.
+    pub request: &'a BuildRequest,
+}
+
+/// What fills a rootfs disk from a blob disk: in husk, a builder microVM.
+/// Returns only once it has finished writing `target` (its VM has ended).
+pub trait DiskBuilder {
+    /// Builds, or fails with the cause on one line.
+    fn build(
+        &self,
+        job: &BuildJob<'_>,
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
     move |source| RootfsError::Io {
@@ -126,56 +157,23 @@ fn lock_file(path: &Path, arg: FlockArg) -> Result<Option<Flock<File>>> {
     crate::lockfile::lock_file(path, arg).map_err(io_err("cannot lock", path))
 }
 
-/// Bytes and inodes a tree needs on ext4 with 4 KiB blocks.
-#[derive(Debug, Default)]
-struct TreeSize {
-    bytes: u64,
-    inodes: u64,
-}
-
-const BLOCK: u64 = 4096;
-
-fn measure(dir: &Path, seen: &mut HashSet<(u64, u64)>, size: &mut TreeSize) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(io_err("cannot read", dir))? {
-        let entry = entry.map_err(io_err("cannot read", dir))?;
-        let path = entry.path();
-        let md = fs::symlink_metadata(&path).map_err(io_err("cannot stat", &path))?;
-        if !seen.insert((md.dev(), md.ino())) {
-            // Another hard link of a counted inode: only its entry.
-            size.bytes += (8 + entry.file_name().len() as u64).next_multiple_of(4);
-            continue;
-        }
-        // Its directory entry: 8 bytes of header and the name, 4-aligned.
-        size.bytes += (8 + entry.file_name().len() as u64).next_multiple_of(4);
-        size.inodes += 1;
-        let ft = md.file_type();
-        if ft.is_dir() {
-            size.bytes += BLOCK;
-            measure(&path, seen, size)?;
-        } else if ft.is_file() || (ft.is_symlink() && md.len() >= 60) {
-            // Symlinks under 60 bytes live in the inode.
-            size.bytes += md.len().div_ceil(BLOCK) * BLOCK;
-        }
-    }
-    Ok(())
-}
-
-/// The unpacked tree and the disk being made; both removed on drop unless
-/// the disk was renamed into place.
+/// The blob disk and the disk being made; both removed on drop (the disk
+/// only if it was not renamed into place).
 #[derive(Debug)]
 struct BuildTemp {
-    tree: PathBuf,
+    blobs: PathBuf,
     image: PathBuf,
 }
 
 impl Drop for BuildTemp {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.tree) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove {}: {e}", self.tree.display());
+        for f in [&self.blobs, &self.image] {
+            if let Err(e) = fs::remove_file(f) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", f.display());
+                }
             }
         }
-        let _ = fs::remove_file(&self.image);
     }
 }
 
@@ -209,7 +207,7 @@ impl RootfsCache {
 
     /// The chain key of a manifest's layers.
     pub fn chain_key(manifest: &Manifest) -> String {
-        layers::chain_key(manifest.layers.iter().map(|l| l.digest.as_str()))
+        chain_key(manifest.layers.iter().map(|l| l.digest.as_str()))
     }
 
     /// Where the disk of `key` is (or would be).
@@ -242,11 +240,16 @@ impl RootfsCache {
     }
 
     /// Returns the disk of the manifest's image, building it on a miss:
-    /// under the key's lock (re-checked after locking) every layer is
-    /// verified and unpacked into a temporary tree, copied into a fresh ext4
-    /// image with `mkfs.ext4 -d` (no journal, no `lost+found`), synced and
-    /// renamed into place. On failure nothing is left behind.
-    pub fn ensure(&self, store: &Store, manifest: &Manifest) -> Result<RootfsDisk> {
+    /// under the key's lock (re-checked after locking) the blob disk and an
+    /// empty ext4 disk (no journal) are made, `builder` fills the latter,
+    /// and it is synced and renamed into place. On failure nothing is left
+    /// behind.
+    pub fn ensure(
+        &self,
+        store: &Store,
+        manifest: &Manifest,
+        builder: &dyn DiskBuilder,
+    ) -> Result<RootfsDisk> {
         let key = Self::chain_key(manifest);
         if let Some(disk) = self.hit(&key)? {
             return Ok(disk);
@@ -271,7 +274,7 @@ impl RootfsCache {
         if let Some(disk) = self.hit(&key)? {
             return Ok(disk);
         }
-        self.build(store, manifest, &key)
+        self.build(store, manifest, &key, builder)
     }
 
     /// [`ensure`](Self::ensure) and [`hold`](RootfsDisk::hold) in one: the
@@ -281,9 +284,10 @@ impl RootfsCache {
         &self,
         store: &Store,
         manifest: &Manifest,
+        builder: &dyn DiskBuilder,
     ) -> Result<(RootfsDisk, RootfsLease)> {
         loop {
-            let disk = self.ensure(store, manifest)?;
+            let disk = self.ensure(store, manifest, builder)?;
             match disk.hold(self) {
                 Ok(lease) => return Ok((disk, lease)),
                 Err(RootfsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -293,20 +297,42 @@ impl RootfsCache {
         }
     }
 
-    fn build(&self, store: &Store, manifest: &Manifest, key: &str) -> Result<RootfsDisk> {
+    fn build(
+        &self,
+        store: &Store,
+        manifest: &Manifest,
+        key: &str,
+        builder: &dyn DiskBuilder,
+    ) -> Result<RootfsDisk> {
         let start = Instant::now();
         self.remove_temps(Some(key))?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = format!("tmp-{key}-{}-{n}", std::process::id());
         let temp = BuildTemp {
-            tree: self.dir.join(&base),
+            blobs: self.dir.join(format!("{base}.blobs")),
             image: self.dir.join(format!("{base}.ext4")),
         };
-        fs::create_dir(&temp.tree).map_err(io_err("cannot create", &temp.tree))?;
-        fs::set_permissions(&temp.tree, fs::Permissions::from_mode(0o755))
-            .map_err(io_err("cannot chmod", &temp.tree))?;
-        self.unpack(store, manifest, &temp.tree)?;
-        make_disk(key, &temp.tree, &temp.image)?;
+        let request = blobdisk::write(store, &manifest.layers, &temp.blobs).map_err(|source| {
+            RootfsError::BlobDisk {
+                key: key.to_string(),
+                source,
+            }
+        })?;
+        let compressed = request.layers.iter().map(|l| l.size).sum();
+        let image = make_empty_disk(key, &temp.image, blobdisk::target_size(compressed))?;
+        let job = BuildJob {
+            key,
+            blobs: &temp.blobs,
+            target: &temp.image,
+            request: &request,
+        };
+        builder.build(&job).map_err(|source| RootfsError::Build {
+            key: key.to_string(),
+            source,
+        })?;
+        image
+            .sync_all()
+            .map_err(io_err("cannot sync", &temp.image))?;
         let path = self.disk_path(key);
         fs::rename(&temp.image, &path).map_err(io_err("cannot rename into", &path))?;
         File::open(&self.dir)
@@ -328,31 +354,6 @@ impl RootfsCache {
             build_time: start.elapsed(),
             bytes,
         })
-    }
-
-    fn unpack(&self, store: &Store, manifest: &Manifest, tree: &Path) -> Result<()> {
-        let opts = UnpackOptions::default();
-        for layer in &manifest.layers {
-            let blob = store
-                .blob_path(&layer.digest)
-                .map_err(|source| RootfsError::Store {
-                    digest: layer.digest.clone(),
-                    source,
-                })?;
-            layers::apply_layer_file(
-                tree,
-                &blob,
-                &layer.digest,
-                &layer.media_type,
-                Some(layer.size),
-                &opts,
-            )
-            .map_err(|source| RootfsError::Layer {
-                digest: layer.digest.clone(),
-                source,
-            })?;
-        }
-        Ok(())
     }
 
     /// Removes the temporaries of builds that died: of `key` only (the
@@ -445,33 +446,31 @@ pub fn referenced_keys(store: &Store) -> Result<HashSet<String>> {
     Ok(keys)
 }
 
-/// Makes the read-only ext4 image of `tree` at `image`, sized from the tree
-/// (1.2× its blocks and inode tables, plus 16 MiB), without `lost+found`,
-/// and syncs it.
-fn make_disk(key: &str, tree: &Path, image: &Path) -> Result<()> {
-    let mut size = TreeSize::default();
-    measure(tree, &mut HashSet::new(), &mut size)?;
-    let inodes = size.inodes + size.inodes / 5 + 64;
-    let raw = size.bytes + inodes * 256;
-    let bytes = (raw + raw / 5 + (16 << 20)).div_ceil(BLOCK) * BLOCK;
-    let f = File::create(image).map_err(io_err("cannot create", image))?;
-    f.set_len(bytes).map_err(io_err("cannot size", image))?;
-    let ext4 = |source| RootfsError::Ext4 {
-        key: key.to_string(),
-        source,
-    };
+/// Makes the empty ext4 file system at `image` (a new sparse file of
+/// `size`): no journal (the disk is read-only once built), root owned by
+/// root; nothing of the image goes in. Returns the open file, for syncing
+/// once the builder has filled it.
+fn make_empty_disk(key: &str, image: &Path, size: blobdisk::TargetSize) -> Result<File> {
+    let f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(image)
+        .map_err(io_err("cannot create", image))?;
+    f.set_len(size.bytes)
+        .map_err(io_err("cannot size", image))?;
     ext4::mkfs(
         image,
         &MkfsOptions {
             label: "husk-rootfs",
-            tree: Some(tree),
-            inodes: Some(inodes),
+            tree: None,
+            inodes: Some(size.inodes),
             no_journal: true,
-            extended: None,
+            extended: Some("root_owner=0:0"),
         },
     )
-    .map_err(ext4)?;
-    ext4::debugfs(image, "rmdir lost+found", true).map_err(ext4)?;
-    f.sync_all().map_err(io_err("cannot sync", image))?;
-    Ok(())
+    .map_err(|source| RootfsError::Ext4 {
+        key: key.to_string(),
+        source,
+    })?;
+    Ok(f)
 }

@@ -124,7 +124,9 @@ fn start_vm(
             Some(l) => wait_for_tap(l, &mut vmm),
             None => Ok(()),
         };
-        match ready.and_then(|()| connect_agent(h, &h.vsock_socket(), &mut vmm)) {
+        match ready
+            .and_then(|()| connect_agent(&h.dir.join("console.log"), &h.vsock_socket(), &mut vmm))
+        {
             Ok(agent) => {
                 return Ok(Started {
                     vmm,
@@ -165,8 +167,9 @@ fn prepare_disks(
     let store = Store::open(&data_dir.join("images"))?;
     let manifest = store.manifest(&config.image_digest)?;
     // Held for the VM's life, so `husk gc` cannot remove the disk under it.
+    let builder = super::builder::VmBuilder::new(h.run_dir.clone());
     let (rootfs, rootfs_lease) =
-        RootfsCache::open(&data_dir.join("rootfs"))?.ensure_held(&store, &manifest)?;
+        RootfsCache::open(&data_dir.join("rootfs"))?.ensure_held(&store, &manifest, &builder)?;
     timings.rootfs_built = rootfs.built;
     let rw = h.dir.join("rw.ext4");
     crate::storage::scratch::ensure(&data_dir.join("rootfs"), &rw)?;
@@ -337,8 +340,13 @@ fn wait_for_tap(l: &net::Lease, vmm: &mut VmmProcess) -> Result<(), StartError> 
 }
 
 /// Connects to the agent (the boot timeout is `HUSK_BOOT_TIMEOUT`
-/// seconds, 120 by default) and says hello.
-fn connect_agent(h: &Handle, uds: &Path, vmm: &mut VmmProcess) -> Result<AgentClient, StartError> {
+/// seconds, 120 by default) and says hello; a failure ends with the last
+/// line of the guest's `console` log.
+pub(super) fn connect_agent(
+    console: &Path,
+    uds: &Path,
+    vmm: &mut VmmProcess,
+) -> Result<AgentClient, StartError> {
     let limit = Duration::from_secs(
         std::env::var("HUSK_BOOT_TIMEOUT")
             .ok()
@@ -352,7 +360,7 @@ fn connect_agent(h: &Handle, uds: &Path, vmm: &mut VmmProcess) -> Result<AgentCl
             Ok(Some(st)) => vmm_failure(vmm, &st.to_string()),
             _ => crate::error::chain(&e),
         };
-        StartError::new(match last_console_line(&h.dir.join("console.log")) {
+        StartError::new(match last_console_line(console) {
             Some(line) => format!("{cause}; the guest's console ended with: {line}"),
             None => cause,
         })
@@ -362,7 +370,7 @@ fn connect_agent(h: &Handle, uds: &Path, vmm: &mut VmmProcess) -> Result<AgentCl
 /// The last non-empty line of the guest's console log (read from its last
 /// 4 KiB: the guest wrote it), for an error that must show its cause even
 /// when the container directory is removed after a failed `run`.
-fn last_console_line(path: &Path) -> Option<String> {
+pub(super) fn last_console_line(path: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -400,7 +408,7 @@ fn create_container(data_dir: &Path, sup: &Sup, mounts: Vec<MountSpec>) -> Resul
     Ok(())
 }
 
-fn stop_vmm(vmm: &mut VmmProcess) {
+pub(super) fn stop_vmm(vmm: &mut VmmProcess) {
     let _ = vmm.child.kill();
     let _ = vmm.child.wait();
 }

@@ -47,6 +47,7 @@ use husk_proto::agent::ConsoleSize;
 use husk_proto::guest::{exec_stdio_ports, CONTAINER_ID, INIT_STDIO_PORTS};
 
 mod boot;
+mod builder;
 mod jail;
 mod session;
 mod vmm;
