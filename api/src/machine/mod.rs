@@ -152,7 +152,7 @@ pub fn should_forward() -> bool {
 /// (their registries and files are the host's).
 pub const MACHINE_COMMANDS: &[&str] = &[
     "run", "create", "start", "stop", "restart", "kill", "rm", "ps", "exec", "logs", "attach",
-    "wait", "inspect", "port", "top", "pause", "unpause", "cp", "stats", "volume",
+    "wait", "inspect", "port", "top", "pause", "unpause", "cp", "stats", "volume", "bench",
 ];
 
 /// The subcommand of a command line (argv after the program name): the first

@@ -291,7 +291,7 @@ impl RootfsCache {
         fs::create_dir(&temp.tree).map_err(io_err("cannot create", &temp.tree))?;
         fs::set_permissions(&temp.tree, fs::Permissions::from_mode(0o755))
             .map_err(io_err("cannot chmod", &temp.tree))?;
-        self.unpack(store, manifest, &temp.tree)?;
+        unpack_layers(store, manifest, &temp.tree)?;
         make_disk(key, &temp.tree, &temp.image)?;
         let path = self.disk_path(key);
         fs::rename(&temp.image, &path).map_err(io_err("cannot rename into", &path))?;
@@ -314,31 +314,6 @@ impl RootfsCache {
             build_time: start.elapsed(),
             bytes,
         })
-    }
-
-    fn unpack(&self, store: &Store, manifest: &Manifest, tree: &Path) -> Result<()> {
-        let opts = UnpackOptions::default();
-        for layer in &manifest.layers {
-            let blob = store
-                .blob_path(&layer.digest)
-                .map_err(|source| RootfsError::Store {
-                    digest: layer.digest.clone(),
-                    source,
-                })?;
-            layers::apply_layer_file(
-                tree,
-                &blob,
-                &layer.digest,
-                &layer.media_type,
-                Some(layer.size),
-                &opts,
-            )
-            .map_err(|source| RootfsError::Layer {
-                digest: layer.digest.clone(),
-                source,
-            })?;
-        }
-        Ok(())
     }
 
     /// Removes the temporaries of builds that died: of `key` only (the
@@ -418,6 +393,33 @@ impl RootfsDisk {
         }
         Ok(RootfsLease(lock))
     }
+}
+
+/// Verifies and unpacks every layer of `manifest` into `tree` (an existing,
+/// empty directory) with the scoped unpacker: the image's root file system.
+pub fn unpack_layers(store: &Store, manifest: &Manifest, tree: &Path) -> Result<()> {
+    let opts = UnpackOptions::default();
+    for layer in &manifest.layers {
+        let blob = store
+            .blob_path(&layer.digest)
+            .map_err(|source| RootfsError::Store {
+                digest: layer.digest.clone(),
+                source,
+            })?;
+        layers::apply_layer_file(
+            tree,
+            &blob,
+            &layer.digest,
+            &layer.media_type,
+            Some(layer.size),
+            &opts,
+        )
+        .map_err(|source| RootfsError::Layer {
+            digest: layer.digest.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The chain keys of every image tagged in `store`: what
