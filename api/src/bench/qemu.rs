@@ -16,7 +16,11 @@ use super::{find_program, last_line, BenchError, Result, Starter};
 pub const NAME: &str = "qemu-microvm";
 
 /// How long a boot may take before the row fails.
-const BOOT_LIMIT: Duration = Duration::from_secs(300);
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long a killed QEMU is waited for (a vCPU stuck in the kernel can
+/// keep it from dying; it is then left behind, and the row fails).
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// One boot of QEMU's microvm to husk-agent's ready line.
 #[derive(Debug)]
@@ -104,6 +108,30 @@ fn wait_ready(child: &mut Child, limit: Duration) -> Result<()> {
     }
 }
 
+/// Waits up to `limit` for the killed `child` to end.
+fn reap(child: &mut Child, limit: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if t.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                return Err(BenchError::Unfinished(format!(
+                    "qemu (pid {}) did not end within {} s of SIGKILL",
+                    child.id(),
+                    limit.as_secs()
+                )))
+            }
+            Err(e) => {
+                return Err(BenchError::Spawn {
+                    program: "qemu".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
 impl Starter for QemuBoot {
     fn name(&self) -> &str {
         NAME
@@ -122,8 +150,9 @@ impl Starter for QemuBoot {
         let ready = wait_ready(&mut child, BOOT_LIMIT);
         let took = t.elapsed();
         let _ = child.kill();
-        let _ = child.wait();
-        ready.map(|()| took)
+        let reaped = reap(&mut child, EXIT_LIMIT);
+        ready?;
+        reaped.map(|()| took)
     }
 }
 
