@@ -202,4 +202,16 @@ mod tests {
         c.kill().unwrap();
         c.wait().unwrap();
     }
+
+    #[test]
+    fn a_killed_child_is_reaped_and_a_live_one_is_reported() {
+        let mut c = Command::new("sleep").arg("30").spawn().unwrap();
+        let e = reap(&mut c, Duration::from_millis(100)).unwrap_err();
+        assert!(
+            e.to_string().contains("did not end within 0 s of SIGKILL"),
+            "{e}"
+        );
+        c.kill().unwrap();
+        reap(&mut c, Duration::from_secs(10)).unwrap();
+    }
 }
