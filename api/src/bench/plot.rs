@@ -19,6 +19,9 @@ pub const SIZE: (u32, u32) = (1000, 600);
 
 const FONT: &str = "sans-serif";
 
+/// Height of a line of notes under the chart, in pixels.
+const NOTE_LINE: u32 = 21;
+
 /// Registers the embedded font once (plotters' `ab_glyph` text).
 fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
@@ -76,17 +79,14 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), String> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let notes = notes(report);
-    let note_height = 24 * u32::try_from(notes.len()).unwrap_or(0) + 16;
+    let note_height = NOTE_LINE * u32::try_from(notes.len()).unwrap_or(0) + 12;
     let (top, bottom) = root.split_vertically(SIZE.1 - note_height);
     let bars = bars(report);
     let n = i32::try_from(bars.len().max(1)).unwrap_or(i32::MAX);
     let (lo, hi) = y_range(&bars);
     let mut chart = ChartBuilder::on(&top)
         .caption(
-            format!(
-                "husk bench: {} start to exit (p50 bar, p90 whisker, dots = runs), {}",
-                report.image, report.place
-            ),
+            format!("husk bench: {} on {}", report.image, report.place),
             (FONT, 18),
         )
         .margin(16)
@@ -155,7 +155,11 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), String> {
     }
     for (k, line) in (0i32..).zip(&notes) {
         bottom
-            .draw(&Text::new(line.clone(), (20, 8 + 24 * k), (FONT, 15)))
+            .draw(&Text::new(
+                line.clone(),
+                (20, 4 + NOTE_LINE as i32 * k),
+                (FONT, 14),
+            ))
             .map_err(|x| e(&x))?;
     }
     root.present().map_err(|x| e(&x))
@@ -171,9 +175,11 @@ fn notes(report: &Report) -> Vec<String> {
         })
         .map(str::to_string)
         .collect();
+    let mut head = "bars: p50, whiskers: p90, dots: each run; start to exit (qemu-microvm: to husk-agent ready)".to_string();
     if let Some(b) = report.baseline_p50() {
-        lines.insert(0, format!("container baseline (namespace) p50: {b:.1} ms"));
+        head.push_str(&format!("; container baseline (namespace) p50 {b:.1} ms"));
     }
+    lines.insert(0, head);
     lines
 }
 
@@ -218,7 +224,12 @@ mod tests {
     fn notes_hold_baseline_density_and_unavailable_rows() {
         let n = notes(&sample());
         assert_eq!(n.len(), 3);
-        assert!(n[0].starts_with("container baseline"));
+        assert!(n[0].starts_with("bars: p50, whiskers: p90"));
+        assert!(
+            n[0].ends_with("; container baseline (namespace) p50 11.0 ms"),
+            "{}",
+            n[0]
+        );
         assert!(n[1].starts_with("density: 2 sandboxes"));
         assert_eq!(n[2], "unavailable: crun: crun is not installed");
     }
