@@ -276,6 +276,24 @@ wait "$serve_pid" 2>/dev/null || true
 [ ! -e "$sock" ] && ok || fail "the API socket is left behind"
 HUSK_MACHINE=1 h ps | grep -q dweb && ok || fail "dweb is gone after husk serve ended"
 HUSK_MACHINE=1 h rm -f dweb >/dev/null
+# husk bench measures in the machine; the table and the PNG come out here.
+t0=$(date +%s.%N)
+set +e
+HUSK_MACHINE=1 h bench --runs 1 --density 1 --plot "$data/bench.png" >"$data/bench" 2>"$data/bench.err"
+rc=$?
+set -e
+say "husk bench --runs 1 --density 1 in the machine: $(echo "$(date +%s.%N) - $t0" | bc) s"
+cat "$data/bench" >&2
+num='[0-9]+\.[0-9]+'
+[ "$rc" = 0 ] && ok || fail "husk bench in the machine: status $rc: $(tail -3 "$data/bench.err")"
+grep -q '^husk bench: .* on the husk machine (Linux ' "$data/bench" && ok || fail "husk bench did not measure in the machine"
+for row in husk namespace; do
+  grep -Eq "^$row +$num +$num +$num  " "$data/bench" && ok || fail "husk bench: no figures for $row"
+done
+grep -Eq "^density: 1 sandbox \(husk run -d\) .*: $num MiB" "$data/bench" && ok || fail "husk bench: no density figures"
+[ "$(head -c 8 "$data/bench.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] && ok ||
+  fail "husk bench wrote no PNG on this host"
+[ -z "$(HUSK_MACHINE=1 h ps -aq)" ] && ok || fail "husk bench left containers in the machine"
 
 # Stop keeps the data disk; a command starts the machine again on its own.
 h machine ssh -- sh -c 'echo kept > /var/lib/husk/marker'

@@ -5,6 +5,7 @@
 //! where the microVM's files are found.
 
 pub mod assets;
+pub mod bench;
 pub mod cli;
 pub mod container;
 pub mod error;

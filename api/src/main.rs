@@ -106,6 +106,8 @@ enum Cmd {
     Gc,
     /// Serve the Docker Engine API on a Unix socket (docker, docker-py).
     Serve(cli::serve::ServeArgs),
+    /// Measure microVM against container start-up (table, optional PNG plot).
+    Bench(cli::bench::BenchArgs),
     /// Manage the helper VM used on hosts without hardware virtualization.
     Machine {
         #[command(subcommand)]
@@ -166,6 +168,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::Load(a) => cli::images::load(&data, a),
         Cmd::Gc => cli::images::gc(&data),
         Cmd::Serve(a) => cli::serve::run(&data, a),
+        Cmd::Bench(a) => cli::bench::run(&data, a),
     }
 }
 
@@ -177,6 +180,9 @@ fn forward(
     args: Vec<std::ffi::OsString>,
 ) -> husk::machine::Result<i32> {
     use husk::machine::images;
+    if let Cmd::Bench(a) = cmd {
+        return cli::bench::forward(data, a);
+    }
     let mut argv = husk::machine::strip_data_dir(args)?;
     if let Cmd::Run(a) | Cmd::Create(a) = cmd {
         let client = husk::machine::client(data)?;

@@ -311,7 +311,7 @@ fn held_disks_do_not_block_later_starts() {
         let (store, cache, manifest, tx) =
             (store.clone(), cache.clone(), manifest.clone(), tx.clone());
         std::thread::spawn(move || {
-            let held = cache.ensure_held(&store, &manifest).unwrap();
+            let held = cache.ensure_held(&store, &manifest, &HostBuilder).unwrap();
             tx.send(()).unwrap();
             // The "VM" keeps its hold until the test ends.
             std::thread::sleep(std::time::Duration::from_secs(30));

@@ -150,7 +150,6 @@ pub fn validate_hosts(entries: &[HostEntry]) -> Result<()> {
     Ok(())
 }
 
-
 /// Most layers one image may have (Docker's limit is 127).
 pub const MAX_BUILD_LAYERS: usize = 128;
 /// Alignment of each blob on a builder's blob disk (bytes).

@@ -2,6 +2,7 @@
 //! logic lives in the library (`container`, `image`, ...).
 
 pub mod attach;
+pub mod bench;
 pub mod cp;
 pub mod exec;
 pub mod images;

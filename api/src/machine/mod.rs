@@ -153,7 +153,7 @@ pub fn should_forward() -> bool {
 /// (their registries and files are the host's).
 pub const MACHINE_COMMANDS: &[&str] = &[
     "run", "create", "start", "stop", "restart", "kill", "rm", "ps", "exec", "logs", "attach",
-    "wait", "inspect", "port", "top", "pause", "unpause", "stats", "volume", "network",
+    "wait", "inspect", "port", "top", "pause", "unpause", "stats", "volume", "network", "bench",
 ];
 
 /// The subcommand of a command line (argv after the program name): the first
