@@ -185,6 +185,11 @@ done
 [ "$(d exec dweb cat /etc/hostname 2>&1)" = "$got" ] && ok || fail "docker exec through the machine"
 HUSK_MACHINE=1 h ps | grep -q dweb && ok ||
   fail "husk ps does not show the container docker made"
+# top: the container's own ps, without the ps itself.
+out=$(d top dweb 2>&1)
+echo "$out" | grep -q 'httpd -f -p 80' && ! echo "$out" | grep -q 'ps -ef' && ok || fail "docker top: $out"
+out=$(HUSK_MACHINE=1 h top dweb 2>&1)
+echo "$out" | head -1 | grep -q '^PID' && echo "$out" | grep -q 'httpd -f -p 80' && ok || fail "husk top: $out"
 # Files both ways: docker cp (the client tars and untars) and husk cp.
 printf 'into-the-container\n' > "$data/cpin.txt"
 d cp "$data/cpin.txt" dweb:/tmp/cpin.txt >/dev/null 2>&1 && ok || fail "docker cp into the container"

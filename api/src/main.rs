@@ -54,6 +54,8 @@ enum Cmd {
     Logs(cli::logs::LogsArgs),
     /// Run a command in a running container.
     Exec(cli::exec::ExecArgs),
+    /// Display the running processes of a container (its own ps).
+    Top(cli::top::TopArgs),
     /// Copy files between a running container and this host (or a tar on stdin/stdout).
     Cp(cli::cp::CpArgs),
     /// In the husk machine: the stat of PATH in CONTAINER as JSON (null if none).
@@ -151,6 +153,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Cmd::Logs(a) => cli::logs::run(&data, a),
         Cmd::Exec(a) => cli::exec::run(&data, a),
         Cmd::Cp(a) => cli::cp::run(&data, a),
+        Cmd::Top(a) => cli::top::run(&data, a),
         Cmd::ContainerPathStat { container, path } => cli::cp::print_stat(&data, &container, &path),
         Cmd::Inspect(a) => cli::inspect::run(&data, a),
         Cmd::Volume(v) => cli::volume::dispatch(&data, v),

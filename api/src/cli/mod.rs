@@ -16,6 +16,7 @@ pub mod pause;
 pub mod ps;
 pub mod run;
 pub mod serve;
+pub mod top;
 pub mod volume;
 
 use std::os::unix::net::UnixStream;

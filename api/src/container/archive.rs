@@ -9,25 +9,20 @@
 //! needs it running.
 
 use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::control::{Attach, Frame, Request};
-use super::ipc::{self, IpcError};
+use super::ipc::IpcError;
+use super::tool::{run_tool, ToolEnd};
 use super::Handle;
-use husk_proto::agent::ProcessSpec;
-
-/// The most of a tool's stderr kept for its error message.
-const STDERR_KEPT: usize = 4096;
 
 /// Archive errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The supervisor refused or is not there.
     #[error(transparent)]
-    Ipc(#[from] IpcError),
+    Ipc(IpcError),
     /// The path does not exist in the container.
     #[error("Could not find the file {path} in container {container}")]
     NotFound {
@@ -52,12 +47,18 @@ pub enum ArchiveError {
         /// The end of its stderr.
         message: String,
     },
-    /// The stream to the supervisor broke, or the local side failed.
-    #[error("{0}")]
-    Io(String, #[source] io::Error),
-    /// The container stopped while copying.
-    #[error("the container stopped while copying")]
-    Lost,
+    /// The tool could not be run or its stream broke.
+    #[error(transparent)]
+    Run(super::tool::ToolError),
+}
+
+impl From<super::tool::ToolError> for ArchiveError {
+    fn from(e: super::tool::ToolError) -> Self {
+        match e {
+            super::tool::ToolError::Ipc(i) => ArchiveError::Ipc(i),
+            e => ArchiveError::Run(e),
+        }
+    }
 }
 
 /// `Result` for this module.
@@ -171,83 +172,6 @@ pub fn parse_stat(out: &str, name: &str, link_target: String) -> Option<PathStat
         mtime,
         link_target,
     })
-}
-
-/// What a tool run ended with.
-struct ToolEnd {
-    status: i32,
-    stderr: String,
-}
-
-/// Runs `argv` as root in the container, feeding `stdin` (if any) and
-/// writing its stdout to `out`.
-fn run_tool(
-    h: &Handle,
-    argv: Vec<String>,
-    stdin: Option<Box<dyn Read + Send>>,
-    out: &mut dyn Write,
-) -> Result<ToolEnd> {
-    let spec = ProcessSpec {
-        cmd: argv,
-        user: "0".into(),
-        ..ProcessSpec::default()
-    };
-    let attach = Attach {
-        stdin: stdin.is_some(),
-        console_size: None,
-    };
-    let mut conn = ipc::request(h, &Request::Exec { spec, attach })?;
-    if let Some(input) = stdin {
-        let w = conn
-            .try_clone()
-            .map_err(|e| ArchiveError::Io("the container's stream".into(), e))?;
-        std::thread::spawn(move || feed(input, w));
-    }
-    let mut stderr = Vec::new();
-    loop {
-        match Frame::read_from(&mut conn) {
-            Ok(Some(Frame::Stdout(b))) => out
-                .write_all(&b)
-                .map_err(|e| ArchiveError::Io("cannot write the archive".into(), e))?,
-            Ok(Some(Frame::Stderr(b))) => {
-                stderr.extend_from_slice(&b);
-                let cut = stderr.len().saturating_sub(STDERR_KEPT);
-                stderr.drain(..cut);
-            }
-            Ok(Some(Frame::Exit(status))) => {
-                let text = String::from_utf8_lossy(&stderr);
-                let last = text.lines().rev().find(|l| !l.trim().is_empty());
-                return Ok(ToolEnd {
-                    status,
-                    stderr: last.unwrap_or("").trim().to_string(),
-                });
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(ArchiveError::Lost),
-            Err(e) => {
-                return Err(ArchiveError::Io(
-                    format!("the container's stream: {e}"),
-                    io::Error::other(e),
-                ))
-            }
-        }
-    }
-}
-
-/// Sends `input` as stdin frames, then end of input.
-fn feed(mut input: Box<dyn Read + Send>, mut w: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match input.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if Frame::Stdin(buf[..n].to_vec()).write_to(&mut w).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = Frame::StdinEof.write_to(&mut w);
 }
 
 /// Turns a tool's failure into an error: 127 is a missing tool.

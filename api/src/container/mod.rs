@@ -32,6 +32,8 @@ pub mod netattach;
 pub mod spec;
 pub mod state;
 pub mod supervisor;
+pub mod tool;
+pub mod top;
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -19,6 +19,7 @@ pub mod images;
 pub mod networks;
 pub mod streams;
 pub mod system;
+pub mod top;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -110,6 +111,7 @@ pub enum Route {
     ContainerLogs,
     ContainerAttach,
     ContainerResize,
+    ContainerTop,
     ArchiveHead,
     ArchiveGet,
     ArchivePut,
@@ -156,6 +158,7 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/containers/{id}/logs", Route::ContainerLogs),
     ("POST", "/containers/{id}/attach", Route::ContainerAttach),
     ("POST", "/containers/{id}/resize", Route::ContainerResize),
+    ("GET", "/containers/{id}/top", Route::ContainerTop),
     ("HEAD", "/containers/{id}/archive", Route::ArchiveHead),
     ("GET", "/containers/{id}/archive", Route::ArchiveGet),
     ("PUT", "/containers/{id}/archive", Route::ArchivePut),
@@ -413,6 +416,7 @@ async fn dispatch(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
         Route::ContainerLogs => streams::logs(ctx, p, q).await,
         Route::ContainerAttach => streams::attach(ctx, p, q, req).await,
         Route::ContainerResize => streams::resize(ctx, p, q).await,
+        Route::ContainerTop => top::top(ctx, p, q).await,
         Route::ArchiveHead => archive::head(ctx, p, q).await,
         Route::ArchiveGet => archive::get(ctx, p, q).await,
         Route::ArchivePut => archive::put(ctx, p, q, req.into_body()).await,
