@@ -126,6 +126,14 @@ pub struct HostEntry {
     pub names: Vec<String>,
 }
 
+/// Whether `n` can be a name on an `/etc/hosts` line: `[A-Za-z0-9_.-]{1,253}`.
+pub fn valid_host_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// Checks a list of host lines: bounded, and names that cannot break the
 /// file's format.
 pub fn validate_hosts(entries: &[HostEntry]) -> Result<()> {
@@ -138,11 +146,7 @@ pub fn validate_hosts(entries: &[HostEntry]) -> Result<()> {
             return invalid(format!("host entry {} has {} names", e.ip, e.names.len()));
         }
         for n in &e.names {
-            let ok = !n.is_empty()
-                && n.len() <= 253
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if !ok {
+            if !valid_host_name(n) {
                 return invalid(format!("host name {n:?} is not [A-Za-z0-9_.-]{{1,253}}"));
             }
         }

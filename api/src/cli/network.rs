@@ -117,19 +117,8 @@ pub fn dispatch(data_dir: &Path, cmd: NetworkCmd) -> CliResult {
 }
 
 fn list(data_dir: &Path, quiet: bool) -> CliResult {
-    let v = crate::serve::networks::inspect_value(data_dir, "bridge")
+    let rows = crate::serve::networks::all_values(data_dir)
         .map_err(|e| CliError::new(1, e.to_string()))?;
-    let mut rows = vec![v];
-    rows.push(
-        crate::serve::networks::inspect_value(data_dir, "none")
-            .map_err(|e| CliError::new(1, e.to_string()))?,
-    );
-    for n in Networks::open(data_dir).list()? {
-        rows.push(
-            crate::serve::networks::inspect_value(data_dir, &n.id)
-                .map_err(|e| CliError::new(1, e.to_string()))?,
-        );
-    }
     if !quiet {
         println!("{:<14}{:<24}{:<10}SCOPE", "NETWORK ID", "NAME", "DRIVER");
     }

@@ -156,8 +156,9 @@ pub fn split(path: &str) -> (String, String) {
     }
 }
 
-/// Parses `stat -c '%s %f %Y'` output into a [`PathStat`] named `name`.
-pub fn parse_stat(out: &str, name: &str, link_target: String) -> Option<PathStat> {
+/// Parses `stat -c '%s %f %Y'` output into a [`PathStat`] named `name`
+/// (without a link target).
+pub fn parse_stat(out: &str, name: &str) -> Option<PathStat> {
     let mut f = out.split_whitespace();
     let size = f.next()?.parse().ok()?;
     let st_mode = u32::from_str_radix(f.next()?, 16).ok()?;
@@ -170,7 +171,7 @@ pub fn parse_stat(out: &str, name: &str, link_target: String) -> Option<PathStat
         size,
         mode: go_mode(st_mode),
         mtime,
-        link_target,
+        link_target: String::new(),
     })
 }
 
@@ -205,24 +206,18 @@ pub fn stat(h: &Handle, container: &str, path: &str) -> Result<PathStat> {
     }
     let text = String::from_utf8_lossy(&out).to_string();
     let (_, name) = split(&abs);
-    let link = if text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|m| u32::from_str_radix(m, 16).ok())
-        .is_some_and(|m| m & 0o170000 == 0o120000)
-    {
-        let mut target = Vec::new();
-        let argv = vec!["readlink".into(), abs.clone()];
-        check("readlink", run_tool(h, argv, None, &mut target)?)?;
-        String::from_utf8_lossy(&target).trim_end().to_string()
-    } else {
-        String::new()
-    };
-    parse_stat(&text, &name, link).ok_or_else(|| ArchiveError::Tool {
+    let mut st = parse_stat(&text, &name).ok_or_else(|| ArchiveError::Tool {
         tool: "stat",
         status: 0,
         message: format!("unexpected output {:?}", text.trim()),
-    })
+    })?;
+    if st.mode & GO_SYMLINK != 0 {
+        let mut target = Vec::new();
+        let argv = vec!["readlink".into(), abs.clone()];
+        check("readlink", run_tool(h, argv, None, &mut target)?)?;
+        st.link_target = String::from_utf8_lossy(&target).trim_end().to_string();
+    }
+    Ok(st)
 }
 
 /// Writes a tar of `path` (a file, or a directory and its content; `dir/.`
@@ -283,7 +278,7 @@ mod tests {
 
     #[test]
     fn stat_output_parses_and_encodes() {
-        let st = parse_stat("12 41ed 1700000000\n", "etc", String::new()).unwrap();
+        let st = parse_stat("12 41ed 1700000000\n", "etc").unwrap();
         assert!(st.is_dir());
         assert_eq!(st.size, 12);
         assert_eq!(st.mtime, "2023-11-14T22:13:20.000000000Z");
@@ -294,7 +289,7 @@ mod tests {
         assert_eq!(v["name"], "etc");
         assert_eq!(v["mode"], GO_DIR | 0o755);
         assert_eq!(v["linkTarget"], "");
-        assert!(parse_stat("x y z", "a", String::new()).is_none());
-        assert!(parse_stat("", "a", String::new()).is_none());
+        assert!(parse_stat("x y z", "a").is_none());
+        assert!(parse_stat("", "a").is_none());
     }
 }

@@ -153,10 +153,7 @@ pub fn resolve_network(
 
 /// Whether `a` can be a network alias (a host name in `/etc/hosts`).
 pub fn valid_alias(a: &str) -> bool {
-    !a.is_empty()
-        && a.len() <= 253
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    husk_proto::agent::valid_host_name(a)
 }
 
 /// Parses `NAME:/path[:ro|rw]` (a named volume; host paths are refused).

@@ -103,6 +103,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Writes `v` as pretty JSON to `path`, atomically.
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(v).map_err(|source| ContainerError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &json)
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(io_err(path))?;
     serde_json::from_slice(&bytes).map_err(|source| ContainerError::Json {
@@ -268,11 +277,7 @@ impl Containers {
         let h = self.handle(&config.id);
         let tmp = self.root.join(format!(".new-{}", config.id));
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let json = serde_json::to_vec_pretty(config).map_err(|source| ContainerError::Json {
-            path: tmp.join("config.json"),
-            source,
-        })?;
-        write_atomic(&tmp.join("config.json"), &json)?;
+        write_json(&tmp.join("config.json"), config)?;
         let state = serde_json::to_vec_pretty(&State::default()).unwrap_or_default();
         write_atomic(&tmp.join("state.json"), &state)?;
         fs::rename(&tmp, &h.dir).map_err(io_err(&h.dir))?;
@@ -328,22 +333,12 @@ impl Handle {
     /// Rewrites the config atomically (only its networks change after
     /// creation: `network connect` and `disconnect`).
     pub fn write_config(&self, c: &ContainerConfig) -> Result<()> {
-        let path = self.dir.join("config.json");
-        let json = serde_json::to_vec_pretty(c).map_err(|source| ContainerError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &json)
+        write_json(&self.dir.join("config.json"), c)
     }
 
     /// Writes the state atomically.
     pub fn write_state(&self, s: &State) -> Result<()> {
-        let path = self.dir.join("state.json");
-        let json = serde_json::to_vec_pretty(s).map_err(|source| ContainerError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &json)
+        write_json(&self.dir.join("state.json"), s)
     }
 
     /// Whether a supervisor holds this container's lock.

@@ -150,6 +150,19 @@ pub struct Registry {
     dial_host: String,
 }
 
+/// A registry host's name and port (`localhost:5000` → `localhost`, `5000`).
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (host, None),
+    }
+}
+
+/// Whether a registry host name is this machine's loopback.
+fn is_loopback(name: &str) -> bool {
+    name == "localhost" || name.starts_with("127.") || name == "[::1]"
+}
+
 /// QEMU's user-network address of the outer host's loopback, seen from
 /// inside the husk machine.
 const MACHINE_HOST_LOOPBACK: &str = "10.0.2.2";
@@ -159,12 +172,8 @@ const MACHINE_HOST_LOOPBACK: &str = "10.0.2.2";
 /// (`localhost:5000`, as a user of this host means it) is reached at the
 /// outer host's loopback through QEMU's user network.
 pub fn dial_host(host: &str, in_machine: bool) -> String {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
-        _ => (host, None),
-    };
-    let loopback = name == "localhost" || name.starts_with("127.") || name == "[::1]";
-    if !(in_machine && loopback) {
+    let (name, port) = split_port(host);
+    if !(in_machine && is_loopback(name)) {
         return host.to_string();
     }
     match port {
@@ -176,16 +185,7 @@ pub fn dial_host(host: &str, in_machine: bool) -> String {
 /// Whether husk talks plain HTTP to `host`: loopback registries, as Docker
 /// allows, and hosts listed in `HUSK_INSECURE_REGISTRIES` (comma-separated).
 pub fn is_insecure(host: &str) -> bool {
-    let h = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    h == "localhost"
-        || h.starts_with("127.")
-        || h == "[::1]"
+    is_loopback(split_port(host).0)
         || std::env::var("HUSK_INSECURE_REGISTRIES")
             .is_ok_and(|v| v.split(',').any(|x| x.trim() == host))
 }

@@ -170,7 +170,7 @@ fn strs(args: &[String]) -> Vec<&str> {
 /// Creates `chain` in the filter table unless it exists (iptables-nft
 /// cannot list a chain that does not exist without an error of its own,
 /// so creation is tried and "already exists" is success).
-fn ensure_chain(chain: &str) -> Result<(), String> {
+pub(super) fn ensure_chain(chain: &str) -> Result<(), String> {
     match iptables(&["-t", "filter", "-N", chain]) {
         Err(e) if e.ends_with("Chain already exists.") => Ok(()),
         r => r.map(|_| ()),

@@ -37,12 +37,7 @@ fn pair(from: Ipv4Addr, to: Ipv4Addr) -> Vec<String> {
 }
 
 fn ensure_chain() -> Result<(), String> {
-    match iptables(&["-t", "filter", "-N", NETS_CHAIN]) {
-        Err(e) if e.ends_with("Chain already exists.") => {}
-        r => {
-            r?;
-        }
-    }
+    super::firewall::ensure_chain(NETS_CHAIN)?;
     let j = jump();
     if !iptables(&[&["-t", "filter", "-C", FORWARD_CHAIN][..], &j].concat())? {
         // Position 3: after the spoof check and the accepted replies, before
@@ -99,10 +94,6 @@ mod tests {
 
     #[test]
     fn join_and_forget_keep_pairs_exact() {
-        if !nix::unistd::geteuid().is_root() || crate::net::nat::iptables_path().is_none() {
-            eprintln!("skipped: needs root and iptables");
-            return;
-        }
         let dir = test_lock_dir();
         let (a, b, c) = (
             Ipv4Addr::new(10, 88, 250, 2),

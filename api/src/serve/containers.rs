@@ -19,7 +19,12 @@ use crate::image::store::Store;
 
 /// The containers of the server's data directory.
 pub fn open(ctx: &Ctx) -> Result<Containers, ApiError> {
-    let c = Containers::open(&ctx.data_dir)?;
+    open_at(&ctx.data_dir)
+}
+
+/// The containers of `data_dir`, swept.
+pub fn open_at(data_dir: &Path) -> Result<Containers, ApiError> {
+    let c = Containers::open(data_dir)?;
     c.sweep();
     Ok(c)
 }

@@ -61,10 +61,10 @@ fn store(ctx: &Ctx) -> Networks {
     Networks::open(&ctx.data_dir)
 }
 
-fn containers_of(data_dir: &std::path::Path) -> Result<crate::container::Containers, ApiError> {
-    let c = crate::container::Containers::open(data_dir)?;
-    c.sweep();
-    Ok(c)
+/// Every container of `data_dir` with its live state: what the network
+/// objects' `Containers` maps are made from, read once per request.
+fn containers_of(data_dir: &std::path::Path) -> Result<Vec<(ContainerConfig, State)>, ApiError> {
+    Ok(super::containers::open_at(data_dir)?.list()?)
 }
 
 /// A network's members for its `Containers` map.
@@ -112,40 +112,54 @@ fn network_json(
     })
 }
 
-fn user_json(data_dir: &std::path::Path, n: &Network) -> Result<Value, ApiError> {
-    let cs = containers_of(data_dir)?;
-    let members: Vec<_> = netattach::attached(&cs, &n.name)
-        .into_iter()
-        .filter(|(_, s)| s.supervisor_pid.is_some())
+fn user_json(all: &[(ContainerConfig, State)], n: &Network) -> Value {
+    let members: Vec<_> = all
+        .iter()
+        .filter(|(c, s)| {
+            s.supervisor_pid.is_some() && c.networks.iter().any(|a| a.network == n.name)
+        })
+        .cloned()
         .collect();
-    Ok(network_json(
+    network_json(
         &n.name,
         &n.id,
         &n.created,
         &n.labels,
         members_json(&members),
-    ))
+    )
 }
 
-fn builtin_json(data_dir: &std::path::Path, name: &str, id: &str) -> Result<Value, ApiError> {
-    let cs = containers_of(data_dir)?;
+fn builtin_json(all: &[(ContainerConfig, State)], name: &str, id: &str) -> Value {
     let mode = if name == "none" {
         NetworkMode::None
     } else {
         NetworkMode::Default
     };
-    let members: Vec<_> = cs
-        .list()?
-        .into_iter()
+    let members: Vec<_> = all
+        .iter()
         .filter(|(c, s)| c.network == mode && c.networks.is_empty() && s.supervisor_pid.is_some())
+        .cloned()
         .collect();
-    Ok(network_json(
+    network_json(
         name,
         id,
         "0001-01-01T00:00:00Z",
         &BTreeMap::new(),
         members_json(&members),
-    ))
+    )
+}
+
+/// Every network's object, built in ones first.
+pub fn all_values(data_dir: &std::path::Path) -> Result<Vec<Value>, ApiError> {
+    let all = containers_of(data_dir)?;
+    let mut out: Vec<Value> = BUILTINS
+        .iter()
+        .map(|(name, id)| builtin_json(&all, name, id))
+        .collect();
+    for n in Networks::open(data_dir).list()? {
+        out.push(user_json(&all, &n));
+    }
+    Ok(out)
 }
 
 /// The built-in network `key` names (name, id or id prefix).
@@ -183,13 +197,7 @@ fn passes(v: &Value, filters: &BTreeMap<String, Vec<String>>) -> bool {
 pub async fn list(ctx: Arc<Ctx>, q: Query) -> Reply {
     let filters = super::containers::parse_filters(&q)?;
     let v = blocking(move || {
-        let mut all = Vec::new();
-        for (name, id) in BUILTINS {
-            all.push(builtin_json(&ctx.data_dir, name, id)?);
-        }
-        for n in store(&ctx).list()? {
-            all.push(user_json(&ctx.data_dir, &n)?);
-        }
+        let mut all = all_values(&ctx.data_dir)?;
         all.retain(|v| passes(v, &filters));
         Ok(Value::Array(all))
     })
@@ -200,8 +208,11 @@ pub async fn list(ctx: Arc<Ctx>, q: Query) -> Reply {
 /// The network object of `key` (name, id or id prefix), built in or not.
 pub fn inspect_value(data_dir: &std::path::Path, key: &str) -> Result<Value, ApiError> {
     match builtin(key) {
-        Some((name, id)) => builtin_json(data_dir, name, id),
-        None => user_json(data_dir, &Networks::open(data_dir).find(key)?),
+        Some((name, id)) => Ok(builtin_json(&containers_of(data_dir)?, name, id)),
+        None => {
+            let n = Networks::open(data_dir).find(key)?;
+            Ok(user_json(&containers_of(data_dir)?, &n))
+        }
     }
 }
 
