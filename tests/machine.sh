@@ -306,6 +306,7 @@ skopeo copy -q --dest-tls-verify=false "oci:$data/pushme" "docker://127.0.0.1:$r
 out=$(d pull "localhost:$reg/tools/bb:1" 2>&1) && ok || fail "docker pull through the machine: $out"
 d images --format '{{.Repository}}:{{.Tag}}' | grep -qx "localhost:$reg/tools/bb:1" && ok || fail "docker images lacks the pulled image"
 kill "$reg_pid" 2>/dev/null || true
+. tests/lib/docker-clients.sh
 # Stopping the relay loses no container.
 kill "$serve_pid"
 wait "$serve_pid" 2>/dev/null || true

@@ -127,6 +127,10 @@ fi
 export HUSK_LIB_DIR=/husk/lib
 [ ! -f /husk/data/env ] || { set -a; . /husk/data/env; set +a; }
 [ -c /dev/kvm ] || echo "nested host: /dev/kvm did not appear"
+# One idle VM held for the host's lifetime: KVM then rewrites no kernel text
+# per microVM (under TCG such a rewrite now and then wedges both CPUs in
+# exc_int3; vmm/src/keyhold.rs).
+/husk/bin/husk-vmm --hold-kvm-keys </dev/null >/dev/null 2>&1 &
 ip link set lo up 2>/dev/null
 export HUSK_VMM=/husk/bin/husk-vmm GUEST_KERNEL=/husk/guest/vmlinux GUEST_INITRD=/husk/guest/initramfs.cpio.gz
 export GUEST_BZIMAGE=/husk/guest/bzImage GUEST_TEST_INITRD=/husk/guest/test-initramfs.cpio.gz

@@ -12,6 +12,7 @@ pub mod console;
 pub mod device_manager;
 pub mod events;
 pub mod jail;
+pub mod keyhold;
 pub mod memory;
 pub mod seccomp;
 pub mod snapshot;

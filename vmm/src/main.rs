@@ -88,6 +88,11 @@ struct Cli {
     /// Run without seccomp filters (for debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Make no microVM: hold one idle VM open until killed, so KVM rewrites
+    /// no kernel text per microVM (a workaround for hosts emulated by
+    /// QEMU's TCG, such as the husk machine; see `husk_vmm::keyhold`).
+    #[arg(long, exclusive = true)]
+    hold_kvm_keys: bool,
 }
 
 /// Test hook, read once at start: with it set, SIGUSR2 makes the event
@@ -175,6 +180,12 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
+    if cli.hold_kvm_keys {
+        return match husk_vmm::keyhold::hold() {
+            Ok(never) => match never {},
+            Err(e) => fail(&e, None),
+        };
+    }
     let events = match cli.events_fd.map(EventSink::from_fd).transpose() {
         Ok(s) => s.map(Arc::new),
         Err(e) => return fail(&e, None),

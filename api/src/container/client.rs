@@ -58,22 +58,46 @@ pub enum ClientError {
 /// `Result` for this module.
 pub type Result<T> = std::result::Result<T, ClientError>;
 
-/// Opens a vsock stream to guest `port` through the muxer at `uds`.
-pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream> {
+/// How long the muxer's `OK` may take once the guest is up. A guest that
+/// never answers the connection request (a hostile one, or Linux dropping
+/// the reset it owes a request that came in while its vsock driver was
+/// still starting) must not wedge the caller.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one handshake may take while the guest boots: a lost request
+/// is then tried again soon on a new connection.
+pub const BOOT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a vsock stream to guest `port` through the muxer at `uds`, waiting
+/// at most `limit` for the guest to accept; the stream it returns blocks
+/// without a limit.
+pub fn connect_port(uds: &Path, port: u32, limit: Duration) -> Result<UnixStream> {
     let io_err = |source| ClientError::Io {
         path: uds.display().to_string(),
         source,
     };
     let mut s = UnixStream::connect(uds).map_err(io_err)?;
+    s.set_read_timeout(Some(limit)).map_err(io_err)?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(io_err)?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while b[0] != b'\n' {
-        if s.read(&mut b).map_err(io_err)? == 0 {
-            return Err(ClientError::Refused { port });
+        match s.read(&mut b) {
+            Ok(0) => return Err(ClientError::Refused { port }),
+            Ok(_) => line.push(b[0]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Timeout {
+                    secs: limit.as_secs(),
+                })
+            }
+            Err(e) => return Err(io_err(e)),
         }
-        line.push(b[0]);
         if line.len() > 64 {
             return Err(ClientError::Unexpected("long vsock handshake".into()));
         }
@@ -81,6 +105,7 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream> {
     if !line.starts_with(b"OK ") {
         return Err(ClientError::Refused { port });
     }
+    s.set_read_timeout(None).map_err(io_err)?;
     Ok(s)
 }
 
@@ -103,7 +128,13 @@ pub struct AgentClient {
 impl AgentClient {
     /// Connects and says hello.
     pub fn connect(uds: &Path) -> Result<AgentClient> {
-        let stream = connect_port(uds, CONTROL_PORT)?;
+        AgentClient::connect_within(uds, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`AgentClient::connect`], waiting at most `handshake` for the guest
+    /// to accept the connection.
+    fn connect_within(uds: &Path, handshake: Duration) -> Result<AgentClient> {
+        let stream = connect_port(uds, CONTROL_PORT, handshake)?;
         let mut c = AgentClient {
             stream,
             seq: 0,
@@ -127,7 +158,7 @@ impl AgentClient {
     ) -> Result<AgentClient> {
         let start = Instant::now();
         loop {
-            match AgentClient::connect(uds) {
+            match AgentClient::connect_within(uds, BOOT_HANDSHAKE_TIMEOUT) {
                 Ok(c) => return Ok(c),
                 Err(e @ (ClientError::Agent { .. } | ClientError::Unexpected(_))) => return Err(e),
                 Err(e) => {
@@ -243,5 +274,71 @@ mod tests {
             .unwrap();
         assert_eq!(r, Response::Signalled);
         agent.join().unwrap();
+    }
+
+    /// A fake muxer at `dir/v.sock`: each accepted connection reads its
+    /// CONNECT line, then `answer(n, stream)` handles connection `n`.
+    fn muxer(
+        dir: &Path,
+        answer: impl Fn(usize, UnixStream) + Send + 'static,
+    ) -> std::path::PathBuf {
+        let path = dir.join("v.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for (n, s) in l.incoming().enumerate() {
+                let mut s = s.unwrap();
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while b[0] != b'\n' && s.read(&mut b).unwrap() == 1 {
+                    line.push(b[0]);
+                }
+                assert!(line.starts_with(b"CONNECT "));
+                answer(n, s);
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn a_guest_that_never_accepts_times_out_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = std::sync::Mutex::new(Vec::new());
+        let uds = muxer(dir.path(), move |_, s| held.lock().unwrap().push(s));
+        let t0 = Instant::now();
+        let err = connect_port(&uds, 1024, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_lost_connection_request_at_boot_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = std::sync::Mutex::new(Vec::new());
+        let uds = muxer(dir.path(), move |n, mut s| {
+            if n == 0 {
+                // The first request is lost: no OK, no reset.
+                held.lock().unwrap().push(s);
+                return;
+            }
+            s.write_all(b"OK 1024\n").unwrap();
+            let req: Envelope<Request> = read_frame(&mut s).unwrap();
+            let reply = Envelope {
+                version: PROTOCOL_VERSION,
+                seq: req.seq,
+                body: Response::Ready {
+                    version: PROTOCOL_VERSION,
+                    agent_version: "test".into(),
+                    healthy: true,
+                },
+            };
+            write_frame(&mut s, &reply).unwrap();
+        });
+        let t0 = Instant::now();
+        AgentClient::connect_retry(&uds, Duration::from_secs(30), || true).unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took >= BOOT_HANDSHAKE_TIMEOUT && took < HANDSHAKE_TIMEOUT,
+            "{took:?}"
+        );
     }
 }

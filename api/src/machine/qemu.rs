@@ -194,6 +194,9 @@ for m in {mods}; do
   insmod /lib/modules/{ver}/kernel/$m || echo "husk machine: insmod $m failed"
 done
 [ -c /dev/kvm ] || echo "husk machine: /dev/kvm did not appear"
+# One idle VM held for the machine's lifetime: KVM then flips no static key
+# (no kernel text rewrite) per microVM, which wedges TCG now and then.
+/usr/lib/husk/husk-vmm --hold-kvm-keys </dev/null >/dev/null 2>&1 &
 hostname husk-machine
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
