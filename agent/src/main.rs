@@ -79,9 +79,21 @@ fn build_mode(disks: &husk_proto::boot::BuildDisks) -> Result<(), Box<dyn std::e
         read_only: false,
     })?;
     let listener = husk_agent::vsock::listen(husk_proto::guest::CONTROL_PORT)?;
-    let conn = husk_agent::vsock::accept(&listener)?;
-    build::serve(conn, VERSION, |req| {
-        build::build_in_guest(&disks.blobs, req)
-    })?;
-    Ok(())
+    // A connection the host gave up on before asking for the build (its
+    // handshake timed out on a loaded host) is followed by another one.
+    loop {
+        let conn = husk_agent::vsock::accept(&listener)?;
+        let mut asked = false;
+        let served = build::serve(conn, VERSION, |req| {
+            asked = true;
+            build::build_in_guest(&disks.blobs, req)
+        });
+        if asked {
+            served?;
+            return Ok(());
+        }
+        if let Err(e) = served {
+            eprintln!("husk-agent: a build connection ended before its request: {e}");
+        }
+    }
 }

@@ -62,11 +62,16 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// never answers the connection request (a hostile one, or Linux dropping
 /// the reset it owes a request that came in while its vsock driver was
 /// still starting) must not wedge the caller.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long one handshake may take while the guest boots: a lost request
-/// is then tried again soon on a new connection.
+/// How long the first handshake may take while the guest boots: a lost
+/// request is then tried again soon on a new connection. Each try that
+/// times out doubles it (a loaded host answers slowly, not never), up to
+/// [`MAX_BOOT_HANDSHAKE_TIMEOUT`].
 pub const BOOT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest one handshake may take while the guest boots.
+pub const MAX_BOOT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(32);
 
 /// Opens a vsock stream to guest `port` through the muxer at `uds`, waiting
 /// at most `limit` for the guest to accept; the stream it returns blocks
@@ -157,8 +162,9 @@ impl AgentClient {
         mut alive: impl FnMut() -> bool,
     ) -> Result<AgentClient> {
         let start = Instant::now();
+        let mut handshake = BOOT_HANDSHAKE_TIMEOUT;
         loop {
-            match AgentClient::connect_within(uds, BOOT_HANDSHAKE_TIMEOUT) {
+            match AgentClient::connect_within(uds, handshake) {
                 Ok(c) => return Ok(c),
                 Err(e @ (ClientError::Agent { .. } | ClientError::Unexpected(_))) => return Err(e),
                 Err(e) => {
@@ -170,7 +176,11 @@ impl AgentClient {
                             secs: limit.as_secs(),
                         });
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    if matches!(e, ClientError::Timeout { .. }) {
+                        handshake = (handshake * 2).min(MAX_BOOT_HANDSHAKE_TIMEOUT);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
         }
