@@ -255,6 +255,7 @@ services:
   web:
     image: busybox
     command: sh -c 'echo served-by-web > /www/index.html && exec httpd -f -p 80 -h /www'
+    restart: unless-stopped
     ports: ["127.0.0.1:$cport:80"]
     volumes: ["site:/www"]
   client:

@@ -83,3 +83,35 @@ d tag busybox husk-test/tagged:1 >/dev/null 2>&1 && d images --format '{{.Reposi
 out=$(d rmi husk-test/tagged:1 2>&1)
 [ "$out" = "Untagged: husk-test/tagged:1" ] && ! d images --format '{{.Repository}}:{{.Tag}}' | grep -q husk-test/tagged && ok ||
   fail "docker rmi: $out"
+
+# Restart policies: on-failure:2 runs a failing command three times, then
+# leaves it exited; always restarts a command that ends, until docker stop.
+d run -d --name flaky --restart on-failure:2 busybox sh -c 'echo ran; exit 3' >/dev/null 2>&1 || fail "docker run --restart on-failure:2"
+st=
+for _ in $(seq 180); do
+  st=$(d inspect -f '{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}' flaky 2>&1)
+  [ "$st" = "exited 2 3" ] && break
+  sleep 1
+done
+runs=$(d logs flaky 2>&1 | grep -c '^ran$' || true)
+policy=$(d inspect -f '{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}' flaky 2>&1)
+[ "$st" = "exited 2 3" ] && [ "$runs" = 3 ] && [ "$policy" = on-failure:2 ] && ok ||
+  fail "restart on-failure:2: state '$st', $runs runs, policy $policy"
+d rm flaky >/dev/null 2>&1 || true
+d run -d --name again --restart always busybox sh -c 'echo up; sleep 1' >/dev/null 2>&1 || fail "docker run --restart always"
+st=
+for _ in $(seq 180); do
+  st=$(d inspect -f '{{.State.Status}} {{.RestartCount}}' again 2>&1)
+  case "$st" in "running "[1-9]*) break ;; esac
+  sleep 1
+done
+d stop -t 1 again >/dev/null 2>&1 || fail "docker stop of a container with --restart always"
+sleep 6
+st2=$(d inspect -f '{{.State.Status}}' again 2>&1)
+case "$st" in "running "[1-9]*) [ "$st2" = exited ] && ok ;; *) false ;; esac ||
+  fail "restart always: '$st' before docker stop, '$st2' 6 s after it"
+d rm -f again >/dev/null 2>&1 || true
+code=$(curl -s -o "$data/conflict.json" -w '%{http_code}' --unix-socket "$sock" -X POST -H 'Content-Type: application/json' \
+  -d '{"Image":"busybox","HostConfig":{"AutoRemove":true,"RestartPolicy":{"Name":"always"}}}' http://husk/v1.41/containers/create)
+[ "$code" = 400 ] && grep -q 'conflicting options: --restart and --rm' "$data/conflict.json" && ok ||
+  fail "create with AutoRemove and a restart policy: $code $(cat "$data/conflict.json")"

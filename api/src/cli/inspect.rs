@@ -38,6 +38,7 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
             "Status": if s.paused { "paused" } else { s.status.as_str() },
             "Running": s.status == Status::Running,
             "Paused": s.paused,
+            "Restarting": s.restarting,
             "Pid": s.supervisor_pid.unwrap_or(0),
             "VmmPid": s.vmm_pid.unwrap_or(0),
             "GuestPid": s.guest_pid.unwrap_or(0),
@@ -46,6 +47,7 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
             "StartedAt": s.started_at.clone().unwrap_or_default(),
             "FinishedAt": s.finished_at.clone().unwrap_or_default(),
         },
+        "RestartCount": s.restart_count,
         "LogPath": dir.join("container.log"),
         "Config": {
             "Hostname": c.hostname,
@@ -60,6 +62,7 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
         },
         "HostConfig": {
             "AutoRemove": c.auto_remove,
+            "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "Memory": c.memory_bytes.unwrap_or(0),
             "NanoCpus": c.cpu_millis.unwrap_or(0) * 1_000_000,
             "NetworkMode": match c.network {

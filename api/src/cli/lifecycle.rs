@@ -128,6 +128,7 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<(), CliError>) -> Cl
 /// Stops a container (SIGTERM, SIGKILL after `secs`) and waits for the end.
 fn stop_one(h: &crate::container::Handle, secs: u64) -> Result<(), CliError> {
     if h.live_state()?.status != Status::Running {
+        h.cancel_restart()?;
         return Ok(());
     }
     if let Ok(mut c) = request(h, &Request::Stop { timeout_secs: secs }) {

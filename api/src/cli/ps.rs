@@ -25,6 +25,12 @@ pub struct PsArgs {
 /// Docker's STATUS column.
 pub fn status_text(s: &State) -> String {
     match s.status {
+        // Its next start (booting, so `created`) is its restart policy's.
+        Status::Created | Status::Exited if s.restarting => format!(
+            "Restarting ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            human_duration(s.finished_at.as_deref().map(secs_since).unwrap_or(0))
+        ),
         Status::Created => "Created".into(),
         Status::Running => format!(
             "Up {}{}",
@@ -105,4 +111,26 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_waiting_for_its_restart_shows_restarting() {
+        let mut s = State {
+            status: Status::Exited,
+            exit_code: Some(3),
+            ..State::default()
+        };
+        assert!(status_text(&s).starts_with("Exited (3) "));
+        s.restarting = true;
+        assert!(status_text(&s).starts_with("Restarting (3) "));
+        // Its next supervisor boots the microVM: still restarting.
+        s.status = Status::Created;
+        assert!(status_text(&s).starts_with("Restarting (3) "));
+        s.restarting = false;
+        assert_eq!(status_text(&s), "Created");
+    }
 }

@@ -11,6 +11,7 @@ use super::{attach, CliError, CliResult};
 use crate::container::control::Attach;
 use crate::container::create::{self, CreateError, CreateOptions};
 use crate::container::env::{env_entry, read_env_file};
+use crate::container::restart::RestartPolicy;
 use crate::container::spec::{parse_cpus, parse_memory, VolumeMount};
 use crate::container::state::Timings;
 use crate::container::{Containers, Handle};
@@ -29,6 +30,9 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Restart policy: no, always, unless-stopped, on-failure[:N].
+    #[arg(long, default_value = "no", value_parser = parse_restart)]
+    pub restart: RestartPolicy,
     /// Keep stdin open and forward it.
     #[arg(short, long)]
     pub interactive: bool,
@@ -86,6 +90,10 @@ pub struct RunArgs {
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    RestartPolicy::parse(s).map_err(|e| e.to_string())
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
@@ -161,6 +169,7 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
         networks,
         auto_remove: args.rm,
         labels: Default::default(),
+        restart: args.restart,
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use husk_proto::agent::{ConsoleSize, ProcessSpec};
 
 use super::control::{Attach, Request};
+use super::restart::RestartPolicy;
 use super::spec::{ContainerConfig, NetworkAttachment, NetworkMode, VolumeMount};
 use super::{ipc, names, new_id, short_id, ContainerError, Containers, Handle};
 use crate::image::oci::ImageConfig;
@@ -69,6 +70,9 @@ pub enum CreateError {
     /// No free generated name was found.
     #[error("could not choose a container name")]
     NoName,
+    /// `--restart` with `--rm`.
+    #[error("conflicting options: --restart and --rm (a removed container cannot restart)")]
+    RestartWithRm,
 }
 
 /// What the caller asks the container to be; `None` and empty fields take
@@ -112,6 +116,8 @@ pub struct CreateOptions {
     pub auto_remove: bool,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// When it starts again after it ends.
+    pub restart: RestartPolicy,
 }
 
 /// Parses a network name: `default` (Docker's `bridge` too) or `none`.
@@ -236,6 +242,9 @@ fn validate(opts: &CreateOptions) -> Result<(), CreateError> {
     if opts.network == NetworkMode::None && !opts.ports.is_empty() {
         return Err(CreateError::PortsWithoutNetwork);
     }
+    if opts.auto_remove && !opts.restart.is_no() {
+        return Err(CreateError::RestartWithRm);
+    }
     if let Some(m) = opts.memory_bytes.filter(|m| *m < 6 << 20) {
         return Err(CreateError::BadMemory(m));
     }
@@ -301,6 +310,7 @@ pub fn build_config(
         auto_remove: opts.auto_remove,
         labels: opts.labels.clone(),
         networks: opts.networks.clone(),
+        restart: opts.restart,
     })
 }
 

@@ -29,6 +29,7 @@ pub mod logs;
 pub mod membership;
 pub mod names;
 pub mod netattach;
+pub mod restart;
 pub mod spec;
 pub mod state;
 pub mod supervisor;
@@ -339,6 +340,17 @@ impl Handle {
     /// Writes the state atomically.
     pub fn write_state(&self, s: &State) -> Result<()> {
         write_json(&self.dir.join("state.json"), s)
+    }
+
+    /// Cancels a restart its restart policy has scheduled (`stop` of a
+    /// container waiting to be restarted, as Docker's).
+    pub fn cancel_restart(&self) -> Result<()> {
+        let mut s = self.state()?;
+        if s.restarting {
+            s.restarting = false;
+            self.write_state(&s)?;
+        }
+        Ok(())
     }
 
     /// Whether a supervisor holds this container's lock.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::restart::RestartPolicy;
 use husk_proto::agent::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +91,9 @@ pub struct ContainerConfig {
     /// User-defined networks (with the default network's NAT besides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachment>,
+    /// The restart policy.
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
+    pub restart: RestartPolicy,
 }
 
 /// Guest memory for a container: its limit plus room for the guest kernel

@@ -101,6 +101,12 @@ pub struct State {
     /// The microVM's vCPUs are paused (`husk pause`); status stays running.
     #[serde(default)]
     pub paused: bool,
+    /// Restarts by its restart policy since the user last started it.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Exited, and waiting to be restarted by its restart policy.
+    #[serde(default)]
+    pub restarting: bool,
 }
 
 pub use crate::time::now_rfc3339;

@@ -81,7 +81,13 @@ fn port_bindings(specs: &[String]) -> Value {
 
 fn state_text(s: &State, running: bool) -> &'static str {
     if running {
-        "running"
+        if s.paused {
+            "paused"
+        } else {
+            "running"
+        }
+    } else if s.restarting {
+        "restarting"
     } else {
         s.status.as_str()
     }
@@ -142,8 +148,8 @@ pub fn inspect_json(
         "State": {
             "Status": state_text(s, running),
             "Running": running,
-            "Paused": false,
-            "Restarting": false,
+            "Paused": running && s.paused,
+            "Restarting": !running && s.restarting,
             "OOMKilled": false,
             "Dead": false,
             "Pid": s.supervisor_pid.unwrap_or(0),
@@ -154,7 +160,7 @@ pub fn inspect_json(
         },
         "Image": c.image_digest,
         "Name": format!("/{}", c.name),
-        "RestartCount": 0,
+        "RestartCount": s.restart_count,
         "Driver": "husk",
         "Platform": "linux",
         "LogPath": h.log_path(),
@@ -162,7 +168,7 @@ pub fn inspect_json(
             "Binds": c.volumes.iter().map(|v| format!("{}:{}{}", v.name, v.destination, if v.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
             "NetworkMode": super::networks::network_mode(c),
             "PortBindings": port_bindings(&c.ports),
-            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "AutoRemove": c.auto_remove,
             "LogConfig": {"Type": "json-file", "Config": {}},
             "Memory": c.memory_bytes.unwrap_or(0),
@@ -319,6 +325,7 @@ pub async fn create(ctx: Arc<Ctx>, q: Query, body: Incoming) -> Reply {
 /// for its supervisor to end; `false` when it was not running.
 pub fn stop_container(h: &Handle, secs: u64) -> Result<bool, ApiError> {
     if !is_running(h, &h.live_state()?) {
+        h.cancel_restart()?;
         return Ok(false);
     }
     if let Ok(mut c) = ipc::request(h, &Request::Stop { timeout_secs: secs }) {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 use crate::container::create::{self, CreateOptions};
+use crate::container::restart::RestartPolicy as Policy;
 
 /// A string or a list of strings (Docker's `strslice`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -111,6 +112,7 @@ pub struct PortBinding {
 #[allow(missing_docs)]
 pub struct RestartPolicy {
     pub name: Option<String>,
+    pub maximum_retry_count: Option<u32>,
 }
 
 fn unsupported(what: &str) -> ApiError {
@@ -183,6 +185,7 @@ pub fn parse(
         networks,
         auto_remove: hc.auto_remove.unwrap_or(false),
         labels: body.labels.unwrap_or_default(),
+        restart: restart_policy(hc.restart_policy.as_ref())?,
     };
     Ok((image, opts))
 }
@@ -205,12 +208,19 @@ fn refuse_unsupported(hc: &HostConfig) -> Result<(), ApiError> {
             "publish all exposed ports (-P) yet: publish them with -p",
         ));
     }
-    match hc.restart_policy.as_ref().and_then(|r| r.name.as_deref()) {
-        None | Some("" | "no") => Ok(()),
-        Some(p) => Err(unsupported(&format!(
-            "restart containers yet (restart policy {p:?})"
-        ))),
-    }
+    Ok(())
+}
+
+/// `HostConfig.RestartPolicy` as husk's policy.
+fn restart_policy(p: Option<&RestartPolicy>) -> Result<Policy, ApiError> {
+    let Some(p) = p else {
+        return Ok(Policy::No);
+    };
+    Policy::from_docker(
+        p.name.as_deref().unwrap_or(""),
+        p.maximum_retry_count.filter(|n| *n > 0),
+    )
+    .map_err(|e| ApiError::BadParameter(e.to_string()))
 }
 
 fn mount(m: Mount) -> Result<crate::container::spec::VolumeMount, ApiError> {
@@ -264,6 +274,39 @@ mod tests {
             Some("web".into()),
             std::path::Path::new("/nonexistent"),
         )
+    }
+
+    #[test]
+    fn restart_policies_as_docker_sends_them() {
+        for (body, want) in [
+            (r#"{"Image":"b"}"#, Policy::No),
+            (
+                r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"","MaximumRetryCount":0}}}"#,
+                Policy::No,
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"always","MaximumRetryCount":0}}}"#,
+                Policy::Always,
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"unless-stopped"}}}"#,
+                Policy::UnlessStopped,
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"on-failure","MaximumRetryCount":2}}}"#,
+                Policy::OnFailure { max_retries: 2 },
+            ),
+        ] {
+            assert_eq!(parse_str(body).unwrap().1.restart, want, "{body}");
+        }
+        for body in [
+            r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"sometimes"}}}"#,
+            r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"always","MaximumRetryCount":3}}}"#,
+        ] {
+            let e = parse_str(body).unwrap_err();
+            assert_eq!(e.status(), hyper::StatusCode::BAD_REQUEST, "{body}");
+            assert!(e.to_string().contains("invalid restart policy"), "{e}");
+        }
     }
 
     #[test]
@@ -328,10 +371,6 @@ mod tests {
             (
                 r#"{"Image":"b","HostConfig":{"NetworkMode":"host"}}"#,
                 "host's network",
-            ),
-            (
-                r#"{"Image":"b","HostConfig":{"RestartPolicy":{"Name":"always"}}}"#,
-                "restart",
             ),
         ] {
             let e = parse_str(body).unwrap_err();

@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -194,6 +194,8 @@ struct Sup {
     events: Sender<Event>,
     next_exec: AtomicU32,
     timings: Mutex<Timings>,
+    /// A stop or kill ended it: its restart policy does not apply.
+    by_user: AtomicBool,
 }
 
 impl Sup {
@@ -217,6 +219,7 @@ impl Sup {
             events,
             next_exec: AtomicU32::new(0),
             timings: Mutex::new(timings),
+            by_user: AtomicBool::new(false),
         }
     }
 }
@@ -247,9 +250,12 @@ pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
         Ok((sup, held, vmm)) => {
             report_ready(&mut ready, Ok(()));
             drop(ready);
-            let code = run(data_dir, &containers, sup, held, vmm, rx);
+            let restart_in = run(data_dir, &containers, sup, held, vmm, rx);
             drop(lock);
-            code
+            if let Some(delay) = restart_in {
+                restart_later(data_dir, &containers, &h, delay);
+            }
+            0
         }
         Err(e) => {
             let mut s = h.state().unwrap_or_default();
@@ -340,7 +346,7 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                     }
                 }
                 Request::Exec { spec, attach } => sup.exec(c, spec, attach),
-                Request::Signal { signal } => match sup.signal(signal) {
+                Request::Signal { signal } => match sup.signal_by_user(signal) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
                 },
@@ -357,6 +363,7 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                     Err(e) => Sup::err_reply(&mut c, &e),
                 },
                 Request::Stop { timeout_secs } => {
+                    sup.by_user.store(true, Ordering::SeqCst);
                     sup.stop(Duration::from_secs(timeout_secs));
                     // The reply comes when the supervisor ends (the socket
                     // closes), so `husk stop` returns once it stopped.
@@ -372,7 +379,8 @@ fn vmm_died(why: &str) -> String {
     format!("the microVM ended unexpectedly: husk-vmm {why}")
 }
 
-/// Waits for the end, then cleans up and reports it.
+/// Waits for the end, then cleans up and reports it. Returns when to
+/// start the container again, if its restart policy says so.
 fn run(
     data_dir: &Path,
     containers: &Containers,
@@ -380,7 +388,7 @@ fn run(
     held: Held,
     vmm: vmm::VmmProcess,
     rx: Receiver<Event>,
-) -> i32 {
+) -> Option<Duration> {
     let vmm_pid = sup.vm.pid;
     let (vtx, vrx) = mpsc::channel::<String>();
     let tx = sup.events.clone();
@@ -408,7 +416,11 @@ fn run(
     let vmm_end = |why: &str| (!sup.vm.killed.load(Ordering::SeqCst)).then(|| vmm_died(why));
     let (code, error, vm_ok) = match rx.recv() {
         Ok(Event::Exited(code)) => (code, None, true),
-        Ok(Event::StartFailed(code, why)) => (code, Some(why), true),
+        Ok(Event::StartFailed(code, why)) => {
+            // As Docker: a process that could not start is not restarted.
+            sup.by_user.store(true, Ordering::SeqCst);
+            (code, Some(why), true)
+        }
         Ok(Event::VmmDied(why)) => (137, vmm_end(&why), false),
         Ok(Event::WaitFailed(why)) => match rx.recv_timeout(Duration::from_secs(3)) {
             // The VM's end broke the connection: say that.
@@ -429,9 +441,19 @@ fn run(
             let _ = r.join();
         }
     }
+    let policy = sup.config.restart;
+    let by_user = sup.by_user.load(Ordering::SeqCst) || sup.config.auto_remove;
+    let mut restart_in = None;
     sup.write_state(|s| {
         s.mark_exited(code, error.clone());
         s.ports.clear();
+        if policy.restarts_after(code, by_user, s.restart_count) {
+            s.restarting = true;
+            restart_in = Some(super::restart::delay(
+                s.restart_count,
+                sup.vm.start_clock.elapsed(),
+            ));
+        }
     });
     if let Some(me) = sup.member() {
         super::membership::left(data_dir, containers, &me);
@@ -461,5 +483,34 @@ fn run(
         let _ = Frame::Exit(code).write_to(&mut c);
         let _ = c.shutdown(Shutdown::Both);
     }
-    0
+    restart_in
+}
+
+/// Starts container `h` again after `delay`, by its restart policy, unless
+/// it was removed, started or stopped in the meantime (which clears
+/// `restarting`).
+fn restart_later(data_dir: &Path, containers: &Containers, h: &Handle, delay: Duration) {
+    thread::sleep(delay);
+    let Ok(mut s) = h.state() else { return };
+    if !s.restarting || s.status == Status::Running || h.supervisor_alive() {
+        return;
+    }
+    s.restart_count = s.restart_count.saturating_add(1);
+    if h.write_state(&s).is_err() {
+        return;
+    }
+    log_line(
+        h,
+        &format!(
+            "restarting by the restart policy (restart {})",
+            s.restart_count
+        ),
+    );
+    if let Err(e) = super::create::start(data_dir, containers, h, None, false) {
+        log_line(h, &format!("restart failed: {}", crate::error::chain(&e)));
+        if let Ok(mut s) = h.state() {
+            s.restarting = false;
+            let _ = h.write_state(&s);
+        }
+    }
 }

@@ -179,6 +179,11 @@ impl Sup {
         }
         let timings = lock(&self.timings).clone();
         self.write_state(|s| {
+            if !s.restarting {
+                // Started by the user: the policy's count starts over.
+                s.restart_count = 0;
+            }
+            s.restarting = false;
             s.status = Status::Running;
             s.started_at = Some(now_rfc3339());
             s.guest_pid = Some(pid);
@@ -395,6 +400,13 @@ impl Sup {
     /// Sends `signal` to the container's init. A SIGKILL the guest does
     /// not take in time kills the microVM instead: a wedged or hostile
     /// guest cannot keep a container alive against `kill`.
+    /// [`Sup::signal`] asked for by the user (`kill`): the container's
+    /// restart policy no longer applies, as Docker's.
+    pub(super) fn signal_by_user(&self, signal: i32) -> Result<(), StartError> {
+        self.by_user.store(true, Ordering::SeqCst);
+        self.signal(signal)
+    }
+
     pub(super) fn signal(&self, signal: i32) -> Result<(), StartError> {
         if !*lock(&self.started) {
             return fail(format!("container {} is not running", self.handle.id));
