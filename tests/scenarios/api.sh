@@ -109,13 +109,13 @@ D start web > /dev/null || { show_diag; fail "docker start"; }
 check "status after start" running "$(D inspect -f '{{.State.Status}}' web)"
 sleep 1
 evs=$(D events --since "$t0" --until "$(( $(date +%s) + 1 ))" --filter container=web --format '{{.Action}}' | tr '\n' ' ')
-check "events of stop and start" "die start " "$evs"
+check "events of stop and start" "kill die stop start " "$evs"
 D rm web > "$WORK/err" 2>&1 && fail "docker rm of a running container worked"
 grep -q 'cannot remove a running container' "$WORK/err" || fail "docker rm running: $(cat "$WORK/err")"
 D rm -f web > /dev/null || { show_diag; fail "docker rm -f"; }
 check "containers after rm -f" "" "$(D ps -aq)"
 check "husk ps -aq after rm -f" "" "$($husk ps -aq)"
-pass "docker stop, start (events die, start), rm (refused while running), rm -f"
+pass "docker stop, start (events kill, die, stop, start), rm (refused while running), rm -f"
 
 # 8. Errors as Docker's.
 D run --rm -v /etc:/x busybox true > "$WORK/err" 2>&1

@@ -350,7 +350,7 @@ fn timeout(q: &Query) -> Result<u64, ApiError> {
 /// `POST /containers/{id}/stop?t=`.
 pub async fn stop(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     let secs = timeout(&q)?;
-    let stopped = blocking(move || stop_container(&open(&ctx)?.find(&key)?, secs)).await?;
+    let stopped = blocking(move || stop_with_events(&ctx, &open(&ctx)?, &key, secs)).await?;
     if stopped {
         Ok(empty(StatusCode::NO_CONTENT))
     } else {
@@ -373,10 +373,32 @@ pub async fn kill(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
             )));
         }
         ipc::request(&h, &Request::Signal { signal })?;
+        if let Ok(c) = h.config() {
+            ctx.events
+                .action("kill", &c, &[("signal", signal.to_string())]);
+        }
         Ok(())
     })
     .await?;
     Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Stops container `key` as [`stop_container`] does, with Docker's events:
+/// `kill` (signal 15), then the `die` seen at its end, then `stop`.
+fn stop_with_events(ctx: &Ctx, cs: &Containers, key: &str, secs: u64) -> Result<bool, ApiError> {
+    let h = cs.find(key)?;
+    let config = h.config().ok();
+    let running = is_running(&h, &h.live_state()?);
+    if let (true, Some(c)) = (running, &config) {
+        ctx.events
+            .action("kill", c, &[("signal", libc::SIGTERM.to_string())]);
+    }
+    let stopped = stop_container(&h, secs)?;
+    if let (true, Some(c)) = (stopped, &config) {
+        ctx.events.refresh(cs);
+        ctx.events.action("stop", c, &[]);
+    }
+    Ok(stopped)
 }
 
 /// `POST /containers/{id}/restart?t=`: stop, then start a new microVM.
@@ -385,8 +407,12 @@ pub async fn restart(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     blocking(move || {
         let cs = open(&ctx)?;
         let h = cs.find(&key)?;
-        stop_container(&h, secs)?;
+        stop_with_events(&ctx, &cs, &key, secs)?;
         create::start(&ctx.data_dir, &cs, &h, None, false)?;
+        ctx.events.refresh(&cs);
+        if let Ok(c) = h.config() {
+            ctx.events.action("restart", &c, &[]);
+        }
         Ok(())
     })
     .await?;

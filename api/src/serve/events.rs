@@ -1,11 +1,14 @@
-//! `GET /events`: container events (create, start, die, destroy), streamed
-//! as newline-delimited JSON, with `since`, `until` and `filters` (type,
+//! `GET /events`: container events (create, start, die, destroy; kill,
+//! stop and restart asked for through this server), streamed as
+//! newline-delimited JSON, with `since`, `until` and `filters` (type,
 //! container, event, label) as Docker serves them; compose follows them.
 //!
 //! husk has no daemon that sees every change happen, so a watcher thread
 //! compares the containers' states every [`WATCH_INTERVAL`]: a container
 //! made or removed by any front end (`husk run`, another server) shows too.
-//! The last [`KEEP`] events are kept for `since`.
+//! A handler that needs the order right (`die` before `stop`) compares at
+//! once ([`EventLog::refresh`]). The last [`KEEP`] events are kept for
+//! `since`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -27,7 +30,7 @@ pub const KEEP: usize = 1024;
 /// One event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// `create`, `start`, `die`, `destroy`.
+    /// `create`, `start`, `die`, `destroy`, `kill`, `stop`, `restart`.
     pub action: &'static str,
     /// The container's id.
     pub id: String,
@@ -59,18 +62,50 @@ impl Event {
 pub struct EventLog {
     past: Mutex<VecDeque<Event>>,
     live: broadcast::Sender<Event>,
+    /// The containers as last compared (`None` before the first look).
+    seen: Mutex<Option<Looked>>,
 }
+
+type Looked = HashMap<String, (Seen, BTreeMap<String, String>)>;
 
 impl Default for EventLog {
     fn default() -> Self {
         EventLog {
             past: Mutex::new(VecDeque::new()),
             live: broadcast::channel(KEEP).0,
+            seen: Mutex::new(None),
         }
     }
 }
 
 impl EventLog {
+    /// Compares the containers with the last look and publishes what
+    /// changed (the first look only records them).
+    pub fn refresh(&self, cs: &Containers) {
+        let mut seen = lock(&self.seen);
+        let (now, codes) = look(cs);
+        if let Some(before) = seen.as_ref() {
+            for e in diff(before, &now, &codes, now_nano()) {
+                self.publish(e);
+            }
+        }
+        *seen = Some(now);
+    }
+
+    /// Publishes `action` for container `c`, with `extra` attributes.
+    pub fn action(&self, action: &'static str, c: &ContainerConfig, extra: &[(&str, String)]) {
+        let mut attributes = attributes(c);
+        for (k, v) in extra {
+            attributes.insert((*k).to_string(), v.clone());
+        }
+        self.publish(Event {
+            action,
+            id: c.id.clone(),
+            attributes,
+            time_nano: now_nano(),
+        });
+    }
+
     /// Records `e` and sends it to the subscribers.
     pub fn publish(&self, e: Event) {
         let mut past = lock(&self.past);
@@ -197,14 +232,9 @@ pub fn watch(data_dir: PathBuf, ctx: Arc<Ctx>) {
             );
             return;
         };
-        let (mut before, _) = look(&cs);
         loop {
+            ctx.events.refresh(&cs);
             std::thread::sleep(WATCH_INTERVAL);
-            let (now, codes) = look(&cs);
-            for e in diff(&before, &now, &codes, now_nano()) {
-                ctx.events.publish(e);
-            }
-            before = now;
         }
     });
 }
@@ -434,5 +464,35 @@ mod tests {
         let (past, _) = log.subscribe();
         assert_eq!(past.len(), KEEP);
         assert_eq!(past[0].id, "5");
+    }
+
+    #[test]
+    fn a_refresh_publishes_changes_before_the_handlers_own_event() {
+        let d = tempfile::tempdir().unwrap();
+        let cs = Containers::open(d.path()).unwrap();
+        let log = EventLog::default();
+        log.refresh(&cs); // the first look only records
+        let id = "a".repeat(64);
+        let c: ContainerConfig = serde_json::from_str(&format!(
+            r#"{{"id":"{id}","name":"web","image":"busybox","labels":{{"app":"x"}}}}"#
+        ))
+        .unwrap();
+        let h = cs.create(&c).unwrap();
+        log.refresh(&cs);
+        log.action("kill", &c, &[("signal", "15".into())]);
+        cs.remove(&h).unwrap();
+        log.refresh(&cs);
+        log.action("stop", &c, &[]);
+        let (past, _) = log.subscribe();
+        let what: Vec<String> = past.iter().map(|e| e.action.to_string()).collect();
+        assert_eq!(what, ["create", "kill", "destroy", "stop"]);
+        let kill = &past[1];
+        assert_eq!(
+            kill.attributes.get("signal").map(String::as_str),
+            Some("15")
+        );
+        assert_eq!(kill.attributes.get("name").map(String::as_str), Some("web"));
+        assert_eq!(kill.attributes.get("app").map(String::as_str), Some("x"));
+        assert!(past.windows(2).all(|w| w[0].time_nano <= w[1].time_nano));
     }
 }
