@@ -23,8 +23,9 @@ use husk_proto::boot::{BootParams, BuildDisks};
 use husk_proto::guest::GUEST_CID;
 use husk_proto::vm::{BlockConfig, Console, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
-use super::boot::{connect_agent, stop_vmm};
+use super::boot::{connect_agent, stop_vmm, stopped_by_itself, BOOT_ATTEMPTS};
 use super::vmm::{self, describe_exit, VmmProcess};
+use crate::container::client::AgentClient;
 use crate::container::client::ClientError;
 use crate::storage::rootfs::{BuildJob, DiskBuilder};
 
@@ -138,20 +139,41 @@ impl VmBuilder {
         Ok(dir)
     }
 
-    fn run(&self, job: &BuildJob<'_>) -> Result<(), BuilderError> {
+    /// Boots a builder VM up to its agent; a guest that stops by itself
+    /// during boot (as the nested test host makes one do now and then) is
+    /// booted once more, as a container's.
+    fn boot(&self, job: &BuildJob<'_>) -> Result<(Running, AgentClient), BuilderError> {
         let assets = crate::assets::find()?;
-        let dir = self.work_dir()?;
-        let config = vm_config(&assets, &dir, job)?;
-        let vmm = vmm::spawn(&assets.vmm, &config, &dir, &dir.join("vmm.sock"));
-        let mut vm = Running {
-            vmm: vmm.inspect_err(|_| {
-                let _ = fs::remove_dir_all(&dir);
-            })?,
-            dir,
-        };
-        let uds = vm.dir.join("vsock.sock");
-        let mut agent = connect_agent(&vm.dir.join("console.log"), &uds, &mut vm.vmm)
-            .map_err(|e| BuilderError::Boot(e.message))?;
+        let mut attempt = 1;
+        loop {
+            let dir = self.work_dir()?;
+            let config = vm_config(&assets, &dir, job)?;
+            let vmm = vmm::spawn(&assets.vmm, &config, &dir, &dir.join("vmm.sock"));
+            let mut vm = Running {
+                vmm: vmm.inspect_err(|_| {
+                    let _ = fs::remove_dir_all(&dir);
+                })?,
+                dir,
+            };
+            let uds = vm.dir.join("vsock.sock");
+            match connect_agent(&vm.dir.join("console.log"), &uds, &mut vm.vmm) {
+                Ok(agent) => return Ok((vm, agent)),
+                Err(e) => {
+                    if !stopped_by_itself(&mut vm.vmm) || attempt >= BOOT_ATTEMPTS {
+                        return Err(BuilderError::Boot(e.message));
+                    }
+                    log::warn!(
+                        "the builder guest stopped during boot ({}); booting it once more",
+                        e.message
+                    );
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn run(&self, job: &BuildJob<'_>) -> Result<(), BuilderError> {
+        let (mut vm, mut agent) = self.boot(job)?;
         let request = Request::Build(job.request.clone());
         match agent.call_within(request, Some(build_timeout()))? {
             Response::Built { entries, bytes } => {
