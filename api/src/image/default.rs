@@ -155,7 +155,7 @@ pub fn build_default_image(store: &Store, busybox: &Path) -> Result<String, Defa
             type_: "layers".into(),
             diff_ids: vec![diff_id],
         },
-        created: Some("1970-01-01T00:00:00Z".into()),
+        created: Some(created(busybox)),
     };
     let config_bytes = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
     let config_digest = store.put_bytes(&config_bytes)?;
@@ -184,6 +184,16 @@ pub fn build_default_image(store: &Store, busybox: &Path) -> Result<String, Defa
     Ok(digest)
 }
 
+/// The image's creation time: the busybox binary's modification time (its
+/// package's build), so the same binary gives the same image and `docker
+/// images` does not show it as made in 1970.
+fn created(busybox: &Path) -> String {
+    std::fs::metadata(busybox)
+        .and_then(|m| m.modified())
+        .map(crate::time::rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
 /// Makes sure the default image is in the store (built once).
 pub fn ensure_default_image(store: &Store) -> Result<(), DefaultImageError> {
     let r = Reference::parse(DEFAULT_IMAGE).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -207,6 +217,10 @@ mod tests {
         let db = build_default_image(&sb, Path::new(BUSYBOX)).unwrap();
         assert_eq!(da, db, "same busybox must give the same digest");
         let img = sa.image(&Reference::parse("busybox").unwrap()).unwrap();
+        let config: ImageConfig =
+            serde_json::from_slice(&sa.read_blob(&img.manifest.config.digest).unwrap()).unwrap();
+        let made = config.created.as_deref().unwrap_or_default();
+        assert!(made > "2000" && made.ends_with('Z'), "created {made:?}");
         let layer = sa.read_blob(&img.manifest.layers[0].digest).unwrap();
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&layer[..]));
         let names: Vec<String> = ar
