@@ -243,6 +243,8 @@ newer=$(command -v docker)
 if [ "$newer" != /usr/bin/docker ]; then
   DOCKER_HOST=unix://$sock "$newer" ps --format '{{.Names}} {{.Ports}}' | grep -q "^dweb 127.0.0.1:$dweb->80/tcp" && ok ||
     fail "$("$newer" --version): ps through the machine: $(DOCKER_HOST=unix://$sock "$newer" ps 2>&1)"
+  out=$(DOCKER_HOST=unix://$sock "$newer" run --rm busybox echo from-the-newer-client 2>&1) || true
+  [ "$out" = from-the-newer-client ] && ok || fail "$("$newer" --version): run through the machine: $out"
 fi
 # docker-compose 1.29: two services on the project's network, one reaching
 # the other by service name, a named volume, a published port; a second
