@@ -50,6 +50,16 @@ out=$(timeout 60 env DOCKER_HOST=unix://$sock /usr/bin/docker logs -f ticker | h
 [ "$out" = "tick 1 tick 2 tick 3 " ] && ok || fail "docker logs -f: '$out'"
 out=$(d port ticker 2>&1)
 [ "$out" = "80/tcp -> 127.0.0.1:$tport" ] && ok || fail "docker port: '$out'"
+# A taken port: the start fails with Docker's words and status; the
+# container stays created (as Docker leaves it), with no microVM running.
+set +e
+err=$(d run -d --name clash -p "127.0.0.1:$tport:80" busybox sleep 60 2>&1)
+rc=$?
+set -e
+st=$(d inspect -f '{{.State.Status}} {{.State.Pid}}' clash 2>&1)
+[ "$rc" = 125 ] && echo "$err" | grep -q 'port is already allocated' && [ "$st" = "created 0" ] && ok ||
+  fail "docker run -p with a taken port: status $rc: $err; state $st"
+d rm clash >/dev/null 2>&1 || true
 t0=$(date +%s)
 d stop -t 1 ticker >/dev/null 2>&1 || fail "docker stop"
 took=$(($(date +%s) - t0))
