@@ -48,6 +48,11 @@ in-exec-it" ] && ok || fail "docker exec -it: '$out'"
 # (head ends the follow: docker logs then dies of SIGPIPE, status 141.)
 out=$(timeout 60 env DOCKER_HOST=unix://$sock /usr/bin/docker logs -f ticker | head -3 | tr '\n' ' ' || true)
 [ "$out" = "tick 1 tick 2 tick 3 " ] && ok || fail "docker logs -f: '$out'"
+all=$(d logs ticker 2>/dev/null | wc -l)
+recent=$(d logs --since 3s ticker 2>/dev/null | wc -l)
+old=$(d logs --until 1h ticker 2>/dev/null | wc -l)
+[ "$recent" -ge 1 ] && [ "$recent" -le 5 ] && [ "$all" -gt "$recent" ] && [ "$old" = 0 ] && ok ||
+  fail "docker logs --since 3s: $recent of $all lines; --until 1h: $old lines"
 out=$(d port ticker 2>&1)
 [ "$out" = "80/tcp -> 127.0.0.1:$tport" ] && ok || fail "docker port: '$out'"
 # A taken port: the start fails with Docker's words and status; the

@@ -289,7 +289,7 @@ impl Filters {
 
 /// A `since`/`until` value: seconds since the epoch, maybe with a
 /// fraction (`1700000000.5`), as nanoseconds.
-fn parse_time(q: &Query, k: &str) -> Result<Option<u128>, ApiError> {
+pub(super) fn parse_time(q: &Query, k: &str) -> Result<Option<u128>, ApiError> {
     let Some(v) = q.get(k).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };

@@ -159,19 +159,37 @@ struct LogOpts {
     stderr: bool,
     timestamps: bool,
     tty: bool,
+    /// Only records written at or after this time (nanoseconds).
+    since: Option<u128>,
+    /// Only records written at or before this time (nanoseconds).
+    until: Option<u128>,
+}
+
+impl LogOpts {
+    /// Whether record `r` is asked for.
+    fn wants(&self, r: &Record) -> bool {
+        let t = u128::from(r.nanos);
+        let stream = if r.stream == STDERR {
+            self.stderr
+        } else {
+            self.stdout
+        };
+        stream && self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
+    }
+
+    /// Whether following is over: `until` has passed.
+    fn ended(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        self.until.is_some_and(|u| now > u)
+    }
 }
 
 /// Sends records; `false` once the client is gone.
 fn send_records(tx: &mpsc::Sender<Bytes>, recs: &[Record], o: LogOpts) -> bool {
-    for r in recs {
-        let wanted = if r.stream == STDERR {
-            o.stderr
-        } else {
-            o.stdout
-        };
-        if !wanted {
-            continue;
-        }
+    for r in recs.iter().filter(|r| o.wants(r)) {
         let data = if o.timestamps {
             [format!("{} ", logs::timestamp(r.nanos)).as_bytes(), &r.data].concat()
         } else {
@@ -223,7 +241,7 @@ fn stream_logs(
             .live_state()
             .map(|s| s.status == Status::Running || h.supervisor_alive())
             .unwrap_or(false);
-        if !send_records(tx, &follower.poll()?, o) || !running {
+        if !send_records(tx, &follower.poll()?, o) || !running || o.ended() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -231,7 +249,7 @@ fn stream_logs(
     Ok(())
 }
 
-/// `GET /containers/{id}/logs?stdout&stderr&follow&tail&timestamps`.
+/// `GET /containers/{id}/logs?stdout&stderr&follow&tail&timestamps&since&until`.
 pub async fn logs(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     let tail = match q.get("tail").unwrap_or("all") {
         "all" | "" | "-1" => None,
@@ -248,6 +266,9 @@ pub async fn logs(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     }
     let follow = q.flag("follow");
     let timestamps = q.flag("timestamps");
+    // 0 is what clients send for "not given".
+    let since = super::events::parse_time(&q, "since")?.filter(|t| *t > 0);
+    let until = super::events::parse_time(&q, "until")?.filter(|t| *t > 0);
     let (h, tty) = blocking(move || {
         let (h, c, _, _) = load(&open(&ctx)?, &key)?;
         Ok((h, c.process.tty))
@@ -259,6 +280,8 @@ pub async fn logs(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
         stderr,
         timestamps,
         tty,
+        since,
+        until,
     };
     tokio::task::spawn_blocking(move || {
         if let Err(e) = stream_logs(&h, tail, follow, o, &tx) {
@@ -574,5 +597,34 @@ mod tests {
         cs.remove(&h).unwrap();
         lock(&ctx.exits).insert(h.id.clone(), 7);
         assert_eq!(wait_blocking(&ctx, &h, "removed", &first), 7);
+    }
+
+    #[test]
+    fn logs_since_and_until_pick_records_by_their_time() {
+        let rec = |stream, nanos| Record {
+            stream,
+            nanos,
+            data: b"x\n".to_vec(),
+        };
+        let o = LogOpts {
+            stdout: true,
+            stderr: false,
+            timestamps: false,
+            tty: false,
+            since: Some(2_000),
+            until: Some(3_000),
+        };
+        assert!(!o.wants(&rec(STDOUT, 1_999)));
+        assert!(o.wants(&rec(STDOUT, 2_000)));
+        assert!(o.wants(&rec(STDOUT, 3_000)));
+        assert!(!o.wants(&rec(STDOUT, 3_001)));
+        assert!(!o.wants(&rec(STDERR, 2_500)), "stderr was not asked for");
+        assert!(o.ended(), "an until in the past ends a follow");
+        let open = LogOpts {
+            since: None,
+            until: None,
+            ..o
+        };
+        assert!(open.wants(&rec(STDOUT, 0)) && !open.ended());
     }
 }
