@@ -65,6 +65,13 @@ st=$(d inspect -f '{{.State.Status}} {{.State.Pid}}' clash 2>&1)
 [ "$rc" = 125 ] && echo "$err" | grep -q 'port is already allocated' && [ "$st" = "created 0" ] && ok ||
   fail "docker run -p with a taken port: status $rc: $err; state $st"
 d rm clash >/dev/null 2>&1 || true
+# pause and unpause: the microVM's vCPUs stop and resume.
+d pause ticker >/dev/null 2>&1 || fail "docker pause"
+paused=$(d inspect -f '{{.State.Status}} {{.State.Paused}}' ticker 2>&1)
+d unpause ticker >/dev/null 2>&1 || fail "docker unpause"
+resumed=$(d inspect -f '{{.State.Status}} {{.State.Paused}}' ticker 2>&1)
+[ "$paused" = "paused true" ] && [ "$resumed" = "running false" ] && ok ||
+  fail "docker pause/unpause: '$paused', then '$resumed'"
 t0=$(date +%s)
 d stop -t 1 ticker >/dev/null 2>&1 || fail "docker stop"
 took=$(($(date +%s) - t0))

@@ -401,6 +401,40 @@ fn stop_with_events(ctx: &Ctx, cs: &Containers, key: &str, secs: u64) -> Result<
     Ok(stopped)
 }
 
+/// `POST /containers/{id}/pause` (`pause` true) and `/unpause`: stop or
+/// resume the microVM's vCPUs, with Docker's `pause`/`unpause` events.
+pub async fn pause(ctx: Arc<Ctx>, key: String, pause: bool) -> Reply {
+    blocking(move || {
+        let cs = open(&ctx)?;
+        let (h, c, s, running) = load(&cs, &key)?;
+        if !running {
+            return Err(ApiError::Conflict(format!(
+                "Container {} is not running",
+                h.id
+            )));
+        }
+        if s.paused == pause {
+            let what = if pause {
+                "already paused"
+            } else {
+                "not paused"
+            };
+            return Err(ApiError::Conflict(format!("Container {} is {what}", h.id)));
+        }
+        let req = if pause {
+            Request::Pause
+        } else {
+            Request::Unpause
+        };
+        ipc::request(&h, &req)?;
+        ctx.events
+            .action(if pause { "pause" } else { "unpause" }, &c, &[]);
+        Ok(())
+    })
+    .await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
 /// `POST /containers/{id}/restart?t=`: stop, then start a new microVM.
 pub async fn restart(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     let secs = timeout(&q)?;

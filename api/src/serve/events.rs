@@ -1,5 +1,5 @@
 //! `GET /events`: container events (create, start, die, destroy; kill,
-//! stop and restart asked for through this server), streamed as
+//! stop, restart, pause and unpause asked for through this server), streamed as
 //! newline-delimited JSON, with `since`, `until` and `filters` (type,
 //! container, event, label) as Docker serves them; compose follows them.
 //!
@@ -30,7 +30,8 @@ pub const KEEP: usize = 1024;
 /// One event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// `create`, `start`, `die`, `destroy`, `kill`, `stop`, `restart`.
+    /// `create`, `start`, `die`, `destroy`, `kill`, `stop`, `restart`,
+    /// `pause`, `unpause`.
     pub action: &'static str,
     /// The container's id.
     pub id: String,
