@@ -50,11 +50,10 @@ pub fn hold() -> Result<Infallible, KeyHoldError> {
     // The irqchip first, so the vCPU gets an in-kernel LAPIC (a vCPU
     // without one flips yet another key, `kvm_has_noapic_vcpu`).
     vm.create_irq_chip().map_err(KeyHoldError::Irqchip)?;
-    let vcpu = vm.create_vcpu(0).map_err(KeyHoldError::Vcpu)?;
+    let _vcpu = vm.create_vcpu(0).map_err(KeyHoldError::Vcpu)?;
     log::info!("holding an idle VM so KVM rewrites no kernel text per microVM");
     loop {
         // park() may return spuriously; the VM and vCPU stay owned here.
         std::thread::park();
-        let _ = (&vm, &vcpu);
     }
 }

@@ -1,12 +1,11 @@
 //! `husk stop`, `kill`, `rm`, `wait` and `start`.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::{request, wait_supervisor_gone, CliError, CliResult};
+use super::{request, CliError, CliResult};
 use crate::container::control::{Attach, Request};
 use crate::container::Status;
 
@@ -127,16 +126,8 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<(), CliError>) -> Cl
 
 /// Stops a container (SIGTERM, SIGKILL after `secs`) and waits for the end.
 fn stop_one(h: &crate::container::Handle, secs: u64) -> Result<(), CliError> {
-    if h.live_state()?.status != Status::Running {
-        h.cancel_restart()?;
-        return Ok(());
-    }
-    if let Ok(mut c) = request(h, &Request::Stop { timeout_secs: secs }) {
-        // The supervisor closes the connection when it ends.
-        let mut b = [0u8; 1];
-        let _ = c.read(&mut b);
-    }
-    wait_supervisor_gone(h, Duration::from_secs(secs + 30));
+    let running = h.live_state()?.status == Status::Running;
+    crate::container::ipc::stop(h, secs, running)?;
     Ok(())
 }
 

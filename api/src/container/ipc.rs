@@ -142,3 +142,21 @@ pub fn wait_supervisor_gone(h: &Handle, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Stops container `h` (SIGTERM, SIGKILL after `secs`) when `running`, as
+/// the caller found it, and waits for its supervisor to end; a container
+/// that is not running only has a restart its policy scheduled cancelled.
+/// Whether it was running.
+pub fn stop(h: &Handle, secs: u64, running: bool) -> Result<bool, super::ContainerError> {
+    if !running {
+        h.cancel_restart()?;
+        return Ok(false);
+    }
+    if let Ok(mut c) = request(h, &Request::Stop { timeout_secs: secs }) {
+        // The supervisor closes the connection when the container ended.
+        let mut b = [0u8; 1];
+        let _ = io::Read::read(&mut c, &mut b);
+    }
+    wait_supervisor_gone(h, Duration::from_secs(secs + 30));
+    Ok(true)
+}

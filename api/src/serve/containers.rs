@@ -2,10 +2,8 @@
 //! restart, remove (start, wait, logs and attach are in `streams.rs`).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::StatusCode;
@@ -324,17 +322,8 @@ pub async fn create(ctx: Arc<Ctx>, q: Query, body: Incoming) -> Reply {
 /// Stops a running container (SIGTERM, SIGKILL after `secs`) and waits
 /// for its supervisor to end; `false` when it was not running.
 pub fn stop_container(h: &Handle, secs: u64) -> Result<bool, ApiError> {
-    if !is_running(h, &h.live_state()?) {
-        h.cancel_restart()?;
-        return Ok(false);
-    }
-    if let Ok(mut c) = ipc::request(h, &Request::Stop { timeout_secs: secs }) {
-        // The supervisor closes the connection when the container ended.
-        let mut b = [0u8; 1];
-        let _ = c.read(&mut b);
-    }
-    ipc::wait_supervisor_gone(h, Duration::from_secs(secs + 30));
-    Ok(true)
+    let running = is_running(h, &h.live_state()?);
+    Ok(ipc::stop(h, secs, running)?)
 }
 
 fn timeout(q: &Query) -> Result<u64, ApiError> {
@@ -350,7 +339,11 @@ fn timeout(q: &Query) -> Result<u64, ApiError> {
 /// `POST /containers/{id}/stop?t=`.
 pub async fn stop(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     let secs = timeout(&q)?;
-    let stopped = blocking(move || stop_with_events(&ctx, &open(&ctx)?, &key, secs)).await?;
+    let stopped = blocking(move || {
+        let cs = open(&ctx)?;
+        stop_with_events(&ctx, &cs, &cs.find(&key)?, secs)
+    })
+    .await?;
     if stopped {
         Ok(empty(StatusCode::NO_CONTENT))
     } else {
@@ -385,15 +378,14 @@ pub async fn kill(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
 
 /// Stops container `key` as [`stop_container`] does, with Docker's events:
 /// `kill` (signal 15), then the `die` seen at its end, then `stop`.
-fn stop_with_events(ctx: &Ctx, cs: &Containers, key: &str, secs: u64) -> Result<bool, ApiError> {
-    let h = cs.find(key)?;
+fn stop_with_events(ctx: &Ctx, cs: &Containers, h: &Handle, secs: u64) -> Result<bool, ApiError> {
     let config = h.config().ok();
-    let running = is_running(&h, &h.live_state()?);
+    let running = is_running(h, &h.live_state()?);
     if let (true, Some(c)) = (running, &config) {
         ctx.events
             .action("kill", c, &[("signal", libc::SIGTERM.to_string())]);
     }
-    let stopped = stop_container(&h, secs)?;
+    let stopped = ipc::stop(h, secs, running)?;
     if let (true, Some(c)) = (stopped, &config) {
         ctx.events.refresh(cs);
         ctx.events.action("stop", c, &[]);
@@ -441,7 +433,7 @@ pub async fn restart(ctx: Arc<Ctx>, key: String, q: Query) -> Reply {
     blocking(move || {
         let cs = open(&ctx)?;
         let h = cs.find(&key)?;
-        stop_with_events(&ctx, &cs, &key, secs)?;
+        stop_with_events(&ctx, &cs, &h, secs)?;
         create::start(&ctx.data_dir, &cs, &h, None, false)?;
         ctx.events.refresh(&cs);
         if let Ok(c) = h.config() {

@@ -216,7 +216,8 @@ fn observe(s: &State) -> Seen {
     }
 }
 
-fn now_nano() -> u128 {
+/// Now, in nanoseconds since the epoch.
+pub(super) fn now_nano() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())

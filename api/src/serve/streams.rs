@@ -179,11 +179,7 @@ impl LogOpts {
 
     /// Whether following is over: `until` has passed.
     fn ended(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        self.until.is_some_and(|u| now > u)
+        self.until.is_some_and(|u| super::events::now_nano() > u)
     }
 }
 

@@ -397,9 +397,6 @@ impl Sup {
         }
     }
 
-    /// Sends `signal` to the container's init. A SIGKILL the guest does
-    /// not take in time kills the microVM instead: a wedged or hostile
-    /// guest cannot keep a container alive against `kill`.
     /// [`Sup::signal`] asked for by the user (`kill`): the container's
     /// restart policy no longer applies, as Docker's.
     pub(super) fn signal_by_user(&self, signal: i32) -> Result<(), StartError> {
@@ -407,6 +404,9 @@ impl Sup {
         self.signal(signal)
     }
 
+    /// Sends `signal` to the container's init. A SIGKILL the guest does
+    /// not take in time kills the microVM instead: a wedged or hostile
+    /// guest cannot keep a container alive against `kill`.
     pub(super) fn signal(&self, signal: i32) -> Result<(), StartError> {
         if !*lock(&self.started) {
             return fail(format!("container {} is not running", self.handle.id));
