@@ -176,6 +176,45 @@ done
 HUSK_MACHINE=1 h rm -f web >/dev/null
 if curl -s -m 5 "http://127.0.0.1:$web/hostname" >/dev/null; then fail "port $web still forwarded after rm"; else ok; fi
 
+# Checkpoints: a running container saved whole (its processes and memory)
+# and started again from it; its counter goes on where it was and its
+# server answers again on the same published port.
+ck=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HUSK_MACHINE=1 h run -d --name ck -p "$ck:80" busybox sh -c 'mkdir -p /w; httpd -p 80 -h /w; i=0; while true; do i=$((i+1)); echo $i > /w/count; echo "tick $i"; sleep 1; done' >/dev/null
+count() { curl -s -m 5 "http://127.0.0.1:$ck/count" 2>/dev/null || true; }
+before=0
+for _ in $(seq 60); do
+  before=$(count); [ "${before:-0}" -ge 5 ] 2>/dev/null && break
+  sleep 0.5
+done
+[ "${before:-0}" -ge 5 ] 2>/dev/null && ok || fail "the checkpoint test's counter did not reach 5: '$before'"
+out=$(HUSK_MACHINE=1 h checkpoint create ck one 2>&1)
+[ "$out" = one ] && ok || fail "checkpoint create: '$out'"
+HUSK_MACHINE=1 h ps -a | grep ' ck$' | grep -q 'Exited (0)' && ok || fail "after checkpoint create: $(HUSK_MACHINE=1 h ps -a | grep ' ck$')"
+HUSK_MACHINE=1 h checkpoint ls ck | grep -qx one && ok || fail "checkpoint ls does not list one"
+HUSK_MACHINE=1 h start --checkpoint one ck && ok || fail "start --checkpoint one"
+after=
+for _ in $(seq 40); do
+  after=$(count); [ -n "$after" ] && break
+  sleep 0.5
+done
+[ "${after:-0}" -ge "$before" ] 2>/dev/null && ok || fail "after the restore the counter is at '$after', before the checkpoint at $before (a fresh start would begin at 1)"
+sleep 2
+last=$(HUSK_MACHINE=1 h logs ck | tail -1)
+[ "${last#tick }" -gt "$before" ] 2>/dev/null && ok || fail "logs after the restore end with '$last' (before: $before)"
+[ "$(HUSK_MACHINE=1 h exec ck cat /w/count 2>&1)" -gt 0 ] 2>/dev/null && ok || fail "exec in the restored container"
+out=$(HUSK_MACHINE=1 h checkpoint create --leave-running ck two 2>&1)
+[ "$out" = two ] && HUSK_MACHINE=1 h ps | grep ' ck$' | grep -q ' Up ' && ok || fail "checkpoint --leave-running: '$out', $(HUSK_MACHINE=1 h ps -a | grep ' ck$')"
+err=$(HUSK_MACHINE=1 h checkpoint create ck two 2>&1) && fail "a taken checkpoint name was accepted" || { echo "$err" | grep -q 'already exists' && ok || fail "taken name: '$err'"; }
+err=$(HUSK_MACHINE=1 h checkpoint create ck 'a/b' 2>&1) && fail "a bad checkpoint name was accepted" || { echo "$err" | grep -q 'invalid checkpoint name' && ok || fail "bad name: '$err'"; }
+HUSK_MACHINE=1 h run -d -t --name ckt busybox sh >/dev/null
+err=$(HUSK_MACHINE=1 h checkpoint create ckt x 2>&1) && fail "a terminal container was checkpointed" || { echo "$err" | grep -q 'not supported' && ok || fail "tty checkpoint: '$err'"; }
+HUSK_MACHINE=1 h rm -f ckt >/dev/null
+HUSK_MACHINE=1 h stop -t 1 ck >/dev/null
+err=$(HUSK_MACHINE=1 h start --checkpoint nosuch ck 2>&1) && fail "start from a missing checkpoint worked" || { echo "$err" | grep -q 'no checkpoint nosuch' && ok || fail "missing checkpoint: '$err'"; }
+HUSK_MACHINE=1 h checkpoint rm ck one && ! HUSK_MACHINE=1 h checkpoint ls ck | grep -qx one && ok || fail "checkpoint rm"
+HUSK_MACHINE=1 h rm -f ck >/dev/null
+
 # Images come from this host's store: one loaded here under a new name
 # runs in the machine (copied in once), with --env-file read here.
 h save -o "$data/layout" busybox >/dev/null

@@ -207,6 +207,42 @@ pub fn debug_port_write(value: u8) -> bool {
     true
 }
 
+/// The agent's log: warnings and errors as `husk-agent: <level>: <text>`
+/// lines on the console (stderr), which husk keeps as the container's
+/// `console.log`.
+#[derive(Debug)]
+pub struct ConsoleLog;
+
+static CONSOLE_LOG: ConsoleLog = ConsoleLog;
+
+impl ConsoleLog {
+    /// Makes it the `log` crate's logger (once; later calls do nothing).
+    pub fn install() {
+        if log::set_logger(&CONSOLE_LOG).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    }
+}
+
+impl log::Log for ConsoleLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let line = format!(
+                "husk-agent: {}: {}\n",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// Prints the ready line that the host and the e2e tests look for.
 pub fn print_ready(version: &str) -> Result<()> {
     let cpus = online_cpus(Path::new("/sys"))?;

@@ -14,6 +14,7 @@
 //! it never unwinds out of `main`: any error is logged and the VM powered off.
 
 mod boot;
+mod fatal;
 
 use husk_proto::boot::BootParams;
 
@@ -26,6 +27,8 @@ fn main() {
         std::process::exit(2);
     }
     boot::ensure_console();
+    boot::ConsoleLog::install();
+    fatal::install();
     let result = std::panic::catch_unwind(run);
     match result {
         Ok(Ok(())) => {}

@@ -15,6 +15,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::container::relay::Reopen;
 use crate::container::sys::RealSys;
 use crate::container::{etc, Container, ContainerConfig, ContainerError, Stdio};
 use crate::overlay::{OverlayError, OverlayLayout};
@@ -130,7 +131,7 @@ impl ServerError {
 }
 
 /// Opens data connections to the host.
-pub trait Connector: Send + Sync {
+pub trait Connector: Send + Sync + Clone + 'static {
     /// The stream type; a process's stdio is relayed to it (or pumped, for
     /// a terminal).
     type Stream: Read + Write + Into<OwnedFd> + Send + 'static;
@@ -587,14 +588,37 @@ impl<C: Connector> Server<C> {
             stdin: open(ports.stdin, "stdin")?,
             stdout: open(ports.stdout, "stdout")?,
             stderr: open(ports.stderr, "stderr")?,
+            reopen: None,
         })
+    }
+
+    /// Opens the init's output connections again after they broke (see
+    /// [`Reopen`]).
+    fn reopen_init(&self, id: &str, ports: &StdioPorts) -> Reopen {
+        let (connector, id, ports) = (self.connector.clone(), id.to_string(), ports.clone());
+        Reopen(Arc::new(move |name| {
+            let port = match name {
+                "stdout" => ports.stdout,
+                _ => ports.stderr,
+            }
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            let mut s = connector.connect(port)?;
+            let hello = StreamHello {
+                id: id.clone(),
+                exec_id: None,
+                stream: name.to_string(),
+            };
+            agent::write_frame(&mut s, &hello).map_err(io::Error::other)?;
+            Ok(s.into())
+        }))
     }
 
     fn do_start(&self, id: &str) -> Result<Response> {
         let entry = self.entry(id)?;
         let mut e = lock(&entry);
         let ports = e.init_stdio.clone();
-        let stdio = self.stdio(id, None, &ports)?;
+        let mut stdio = self.stdio(id, None, &ports)?;
+        stdio.reopen = Some(self.reopen_init(id, &ports));
         let pid = e.container.start(stdio, &self.reaper)?;
         Ok(Response::Started { pid })
     }

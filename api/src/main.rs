@@ -93,7 +93,13 @@ enum Cmd {
     ContainerSupervise {
         /// Container id.
         id: String,
+        /// Start from this checkpoint instead of booting.
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
+    /// Manage checkpoints of containers (their microVM saved whole).
+    #[command(subcommand)]
+    Checkpoint(cli::checkpoint::CheckpointCmd),
     /// Pull an image from a registry.
     Pull(cli::images::PullArgs),
     /// List images.
@@ -163,7 +169,10 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             cli::internal::image_present(&data, &reference, &digest)
         }
         Cmd::ImageReceive { reference } => cli::internal::image_receive(&data, &reference),
-        Cmd::ContainerSupervise { id } => cli::internal::container_supervise(&data, &id),
+        Cmd::ContainerSupervise { id, checkpoint } => {
+            cli::internal::container_supervise(&data, &id, checkpoint.as_deref())
+        }
+        Cmd::Checkpoint(c) => cli::checkpoint::dispatch(&data, c),
         Cmd::Pull(a) => cli::images::pull(&data, a),
         Cmd::Images => cli::images::list(&data),
         Cmd::Rmi(a) => cli::images::rmi(&data, a),

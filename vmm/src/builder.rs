@@ -311,6 +311,19 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl VirtioDevices {
+    /// How far the vsock device and its driver got (see
+    /// [`husk_devices::virtio::VirtioDevice::describe`]).
+    pub fn describe(&self) -> String {
+        match &self.vsock {
+            Some(t) => {
+                let t = locked(t);
+                let text = husk_devices::virtio::VirtioDevice::describe(t.device());
+                format!("vsock status {:#x}: {text}", t.status())
+            }
+            None => "no vsock device".into(),
+        }
+    }
+
     /// Every device's snapshot state.
     pub fn save(&self) -> DevicesState {
         DevicesState {

@@ -78,6 +78,10 @@ struct Cli {
     /// socket), in the same order as when the snapshot was taken.
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
+    /// A directory kept in the jail, where the control socket's `snapshot`
+    /// may write (everything else is out of reach once jailed).
+    #[arg(long, value_name = "DIR", requires = "api_sock")]
+    snapshot_dir: Option<PathBuf>,
     /// Once the VM is built, become this uid (with --jail-gid; needs root):
     /// no capabilities, no supplementary groups.
     #[arg(long, value_name = "UID", requires = "jail_gid", value_parser = clap::value_parser!(u32).range(1..))]
@@ -109,6 +113,7 @@ struct Extra {
     print: bool,
     api_sock: Option<PathBuf>,
     restore: Option<PathBuf>,
+    snapshot_dir: Option<PathBuf>,
     jail: Option<Jail>,
     seccomp: bool,
 }
@@ -152,6 +157,7 @@ fn effective_config(cli: Cli) -> Result<(VmConfig, Extra), husk_vmm::config::Con
         print: cli.print_config,
         api_sock: cli.api_sock,
         restore: cli.restore,
+        snapshot_dir: cli.snapshot_dir,
         jail: cli
             .jail_uid
             .zip(cli.jail_gid)
@@ -231,12 +237,14 @@ fn main() -> ExitCode {
         log::warn!("seccomp filters are disabled (--no-seccomp)");
         Filters::disabled()
     };
-    // Guest connections to host ports reach `<uds>_<port>`: the one path
-    // husk-vmm still opens.
+    // Guest connections to host ports reach `<uds>_<port>`, and snapshots
+    // are written under the snapshot directory: the paths husk-vmm still
+    // opens.
     let keep: Vec<PathBuf> = cfg
         .vsock
         .iter()
         .filter_map(|v| v.uds_path.parent().map(PathBuf::from))
+        .chain(extra.snapshot_dir.clone())
         .collect();
     if let Err(e) = jail::enter(extra.jail, parent, &keep) {
         return fail(&e, events.as_deref());

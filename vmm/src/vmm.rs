@@ -375,12 +375,14 @@ impl Vmm {
         let requests = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
         for r in requests {
             let result = match &r.command {
-                Command::Pause => self.pause().map_err(|e| chain(&e)),
-                Command::Resume => self.resume().map_err(|e| chain(&e)),
-                Command::Snapshot(dir) => self.snapshot(dir).map_err(|e| chain(&e)),
-            };
+                Command::Pause => self.pause().map(|()| String::new()),
+                Command::Resume => self.resume().map(|()| String::new()),
+                Command::Snapshot(dir) => self.snapshot(dir).map(|()| String::new()),
+                Command::Queues => Ok(self.devices.describe()),
+            }
+            .map_err(|e| chain(&e));
             match &result {
-                Ok(()) => log::info!("control: {:?} done", r.command),
+                Ok(_) => log::info!("control: {:?} done", r.command),
                 Err(e) => log::error!("control: {:?} failed: {e}", r.command),
             }
             r.reply(result);

@@ -200,6 +200,10 @@ pub struct Stdio {
     pub stdout: Option<OwnedFd>,
     /// stderr.
     pub stderr: Option<OwnedFd>,
+    /// How to open an output stream's connection again once it broke (the
+    /// container's init, whose microVM may be restored from a checkpoint:
+    /// its host connections are then reset, and the host listens again).
+    pub reopen: Option<relay::Reopen>,
 }
 
 /// A created (and maybe started) container.

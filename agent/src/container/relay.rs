@@ -12,6 +12,11 @@
 //!   still holds the pipe gets [`EXIT_GRACE`] after the process's exit; then
 //!   what the pipe holds is relayed and the connection is closed.
 //!
+//! - a broken output connection of a stream that can be opened again
+//!   ([`Reopen`]: the container's init, whose microVM may have been
+//!   restored from a checkpoint, every host connection reset) is opened
+//!   again for up to [`REOPEN_LIMIT`]; what the relay held is sent on it.
+//!
 //! [`Relay::wait`] returns once every connection is closed, so the host
 //! that reads a stream to its end and then waits gets every byte, and an
 //! `Exited` answered after [`Relay::wait`] follows all of the output.
@@ -36,6 +41,20 @@ const BUF_SIZE: usize = 64 * 1024;
 /// At most this much is taken from a pipe once the grace has passed (a
 /// descendant may write without end).
 const FINAL_DRAIN: usize = 1 << 20;
+/// How long a broken output connection is tried again.
+pub const REOPEN_LIMIT: Duration = Duration::from_secs(30);
+/// The pause between tries.
+const REOPEN_PAUSE: Duration = Duration::from_millis(100);
+
+/// Opens the connection of output stream `"stdout"` or `"stderr"` again.
+#[derive(Clone)]
+pub struct Reopen(pub Arc<dyn Fn(&'static str) -> io::Result<OwnedFd> + Send + Sync>);
+
+impl std::fmt::Debug for Reopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reopen")
+    }
+}
 
 fn set_nonblocking(fd: &impl AsFd) -> Result<()> {
     let err = |e: nix::Error| ContainerError::Spawn {
@@ -88,6 +107,8 @@ struct Stream {
     end: usize,
     eof: bool,
     failed: bool,
+    /// An output stream's name and how to open its connection again.
+    reopen: Option<(&'static str, Reopen)>,
 }
 
 impl Stream {
@@ -103,7 +124,33 @@ impl Stream {
             end: 0,
             eof: false,
             failed: false,
+            reopen: None,
         })
+    }
+
+    /// After the connection broke: opens it again (see [`Reopen`]); false
+    /// when it cannot be within [`REOPEN_LIMIT`] or the stream has none.
+    fn reconnect(&mut self) -> bool {
+        let Some((name, reopen)) = &self.reopen else {
+            return false;
+        };
+        let deadline = Instant::now() + REOPEN_LIMIT;
+        loop {
+            match (reopen.0)(name)
+                .and_then(|fd| set_nonblocking(&fd).map(|()| fd).map_err(io::Error::other))
+            {
+                Ok(fd) => {
+                    log::info!("{name} relay: connection opened again");
+                    self.dst = fd.into();
+                    return true;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    log::warn!("{name} relay: connection broke and cannot be opened again: {e}");
+                    return false;
+                }
+                Err(_) => std::thread::sleep(REOPEN_PAUSE),
+            }
+        }
     }
 
     fn pending(&self) -> bool {
@@ -148,8 +195,9 @@ impl Stream {
             Ok(0) => self.failed = true,
             Ok(n) => self.start += n,
             Err(e) if transient(&e) => {}
-            // The reader is gone (EPIPE): the writer will see that too.
-            Err(_) => self.failed = true,
+            // The reader is gone (EPIPE): the writer will see that too,
+            // unless the connection can be opened again.
+            Err(_) => self.failed = !self.reconnect(),
         }
     }
 
@@ -252,16 +300,19 @@ impl Pipes {
                 r
             }
         };
-        let mut output = |conn: Option<OwnedFd>| -> Result<OwnedFd> {
+        let reopen = stdio.reopen;
+        let mut output = |conn: Option<OwnedFd>, name: &'static str| -> Result<OwnedFd> {
             let Some(conn) = conn else {
                 return dev_null();
             };
             let (r, w) = pipe()?;
-            streams.push(Stream::new(r, conn, false)?);
+            let mut s = Stream::new(r, conn, false)?;
+            s.reopen = reopen.clone().map(|r| (name, r));
+            streams.push(s);
             Ok(w)
         };
-        let stdout = output(stdio.stdout)?;
-        let stderr = output(stdio.stderr)?;
+        let stdout = output(stdio.stdout, "stdout")?;
+        let stderr = output(stdio.stderr, "stderr")?;
         let exit = if streams.is_empty() {
             None
         } else {
@@ -351,6 +402,7 @@ mod tests {
             stdin: Some(a.into()),
             stdout: Some(b.into()),
             stderr: Some(c.into()),
+            reopen: None,
         })
         .unwrap();
         Setup {
@@ -469,6 +521,44 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
         drop(exit);
         relay.wait();
+    }
+
+    #[test]
+    fn a_broken_init_output_connection_is_opened_again() {
+        // The host's ends of the connections the relay opens again.
+        let (tx, rx) = std::sync::mpsc::channel::<(&'static str, UnixStream)>();
+        let tx = Mutex::new(tx);
+        let reopen = Reopen(Arc::new(move |name| {
+            let (host, agent) = UnixStream::pair()?;
+            tx.lock()
+                .unwrap()
+                .send((name, host))
+                .map_err(io::Error::other)?;
+            Ok(agent.into())
+        }));
+        let (host_out, b) = UnixStream::pair().unwrap();
+        let (child, pipes) = Pipes::new(Stdio {
+            stdout: Some(b.into()),
+            reopen: Some(reopen),
+            ..Stdio::default()
+        })
+        .unwrap();
+        let (relay, exit) = start(pipes, EXIT_GRACE);
+        let [_stdin, stdout, _stderr] = child;
+        let mut out = File::from(stdout);
+        out.write_all(b"one ").unwrap();
+        let mut got = [0u8; 4];
+        (&host_out).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one ");
+        // A checkpoint's restore resets the connection.
+        drop(host_out);
+        out.write_all(b"two").unwrap();
+        let (name, again) = rx.recv_timeout(Duration::from_secs(10)).expect("reopened");
+        assert_eq!(name, "stdout");
+        drop(out);
+        drop(exit);
+        relay.wait();
+        assert_eq!(read_all(again), b"two");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{CliError, CliResult};
 /// `husk container-supervise ID`: the supervisor of one container. The CLI
 /// that started it reads a typed ready message from its stdout; afterwards
 /// stdout points nowhere.
-pub fn container_supervise(data: &Path, id: &str) -> CliResult {
+pub fn container_supervise(data: &Path, id: &str, checkpoint: Option<&str>) -> CliResult {
     let ready = std::fs::File::from(
         std::io::stdout()
             .as_fd()
@@ -21,7 +21,9 @@ pub fn container_supervise(data: &Path, id: &str) -> CliResult {
     if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
     }
-    Ok(crate::container::supervisor::supervise(data, id, ready))
+    Ok(crate::container::supervisor::supervise(
+        data, id, checkpoint, ready,
+    ))
 }
 
 /// `husk image-present REF DIGEST` (in the machine): status 0 when the

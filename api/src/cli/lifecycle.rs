@@ -87,6 +87,10 @@ pub struct StartArgs {
     /// Attach stdin too.
     #[arg(short, long)]
     pub interactive: bool,
+    /// Start from this checkpoint (`husk checkpoint create`): the
+    /// container's processes go on where they were.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["attach", "interactive"])]
+    pub checkpoint: Option<String>,
     /// Containers.
     #[arg(required = true)]
     pub containers: Vec<String>,
@@ -213,6 +217,9 @@ pub fn wait(data_dir: &Path, args: WaitArgs) -> CliResult {
 /// `husk start`: boots a new microVM for a stopped container.
 pub fn start(data_dir: &Path, args: StartArgs) -> CliResult {
     let cs = super::containers(data_dir)?;
+    if let Some(name) = &args.checkpoint {
+        return super::checkpoint::start(data_dir, &cs, &args.containers, name);
+    }
     if args.attach || args.interactive {
         let [n] = &args.containers[..] else {
             return Err(CliError::new(

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod checkpoint;
 pub mod cp;
 pub mod exec;
 pub mod images;
@@ -62,7 +63,7 @@ fn ipc_error(e: ipc::IpcError) -> CliError {
 
 /// Starts the supervisor of container `h` ([`ipc::spawn_supervisor`]).
 pub fn spawn_supervisor(data_dir: &Path, h: &Handle) -> Result<(), CliError> {
-    ipc::spawn_supervisor(data_dir, h).map_err(ipc_error)
+    ipc::spawn_supervisor(data_dir, h, None).map_err(ipc_error)
 }
 
 /// Sends a request to a container's supervisor ([`ipc::request`]).

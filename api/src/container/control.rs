@@ -55,6 +55,15 @@ pub enum Request {
     Pause,
     /// Resume them.
     Unpause,
+    /// Save the running container as checkpoint `name`; it then stops
+    /// unless `leave_running`.
+    Checkpoint {
+        /// The checkpoint's name.
+        name: String,
+        /// Keep it running.
+        #[serde(default)]
+        leave_running: bool,
+    },
     /// Replace the network members' lines of the container's `/etc/hosts`.
     SetHosts {
         /// The lines.

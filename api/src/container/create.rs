@@ -347,7 +347,7 @@ pub fn start(
     fresh: bool,
 ) -> Result<UnixStream, ipc::IpcError> {
     let auto_remove = h.config().is_ok_and(|c| c.auto_remove);
-    if let Err(e) = ipc::spawn_supervisor(data_dir, h) {
+    if let Err(e) = ipc::spawn_supervisor(data_dir, h, None) {
         if fresh || auto_remove {
             let _ = containers.remove(h);
         }
@@ -359,6 +359,15 @@ pub fn start(
             let _ = containers.remove(h);
         }
     })
+}
+
+/// Starts stopped container `h` from its checkpoint `name` (`husk start
+/// --checkpoint`): its processes go on where the checkpoint left them.
+pub fn start_from_checkpoint(h: &Handle, data_dir: &Path, name: &str) -> Result<(), ipc::IpcError> {
+    ipc::spawn_supervisor(data_dir, h, Some(name))?;
+    ipc::request(h, &Request::Start { attach: None })
+        .inspect_err(|_| ipc::wait_supervisor_gone(h, Duration::from_secs(30)))
+        .map(drop)
 }
 
 #[cfg(test)]

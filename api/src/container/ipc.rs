@@ -62,7 +62,11 @@ impl IpcError {
 
 /// Starts the supervisor of container `h` and waits for its typed
 /// [`SupervisorReady`] message.
-pub fn spawn_supervisor(data_dir: &Path, h: &Handle) -> Result<(), IpcError> {
+pub fn spawn_supervisor(
+    data_dir: &Path,
+    h: &Handle,
+    checkpoint: Option<&str>,
+) -> Result<(), IpcError> {
     let exe = std::env::current_exe().map_err(IpcError::Spawn)?;
     let log_path = h.dir.join("supervisor.log");
     let log = std::fs::File::options()
@@ -73,11 +77,15 @@ pub fn spawn_supervisor(data_dir: &Path, h: &Handle) -> Result<(), IpcError> {
             path: log_path.clone(),
             source,
         })?;
-    let mut child = Command::new(exe)
-        .arg("--data-dir")
+    let mut cmd = Command::new(exe);
+    cmd.arg("--data-dir")
         .arg(data_dir)
         .arg("container-supervise")
-        .arg(&h.id)
+        .arg(&h.id);
+    if let Some(name) = checkpoint {
+        cmd.arg("--checkpoint").arg(name);
+    }
+    let mut child = cmd
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

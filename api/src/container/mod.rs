@@ -19,6 +19,7 @@
 //! paths are limited to 108 bytes.
 
 pub mod archive;
+pub mod checkpoint;
 pub mod client;
 pub mod control;
 pub mod create;

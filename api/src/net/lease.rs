@@ -81,39 +81,60 @@ pub fn allocate(net_dir: &Path, owner: &str) -> Result<Lease> {
         cause: io_cause(&e),
     })?;
     for index in 0..MAX_LEASES {
-        let path = lock_path(net_dir, index);
-        let lease_err = |e: &std::io::Error| NetError::Lease {
-            path: path.display().to_string(),
-            cause: io_cause(e),
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| lease_err(&e))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => continue,
-            Err((_, errno)) => return Err(lease_err(&errno.into())),
-        };
-        lock.set_len(0).map_err(|e| lease_err(&e))?;
-        lock.write_all(format!("{owner}\n").as_bytes())
-            .map_err(|e| lease_err(&e))?;
-        let (host_ip, guest_ip) = addresses(index);
-        return Ok(Lease {
-            index,
-            tap_name: format!("husk{index}"),
-            host_ip,
-            guest_ip,
-            prefix: LEASE_PREFIX,
-            mac: mac_for(index),
-            net_dir: net_dir.to_path_buf(),
-            _lock: lock,
-        });
+        if let Some(lease) = take(net_dir, owner, index)? {
+            return Ok(lease);
+        }
     }
     Err(NetError::Exhausted)
+}
+
+/// Takes lease `index` for `owner` (a container restored from a checkpoint
+/// needs the address its guest has configured); fails when another holds
+/// it.
+pub fn allocate_at(net_dir: &Path, owner: &str, index: u32) -> Result<Lease> {
+    fs::create_dir_all(net_dir).map_err(|e| NetError::Lease {
+        path: net_dir.display().to_string(),
+        cause: io_cause(&e),
+    })?;
+    if index >= MAX_LEASES {
+        return Err(NetError::Exhausted);
+    }
+    take(net_dir, owner, index)?.ok_or_else(|| NetError::Taken(addresses(index).1, index))
+}
+
+/// Lease `index` for `owner`, or `None` when another process holds it.
+fn take(net_dir: &Path, owner: &str, index: u32) -> Result<Option<Lease>> {
+    let path = lock_path(net_dir, index);
+    let lease_err = |e: &std::io::Error| NetError::Lease {
+        path: path.display().to_string(),
+        cause: io_cause(e),
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| lease_err(&e))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, errno)) => return Err(lease_err(&errno.into())),
+    };
+    lock.set_len(0).map_err(|e| lease_err(&e))?;
+    lock.write_all(format!("{owner}\n").as_bytes())
+        .map_err(|e| lease_err(&e))?;
+    let (host_ip, guest_ip) = addresses(index);
+    Ok(Some(Lease {
+        index,
+        tap_name: format!("husk{index}"),
+        host_ip,
+        guest_ip,
+        prefix: LEASE_PREFIX,
+        mac: mac_for(index),
+        net_dir: net_dir.to_path_buf(),
+        _lock: lock,
+    }))
 }
 
 /// The owner recorded in lease `index`'s lock file, if it is held now.

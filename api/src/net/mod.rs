@@ -32,7 +32,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 pub use host::configure_host;
-pub use lease::{allocate, Lease};
+pub use lease::{allocate, allocate_at, Lease};
 pub use ports::{PortSpec, PortSpecError, Proto, PublishedPort};
 pub use proxy::{publish, publish_with, Publisher};
 
@@ -51,6 +51,9 @@ pub enum NetError {
     /// Every /30 of 10.88.0.0/16 is taken.
     #[error("cannot allocate a network address: all of 10.88.0.0/16 is in use")]
     Exhausted,
+    /// The address a checkpoint's guest has configured is in use.
+    #[error("the checkpoint's address {0} (lease {1}) is in use by another container")]
+    Taken(std::net::Ipv4Addr, u32),
     /// The host side of a TAP could not be set up.
     #[error("cannot configure {tap}: {cause}")]
     Host {

@@ -146,6 +146,35 @@ pub trait VirtioDevice: Send {
     fn queue_positions(&self) -> Vec<(u16, u16)> {
         Vec::new()
     }
+    /// One line on how far the device and its driver got, for a stall's
+    /// diagnosis (empty when it is not running).
+    fn describe(&self) -> String {
+        String::new()
+    }
+}
+
+/// Each queue as `q<i> avail <device's next>/<driver's idx> used <device's
+/// next>/<idx in guest memory>`: a driver index ahead of the device's means
+/// buffers the device has not taken.
+pub fn describe_queues(mem: &GuestMemoryMmap, queues: &[Queue]) -> String {
+    use virtio_queue::QueueT;
+    let idx = |r: Result<std::num::Wrapping<u16>, virtio_queue::Error>| {
+        r.map_or_else(|_| "?".to_string(), |w| w.0.to_string())
+    };
+    queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            format!(
+                "q{i} avail {}/{} used {}/{}",
+                q.next_avail(),
+                idx(q.avail_idx(mem, Ordering::Acquire)),
+                q.next_used(),
+                idx(q.used_idx(mem, Ordering::Acquire)),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `(next_avail, next_used)` of `queues`.

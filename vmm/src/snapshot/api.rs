@@ -1,7 +1,9 @@
 //! The control socket: a Unix socket where each connection sends one
 //! command line and gets one answer line, `ok` or `error: <why>`.
 //!
-//! Commands: `pause`, `resume`, `snapshot <dir>` (the VM must be paused).
+//! Commands: `pause`, `resume`, `snapshot <dir>` (the VM must be paused),
+//! `queues` (answered `ok <how far each vsock queue got>`, for a stall's
+//! diagnosis).
 //! The event loop accepts and parses; the VMM runs the command between
 //! event-loop rounds, with every device quiet.
 
@@ -29,6 +31,8 @@ pub enum Command {
     Resume,
     /// Write a snapshot into this directory.
     Snapshot(PathBuf),
+    /// Describe the vsock device's queues.
+    Queues,
 }
 
 /// Parses one command line.
@@ -39,10 +43,11 @@ pub fn parse(line: &str) -> Result<Command, String> {
     match (word, arg) {
         ("pause", "") => Ok(Command::Pause),
         ("resume", "") => Ok(Command::Resume),
+        ("queues", "") => Ok(Command::Queues),
         ("snapshot", dir) if !dir.is_empty() => Ok(Command::Snapshot(PathBuf::from(dir))),
         ("snapshot", _) => Err("usage: snapshot <dir>".into()),
         _ => Err(format!(
-            "unknown command {line:?} (pause, resume, snapshot <dir>)"
+            "unknown command {line:?} (pause, resume, snapshot <dir>, queues)"
         )),
     }
 }
@@ -56,11 +61,12 @@ pub struct Request {
 }
 
 impl Request {
-    /// Answers `ok` or `error: <why>` (one line; the chain of causes
-    /// joined with ": ").
-    pub fn reply(mut self, result: Result<(), String>) {
+    /// Answers `ok`, `ok <text>` or `error: <why>` (one line; the chain of
+    /// causes joined with ": ").
+    pub fn reply(mut self, result: Result<String, String>) {
         let line = match result {
-            Ok(()) => "ok\n".to_string(),
+            Ok(text) if text.is_empty() => "ok\n".to_string(),
+            Ok(text) => format!("ok {}\n", text.replace('\n', " ")),
             Err(e) => format!("error: {}\n", e.replace('\n', " ")),
         };
         if let Err(e) = self.stream.write_all(line.as_bytes()) {
@@ -170,6 +176,7 @@ mod tests {
         );
         assert!(parse("snapshot").is_err());
         assert!(parse("pause now").is_err());
+        assert_eq!(parse("queues\n"), Ok(Command::Queues));
         assert!(parse("").unwrap_err().starts_with("unknown command"));
     }
 }

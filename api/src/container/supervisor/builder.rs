@@ -23,7 +23,7 @@ use husk_proto::boot::{BootParams, BuildDisks};
 use husk_proto::guest::GUEST_CID;
 use husk_proto::vm::{BlockConfig, Console, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
-use super::boot::{connect_agent, stop_vmm, stopped_by_itself, BOOT_ATTEMPTS};
+use super::boot::{connect_agent, stop_vmm, worth_another_boot, BOOT_ATTEMPTS};
 use super::vmm::{self, describe_exit, VmmProcess};
 use crate::container::client::AgentClient;
 use crate::container::client::ClientError;
@@ -148,7 +148,8 @@ impl VmBuilder {
         loop {
             let dir = self.work_dir()?;
             let config = vm_config(&assets, &dir, job)?;
-            let vmm = vmm::spawn(&assets.vmm, &config, &dir, &dir.join("vmm.sock"));
+            let api_sock = dir.join("vmm.sock");
+            let vmm = vmm::spawn(&assets.vmm, &config, &dir, &vmm::Control::socket(&api_sock));
             let mut vm = Running {
                 vmm: vmm.inspect_err(|_| {
                     let _ = fs::remove_dir_all(&dir);
@@ -159,11 +160,11 @@ impl VmBuilder {
             match connect_agent(&vm.dir.join("console.log"), &uds, &mut vm.vmm) {
                 Ok(agent) => return Ok((vm, agent)),
                 Err(e) => {
-                    if !stopped_by_itself(&mut vm.vmm) || attempt >= BOOT_ATTEMPTS {
+                    if !worth_another_boot(&mut vm.vmm, &api_sock) || attempt >= BOOT_ATTEMPTS {
                         return Err(BuilderError::Boot(e.message));
                     }
                     log::warn!(
-                        "the builder guest stopped during boot ({}); booting it once more",
+                        "the builder guest's boot failed ({}); booting it once more",
                         e.message
                     );
                     attempt += 1;
@@ -344,14 +345,26 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
         let config = VmConfig::default();
-        let mut p = vmm::spawn(&fake, &config, dir.path(), &dir.path().join("s")).unwrap();
+        let mut p = vmm::spawn(
+            &fake,
+            &config,
+            dir.path(),
+            &vmm::Control::socket(&dir.path().join("s")),
+        )
+        .unwrap();
         let t0 = Instant::now();
         let err = wait_for_exit(&mut p, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, BuilderError::NoPowerOff { .. }), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(5));
         stop_vmm(&mut p);
         fs::write(&fake, "#!/bin/sh\nexit 3\n").unwrap();
-        let mut p = vmm::spawn(&fake, &config, dir.path(), &dir.path().join("s")).unwrap();
+        let mut p = vmm::spawn(
+            &fake,
+            &config,
+            dir.path(),
+            &vmm::Control::socket(&dir.path().join("s")),
+        )
+        .unwrap();
         let err = wait_for_exit(&mut p, Duration::from_secs(10)).unwrap_err();
         assert_eq!(
             err.to_string(),

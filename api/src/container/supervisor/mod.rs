@@ -48,6 +48,7 @@ use husk_proto::guest::{exec_stdio_ports, CONTAINER_ID, INIT_STDIO_PORTS};
 
 mod boot;
 mod builder;
+mod checkpoint;
 mod jail;
 mod session;
 mod vmm;
@@ -143,6 +144,8 @@ enum Event {
     StartFailed(i32, String),
     /// Waiting for the init failed (the agent's connection broke).
     WaitFailed(String),
+    /// A checkpoint was made and the container stops.
+    Checkpointed,
 }
 
 /// Resources held while the container runs; dropping them releases them.
@@ -166,6 +169,8 @@ struct VmInfo {
     /// husk killed husk-vmm on purpose (`stop` or `kill` of a guest that
     /// did not answer).
     killed: std::sync::atomic::AtomicBool,
+    /// What a checkpoint needs, and whether this VM came from one.
+    snapshot: checkpoint::SnapshotInfo,
 }
 
 /// The init's stdio as the supervisor relays it.
@@ -226,7 +231,7 @@ impl Sup {
 
 /// Runs the supervisor of container `id` (the hidden `husk
 /// container-supervise` command). `ready` is the pipe to the CLI.
-pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
+pub fn supervise(data_dir: &Path, id: &str, checkpoint: Option<&str>, mut ready: File) -> i32 {
     let t0 = Instant::now();
     let containers = match Containers::open(data_dir) {
         Ok(c) => c,
@@ -246,7 +251,7 @@ pub fn supervise(data_dir: &Path, id: &str, mut ready: File) -> i32 {
         }
     };
     let (tx, rx) = mpsc::channel();
-    match boot(data_dir, &h, t0, tx) {
+    match boot(data_dir, &h, t0, tx, checkpoint) {
         Ok((sup, held, vmm)) => {
             report_ready(&mut ready, Ok(()));
             drop(ready);
@@ -358,6 +363,13 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
                 },
+                Request::Checkpoint {
+                    name,
+                    leave_running,
+                } => match sup.checkpoint(&name, leave_running) {
+                    Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                    Err(e) => Sup::err_reply(&mut c, &e),
+                },
                 Request::Unpause => match sup.pause(false) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
@@ -416,6 +428,8 @@ fn run(
     let vmm_end = |why: &str| (!sup.vm.killed.load(Ordering::SeqCst)).then(|| vmm_died(why));
     let (code, error, vm_ok) = match rx.recv() {
         Ok(Event::Exited(code)) => (code, None, true),
+        // husk-vmm is being killed: the checkpoint holds the container.
+        Ok(Event::Checkpointed) => (0, None, false),
         Ok(Event::StartFailed(code, why)) => {
             // As Docker: a process that could not start is not restarted.
             sup.by_user.store(true, Ordering::SeqCst);

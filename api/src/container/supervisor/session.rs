@@ -30,8 +30,15 @@ pub(super) fn stdio_listener(uds: &Path, port: u32) -> io::Result<UnixListener> 
     Ok(l)
 }
 
-/// Accepts one agent stdio connection (with a deadline) and reads its hello.
-pub(super) fn accept_stdio(l: &UnixListener, limit: Duration) -> io::Result<UnixStream> {
+/// Accepts one agent stdio connection (with a deadline; `None`: without
+/// one) and reads its hello.
+pub(super) fn accept_stdio(l: &UnixListener, limit: Option<Duration>) -> io::Result<UnixStream> {
+    let Some(limit) = limit else {
+        let (mut s, _) = l.accept()?;
+        let _hello: husk_proto::agent::StreamHello =
+            read_frame(&mut s).map_err(io::Error::other)?;
+        return Ok(s);
+    };
     l.set_nonblocking(true)?;
     let start = Instant::now();
     loop {
@@ -128,14 +135,17 @@ impl Sup {
         } else {
             None
         };
-        // Accept the agent's connections while Start runs.
+        // Accept the agent's connections while Start runs. A restored
+        // init's come when it next writes (the agent opens them again).
+        let restored = self.vm.snapshot.restored;
+        let accept_limit = (!restored).then_some(Duration::from_secs(30));
         let mut relays = Vec::new();
         for (l, stream) in listeners {
             let (log, clients) = (log.clone(), self.io.clients.clone());
             let (go_tx, go_rx) = mpsc::channel::<()>();
             lock(&self.io.go).push(go_tx);
             relays.push(thread::spawn(move || {
-                if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
+                if let Ok(s) = accept_stdio(&l, accept_limit) {
                     let _ = go_rx.recv();
                     relay_output(s, stream, Some(log), clients);
                 }
@@ -144,18 +154,22 @@ impl Sup {
         let stdin_slot = self.io.stdin.clone();
         let stdin_t = stdin_l.map(|l| {
             thread::spawn(move || {
-                if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
+                if let Ok(s) = accept_stdio(&l, accept_limit) {
                     *lock(&stdin_slot) = Some(s);
                 }
             })
         });
         let t = Instant::now();
-        let pid = match lock(&self.agent).call(AgentRequest::Start {
-            id: CONTAINER_ID.into(),
-        }) {
-            Ok(Response::Started { pid }) => pid,
-            Ok(other) => return fail(format!("unexpected answer to start: {other:?}")),
-            Err(e) => return Err(agent_error(e)),
+        let pid = if restored {
+            lock(&self.state).guest_pid.unwrap_or(0)
+        } else {
+            match lock(&self.agent).call(AgentRequest::Start {
+                id: CONTAINER_ID.into(),
+            }) {
+                Ok(Response::Started { pid }) => pid,
+                Ok(other) => return fail(format!("unexpected answer to start: {other:?}")),
+                Err(e) => return Err(agent_error(e)),
+            }
         };
         // The pty got the size known at creation; a later `start -a` from
         // another terminal brings its own.
@@ -337,14 +351,14 @@ impl Sup {
                 let (go_tx, go_rx) = mpsc::channel::<()>();
                 go.push(go_tx);
                 relays.push(thread::spawn(move || {
-                    if let Ok(s) = accept_stdio(&l, Duration::from_secs(30)) {
+                    if let Ok(s) = accept_stdio(&l, Some(Duration::from_secs(30))) {
                         let _ = go_rx.recv();
                         relay_output(s, stream, None, client);
                     }
                 }));
             }
-            let stdin_t =
-                stdin_l.map(|l| thread::spawn(move || accept_stdio(&l, Duration::from_secs(30))));
+            let stdin_t = stdin_l
+                .map(|l| thread::spawn(move || accept_stdio(&l, Some(Duration::from_secs(30)))));
             let p = &self.config.process;
             let mut env = p.env.clone();
             env.extend(spec.env.iter().cloned());

@@ -189,7 +189,7 @@ pub fn spawn(
     vmm: &Path,
     config: &VmConfig,
     dir: &Path,
-    api_sock: &Path,
+    control: &Control<'_>,
 ) -> Result<VmmProcess, VmmError> {
     let config_path = dir.join("vm.json");
     write_config(&config_path, config)?;
@@ -220,11 +220,17 @@ pub fn spawn(
         .arg("--events-fd")
         .arg(EVENTS_FD.to_string())
         .arg("--api-sock")
-        .arg(api_sock)
+        .arg(control.api_sock)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .env("RUST_LOG", "info");
+    if let Some(d) = control.snapshot_dir {
+        cmd.arg("--snapshot-dir").arg(d);
+    }
+    if let Some(d) = control.restore {
+        cmd.arg("--restore").arg(d);
+    }
     if let Some(id) = jail_id {
         cmd.arg("--jail-uid")
             .arg(id.to_string())
@@ -286,12 +292,40 @@ pub enum ApiError {
     Refused(String),
 }
 
+/// husk-vmm's control socket and what goes through it.
+#[derive(Debug, Clone, Copy)]
+pub struct Control<'a> {
+    /// The socket (pause, resume, snapshot, queues).
+    pub api_sock: &'a Path,
+    /// Where snapshots may be written (kept in husk-vmm's jail).
+    pub snapshot_dir: Option<&'a Path>,
+    /// Start from this snapshot instead of booting.
+    pub restore: Option<&'a Path>,
+}
+
+impl<'a> Control<'a> {
+    /// Only the socket: no snapshots, a fresh boot.
+    pub fn socket(api_sock: &'a Path) -> Self {
+        Control {
+            api_sock,
+            snapshot_dir: None,
+            restore: None,
+        }
+    }
+}
+
 /// How long husk-vmm may take to answer a control command.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends one command (`pause`, `resume`, `snapshot DIR`) to husk-vmm's
 /// control socket and reads its one-line answer.
 pub fn api_command(sock: &Path, command: &str) -> Result<(), ApiError> {
+    api_query(sock, command).map(drop)
+}
+
+/// Sends one command to husk-vmm's control socket and returns the text of
+/// its `ok` answer (empty for a plain `ok`).
+pub fn api_query(sock: &Path, command: &str) -> Result<String, ApiError> {
     use std::io::Write;
     let fail = |source| ApiError::Io {
         path: sock.to_path_buf(),
@@ -306,10 +340,14 @@ pub fn api_command(sock: &Path, command: &str) -> Result<(), ApiError> {
     BufReader::new(s.take(4096))
         .read_line(&mut line)
         .map_err(fail)?;
-    match line.trim_end() {
-        "ok" => Ok(()),
-        other => Err(ApiError::Refused(
-            other.strip_prefix("error: ").unwrap_or(other).to_string(),
+    let line = line.trim_end();
+    if line == "ok" {
+        return Ok(String::new());
+    }
+    match line.strip_prefix("ok ") {
+        Some(text) => Ok(text.to_string()),
+        None => Err(ApiError::Refused(
+            line.strip_prefix("error: ").unwrap_or(line).to_string(),
         )),
     }
 }
@@ -403,7 +441,7 @@ mod tests {
             mem_mib: 300,
             ..VmConfig::default()
         };
-        let mut p = spawn(&fake, &config, &odd, &odd.join("vmm.sock")).unwrap();
+        let mut p = spawn(&fake, &config, &odd, &Control::socket(&odd.join("vmm.sock"))).unwrap();
         let st = p.child.wait().unwrap();
         assert!(st.success(), "{st}");
         assert_eq!(p.events.boot_marker_ms(Duration::from_secs(5)), Some(7.5));

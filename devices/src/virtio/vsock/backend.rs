@@ -565,6 +565,17 @@ impl Muxer {
         self.sync(key, ops);
     }
 
+    /// The host port the next host-initiated connection gets.
+    pub fn next_host_port(&self) -> u32 {
+        self.next_local_port
+    }
+
+    /// Goes on from host port `port` (after a snapshot's restore: the
+    /// guest may still hold sockets of the ports given before).
+    pub fn continue_host_ports(&mut self, port: u32) {
+        self.next_local_port = port.max(FIRST_LOCAL_PORT);
+    }
+
     fn alloc_local_port(&mut self, peer: u32) -> u32 {
         loop {
             let p = self.next_local_port;

@@ -99,6 +99,11 @@ impl Vsock {
         &mut self.muxer
     }
 
+    /// The Unix-socket side, read-only.
+    pub fn muxer_ref(&self) -> &Muxer {
+        &self.muxer
+    }
+
     /// The guest's context id.
     pub fn cid(&self) -> u64 {
         self.cid
@@ -260,6 +265,23 @@ impl VirtioDevice for Vsock {
             .as_ref()
             .map(|a| crate::virtio::positions(&a.queues))
             .unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        let Some(a) = self.active.as_ref() else {
+            return "not running".into();
+        };
+        let backlog = self.muxer.rx_backlog();
+        format!(
+            "{}; interrupt {:#x}; {} connections, {} queued for the guest (pending: {}), {} resets owed, {} bad packets",
+            crate::virtio::describe_queues(&a.mem, &a.queues),
+            a.interrupt.status(),
+            self.muxer.connections(),
+            backlog.queued,
+            self.muxer.has_rx(),
+            backlog.owed_resets,
+            self.bad_packets,
+        )
     }
 }
 
@@ -434,6 +456,22 @@ mod tests {
         host.write_all(b"ping").unwrap();
         let (rw, data) = r.recv().expect("RW");
         assert_eq!((data.as_slice(), rw.fwd_cnt), (&b"ping"[..], 0));
+    }
+
+    #[test]
+    fn describe_shows_how_far_each_queue_got() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let mut host = UnixStream::connect(&r.uds).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        r.pump();
+        let text = r.h.with_device(|d| VirtioDevice::describe(d));
+        // Eight receive buffers offered, one used for the REQUEST.
+        assert!(
+            text.starts_with("q0 avail 1/8 used 1/1, q1 avail 0/0"),
+            "{text}"
+        );
+        assert!(text.contains("1 connections, 0 queued"), "{text}");
     }
 
     #[test]

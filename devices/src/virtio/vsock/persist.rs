@@ -2,7 +2,9 @@
 //! CID. Connections are not kept: after a restore the device tells the
 //! driver with a TRANSPORT_RESET event (virtio 1.2, 5.10.6.7), the guest's
 //! sockets see their connections reset, listeners stay, and host programs
-//! connect again.
+//! connect again. The muxer's next host port is kept: a guest socket of a
+//! reset connection lives on until its program closes it, and a new
+//! connection from the same host port would be taken for it (and reset).
 
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
@@ -28,6 +30,9 @@ pub struct VsockState {
     pub guest_cid: u32,
     /// The transport.
     pub transport: MmioState,
+    /// The host port the muxer gives the next host-initiated connection.
+    #[serde(default)]
+    pub next_host_port: Option<u32>,
 }
 
 /// The state of the device and its transport.
@@ -35,6 +40,7 @@ pub fn save(t: &MmioTransport<Vsock>) -> VsockState {
     VsockState {
         guest_cid: u32::try_from(t.device().cid()).unwrap_or(u32::MAX),
         transport: t.save_state(),
+        next_host_port: Some(t.device().muxer_ref().next_host_port()),
     }
 }
 
@@ -54,6 +60,9 @@ pub fn restore(
     state: &VsockState,
 ) -> Result<MmioTransport<Vsock>, VsockPersistError> {
     let mut t = MmioTransport::restore(mem, vsock, &state.transport)?;
+    if let Some(port) = state.next_host_port {
+        t.device_mut().muxer().continue_host_ports(port);
+    }
     if t.is_activated() {
         let sent = t
             .device_mut()
@@ -112,6 +121,20 @@ mod tests {
         // The receive buffer is still the driver's, not consumed.
         assert_eq!(h.used_idx(0), 0);
         assert_eq!(t.save_state().queues[2].next_used, 1);
+    }
+
+    #[test]
+    fn restored_host_ports_go_on_from_the_snapshot() {
+        let mem = guest_memory();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut dev, cfg) = vsock(dir.path(), 5);
+        dev.muxer().continue_host_ports((1 << 30) + 41);
+        let t = MmioTransport::new(mem.clone(), dev).unwrap();
+        let state = save(&t);
+        assert_eq!(state.next_host_port, Some((1 << 30) + 41));
+        drop(t);
+        let t = restore(mem, Vsock::new(&cfg).unwrap(), &state).unwrap();
+        assert_eq!(t.device().muxer_ref().next_host_port(), (1 << 30) + 41);
     }
 
     #[test]

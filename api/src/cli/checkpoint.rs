@@ -1,0 +1,111 @@
+//! `husk checkpoint create|ls|rm` and `husk start --checkpoint`, with
+//! Docker's syntax: a checkpoint saves a running container's whole microVM
+//! (its processes, their memory, the writable layer); starting from it
+//! resumes them where they were.
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+use super::{request, CliError, CliResult};
+use crate::container::checkpoint::Checkpoints;
+use crate::container::control::Request;
+use crate::container::state::Status;
+use crate::container::Containers;
+
+/// `husk checkpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCmd {
+    /// Save a running container as a checkpoint (it then stops).
+    Create {
+        /// Keep the container running after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+        /// The container.
+        container: String,
+        /// The checkpoint's name.
+        checkpoint: String,
+    },
+    /// List a container's checkpoints.
+    #[command(alias = "list")]
+    Ls {
+        /// The container.
+        container: String,
+    },
+    /// Remove a checkpoint.
+    #[command(alias = "remove")]
+    Rm {
+        /// The container.
+        container: String,
+        /// The checkpoint.
+        checkpoint: String,
+    },
+}
+
+/// Runs a `husk checkpoint` subcommand.
+pub fn dispatch(data_dir: &Path, cmd: CheckpointCmd) -> CliResult {
+    let cs = super::containers(data_dir)?;
+    match cmd {
+        CheckpointCmd::Create {
+            leave_running,
+            container,
+            checkpoint,
+        } => {
+            let h = cs.find(&container)?;
+            crate::container::checkpoint::check_name(&checkpoint)?;
+            let req = Request::Checkpoint {
+                name: checkpoint.clone(),
+                leave_running,
+            };
+            if h.live_state()?.status != Status::Running {
+                return Err(CliError::new(
+                    1,
+                    format!("Error response from daemon: Container {container} is not running"),
+                ));
+            }
+            request(&h, &req)?;
+            if !leave_running {
+                // As `stop`: once it returns, the container shows exited.
+                super::wait_supervisor_gone(&h, std::time::Duration::from_secs(30));
+            }
+            println!("{checkpoint}");
+            Ok(0)
+        }
+        CheckpointCmd::Ls { container } => {
+            let h = cs.find(&container)?;
+            println!("CHECKPOINT NAME");
+            for c in Checkpoints::of(&h).list()? {
+                println!("{}", c.name);
+            }
+            Ok(0)
+        }
+        CheckpointCmd::Rm {
+            container,
+            checkpoint,
+        } => {
+            let h = cs.find(&container)?;
+            Checkpoints::of(&h).remove(&checkpoint)?;
+            Ok(0)
+        }
+    }
+}
+
+/// `husk start --checkpoint NAME CONTAINER`.
+pub fn start(data_dir: &Path, cs: &Containers, containers: &[String], name: &str) -> CliResult {
+    let [n] = containers else {
+        return Err(CliError::new(
+            1,
+            "you cannot start multiple containers from one checkpoint",
+        ));
+    };
+    let h = cs.find(n)?;
+    if h.live_state()?.status == Status::Running {
+        return Err(CliError::new(
+            1,
+            format!("container {n} is already running"),
+        ));
+    }
+    crate::container::create::start_from_checkpoint(&h, data_dir, name)
+        .map_err(|e| CliError::new(e.status(), crate::error::chain(&e)))?;
+    Ok(0)
+}
