@@ -441,7 +441,13 @@ mod tests {
             mem_mib: 300,
             ..VmConfig::default()
         };
-        let mut p = spawn(&fake, &config, &odd, &Control::socket(&odd.join("vmm.sock"))).unwrap();
+        let mut p = spawn(
+            &fake,
+            &config,
+            &odd,
+            &Control::socket(&odd.join("vmm.sock")),
+        )
+        .unwrap();
         let st = p.child.wait().unwrap();
         assert!(st.success(), "{st}");
         assert_eq!(p.events.boot_marker_ms(Duration::from_secs(5)), Some(7.5));
