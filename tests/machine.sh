@@ -215,6 +215,31 @@ err=$(HUSK_MACHINE=1 h start --checkpoint nosuch ck 2>&1) && fail "start from a 
 HUSK_MACHINE=1 h checkpoint rm ck one && ! HUSK_MACHINE=1 h checkpoint ls ck | grep -qx one && ok || fail "checkpoint rm"
 HUSK_MACHINE=1 h rm -f ck >/dev/null
 
+# Fork: a new container from a running one's microVM as it is now; both
+# run on, each with its own address and writable layer.
+HUSK_MACHINE=1 h run -d --name fk busybox sh -c 'mkdir -p /w; echo parent > /w/who; httpd -p 80 -h /w; i=0; while true; do i=$((i+1)); echo $i > /w/count; sleep 1; done' >/dev/null
+n=0
+for _ in $(seq 60); do
+  n=$(HUSK_MACHINE=1 h exec fk cat /w/count 2>/dev/null || true); [ "${n:-0}" -ge 3 ] 2>/dev/null && break
+  sleep 0.5
+done
+child=$(HUSK_MACHINE=1 h fork --name fk2 fk 2>&1)
+[ "${#child}" = 64 ] && ok || fail "husk fork printed '$child'"
+HUSK_MACHINE=1 h ps | grep -q ' fk2$' && HUSK_MACHINE=1 h ps | grep -q ' fk$' && ok || fail "after fork: $(HUSK_MACHINE=1 h ps)"
+[ "$(HUSK_MACHINE=1 h exec fk2 cat /w/who 2>&1)" = parent ] && ok || fail "the fork does not have the parent's files"
+m=$(HUSK_MACHINE=1 h exec fk2 cat /w/count 2>&1)
+[ "${m:-0}" -ge "$n" ] 2>/dev/null && ok || fail "the fork's counter is at '$m', the parent's was at $n before the fork (a fresh start would begin at 1)"
+HUSK_MACHINE=1 h exec fk2 sh -c 'echo child > /w/who'
+[ "$(HUSK_MACHINE=1 h exec fk cat /w/who 2>&1)" = parent ] && ok || fail "a file written in the fork changed the parent's"
+ipof() { HUSK_MACHINE=1 h inspect "$1" | sed -n 's/.*"IPAddress": "\([0-9.]*\)".*/\1/p' | head -1; }
+ip1=$(ipof fk)
+ip2=$(ipof fk2)
+[ -n "$ip2" ] && [ "$ip1" != "$ip2" ] && ok || fail "fork addresses: parent '$ip1', fork '$ip2'"
+got1=$(h machine ssh -- timeout 10 wget -q -O - "http://$ip1/who" 2>&1 || true)
+got2=$(h machine ssh -- timeout 10 wget -q -O - "http://$ip2/who" 2>&1 || true)
+[ "$got1/$got2" = parent/child ] && ok || fail "each serves on its own address: '$got1' from $ip1, '$got2' from $ip2"
+HUSK_MACHINE=1 h rm -f fk fk2 >/dev/null
+
 # Images come from this host's store: one loaded here under a new name
 # runs in the machine (copied in once), with --env-file read here.
 h save -o "$data/layout" busybox >/dev/null
@@ -366,7 +391,7 @@ cat "$data/bench" >&2
 num='[0-9]+\.[0-9]+'
 [ "$rc" = 0 ] && ok || fail "husk bench in the machine: status $rc: $(tail -3 "$data/bench.err")"
 grep -q '^husk bench: .* on the husk machine (Linux ' "$data/bench" && ok || fail "husk bench did not measure in the machine"
-for row in husk namespace; do
+for row in husk husk-fork namespace; do
   grep -Eq "^$row +$num +$num +$num  " "$data/bench" && ok || fail "husk bench: no figures for $row"
 done
 grep -Eq "^density: 1 sandbox \(husk run -d\) .*: $num MiB" "$data/bench" && ok || fail "husk bench: no density figures"

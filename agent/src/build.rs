@@ -174,6 +174,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Shutdown => "shutdown",
         Request::Build(_) => "build",
         Request::SetHosts { .. } => "set_hosts",
+        Request::Readdress(_) => "readdress",
     }
 }
 

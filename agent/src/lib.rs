@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod container;
+pub mod netconf;
 pub mod overlay;
 pub mod reaper;
 pub mod server;

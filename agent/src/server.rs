@@ -66,6 +66,8 @@ pub enum ServerError {
     #[error("container")]
     Container(#[from] ContainerError),
     /// A data connection could not be opened.
+    #[error("network configuration")]
+    Network(#[from] crate::netconf::NetConfError),
     #[error("cannot connect to port {port}")]
     Connect {
         /// The port.
@@ -112,7 +114,9 @@ impl ServerError {
             Self::Container(ContainerError::CommandNotExecutable { .. }) => {
                 ErrorKind::CommandNotExecutable
             }
-            Self::Container(_) | Self::Overlay(_) | Self::Connect { .. } => ErrorKind::Runtime,
+            Self::Container(_) | Self::Overlay(_) | Self::Connect { .. } | Self::Network(_) => {
+                ErrorKind::Runtime
+            }
             Self::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -409,6 +413,7 @@ impl<C: Connector> Server<C> {
             Request::Wait { id, exec_id } => self.do_wait(&id, exec_id.as_deref()),
             Request::Shutdown => self.do_shutdown(),
             Request::SetHosts { id, entries } => self.do_set_hosts(&id, &entries),
+            Request::Readdress(r) => self.do_readdress(&r),
             Request::Build(_) => Err(ServerError::Protocol(ProtocolError::Invalid {
                 reason: "build is served by builder microVMs only".into(),
             })),
@@ -663,6 +668,22 @@ impl<C: Connector> Server<C> {
             relay.wait();
         }
         Ok(Response::Exited { status })
+    }
+
+    fn do_readdress(&self, r: &husk_proto::agent::Readdress) -> Result<Response> {
+        use crate::netconf;
+        if r.prefix > 32 {
+            return Err(ServerError::Protocol(ProtocolError::Invalid {
+                reason: format!("prefix {} is over 32", r.prefix),
+            }));
+        }
+        let iface = &self.config.network_interface;
+        netconf::set_mac(iface, r.mac)?;
+        netconf::configure_interface(iface, Some((r.ip.octets(), r.prefix)))?;
+        if let Some(gw) = r.gateway {
+            netconf::add_default_route(iface, gw)?;
+        }
+        Ok(Response::Readdressed)
     }
 
     fn do_set_hosts(&self, id: &str, entries: &[husk_proto::agent::HostEntry]) -> Result<Response> {

@@ -97,6 +97,8 @@ enum Cmd {
         #[arg(long)]
         checkpoint: Option<String>,
     },
+    /// Make a new container from a running one's microVM as it is now.
+    Fork(cli::checkpoint::ForkArgs),
     /// Manage checkpoints of containers (their microVM saved whole).
     #[command(subcommand)]
     Checkpoint(cli::checkpoint::CheckpointCmd),
@@ -173,6 +175,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             cli::internal::container_supervise(&data, &id, checkpoint.as_deref())
         }
         Cmd::Checkpoint(c) => cli::checkpoint::dispatch(&data, c),
+        Cmd::Fork(a) => cli::checkpoint::fork(&data, a),
         Cmd::Pull(a) => cli::images::pull(&data, a),
         Cmd::Images => cli::images::list(&data),
         Cmd::Rmi(a) => cli::images::rmi(&data, a),

@@ -104,10 +104,29 @@ pub enum Request {
         /// The lines.
         entries: Vec<HostEntry>,
     },
+    /// A microVM restored from another container's snapshot (`husk fork`)
+    /// takes its own address: eth0's MAC, address and netmask, and the
+    /// default route. Answered by `Readdressed`.
+    Readdress(Readdress),
     /// Builder microVMs only (`husk.build`): verify and unpack layers into
     /// the target disk, then unmount it. Answered by `Built`; any other
     /// agent refuses it, and a builder refuses every container request.
     Build(BuildRequest),
+}
+
+/// eth0's new identity (see [`Request::Readdress`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Readdress {
+    /// The MAC address.
+    pub mac: [u8; 6],
+    /// The IPv4 address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its prefix length (0-32).
+    pub prefix: u8,
+    /// The default gateway.
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// The most `/etc/hosts` lines a container gets for its network members.
@@ -587,6 +606,8 @@ pub enum Response {
     Resized,
     /// `/etc/hosts` was updated.
     HostsSet,
+    /// eth0 has its new address.
+    Readdressed,
     /// The process ended.
     Exited {
         /// How.

@@ -141,6 +141,8 @@ const SNAPSHOT: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_ftruncate,
+    // Guest memory is written page by page, skipping zero pages.
+    libc::SYS_pwrite64,
     libc::SYS_rename,
     libc::SYS_renameat2,
     libc::SYS_unlinkat,

@@ -1,11 +1,12 @@
 //! `husk checkpoint create|ls|rm` and `husk start --checkpoint`, with
 //! Docker's syntax: a checkpoint saves a running container's whole microVM
 //! (its processes, their memory, the writable layer); starting from it
-//! resumes them where they were.
+//! resumes them where they were. `husk fork` makes a new container that
+//! way from a running one, which runs on.
 
 use std::path::Path;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::{request, CliError, CliResult};
 use crate::container::checkpoint::Checkpoints;
@@ -88,6 +89,70 @@ pub fn dispatch(data_dir: &Path, cmd: CheckpointCmd) -> CliResult {
             Ok(0)
         }
     }
+}
+
+/// Options of `husk fork`.
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The fork's name (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The running container to fork.
+    pub container: String,
+}
+
+/// `husk fork C`: a new container from running container `C`'s microVM as
+/// it is now (its processes, memory and writable layer), with its own
+/// address and no published ports; `C` pauses only while it is saved.
+/// Prints the fork's id.
+pub fn fork(data_dir: &Path, args: ForkArgs) -> CliResult {
+    use crate::container::{names, new_id};
+    let cs = super::containers(data_dir)?;
+    let parent = cs.find(&args.container)?;
+    if parent.live_state()?.status != Status::Running {
+        return Err(CliError::new(
+            1,
+            format!(
+                "Error response from daemon: Container {} is not running",
+                args.container
+            ),
+        ));
+    }
+    let mut config = parent.config()?;
+    config.id = new_id();
+    config.name = match args.name {
+        Some(n) => n,
+        None => names::generate(&hex::decode(config.id.get(..8).unwrap_or("")).unwrap_or_default()),
+    };
+    config.created = crate::time::now_rfc3339();
+    // The parent keeps its ports; a fork is reached by its address.
+    config.ports.clear();
+    config.auto_remove = false;
+    config.restart = Default::default();
+    let child = cs.create(&config)?;
+    let forked = request(
+        &parent,
+        &Request::Fork {
+            into: child.id.clone(),
+        },
+    )
+    .and_then(|_| {
+        crate::container::create::start_from_checkpoint(
+            &child,
+            data_dir,
+            crate::container::supervisor::FORK_CHECKPOINT,
+        )
+        .map_err(|e| CliError::new(e.status(), crate::error::chain(&e)))
+    });
+    if let Err(e) = forked {
+        super::wait_supervisor_gone(&child, std::time::Duration::from_secs(30));
+        let _ = cs.remove(&child);
+        return Err(e);
+    }
+    // Its microVM maps the memory file; the name goes.
+    let _ = Checkpoints::of(&child).remove(crate::container::supervisor::FORK_CHECKPOINT);
+    println!("{}", child.id);
+    Ok(0)
 }
 
 /// `husk start --checkpoint NAME CONTAINER`.

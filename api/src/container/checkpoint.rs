@@ -124,6 +124,10 @@ pub struct Meta {
     /// their ids, and their stdio ports follow from it).
     #[serde(default)]
     pub next_exec: u32,
+    /// Made by `husk fork` from this container: the restore takes an
+    /// address of its own and tells the guest.
+    #[serde(default)]
+    pub fork_of: Option<String>,
 }
 
 /// A checkpoint as `checkpoint ls` shows it.
@@ -157,9 +161,14 @@ pub struct Checkpoints {
 impl Checkpoints {
     /// Those of container `h`.
     pub fn of(h: &Handle) -> Self {
+        Self::at(&h.dir, &h.id)
+    }
+
+    /// Those of container `id` whose directory is `container_dir`.
+    pub fn at(container_dir: &Path, id: &str) -> Self {
         Checkpoints {
-            dir: h.dir.join("checkpoints"),
-            container: h.id.clone(),
+            dir: container_dir.join("checkpoints"),
+            container: id.to_string(),
         }
     }
 
@@ -234,9 +243,22 @@ impl Checkpoints {
     /// and renames that to `name`. The staging directory stays, empty, for
     /// the next checkpoint (husk-vmm's jail holds it by inode).
     pub fn commit(&self, name: &str, rw_disk: &Path, meta: &Meta) -> Result<PathBuf> {
+        self.commit_from(&self.staging(), name, rw_disk, meta)
+    }
+
+    /// [`Checkpoints::commit`] of a snapshot written into `staging` (another
+    /// container's, for a fork).
+    pub fn commit_from(
+        &self,
+        staging: &Path,
+        name: &str,
+        rw_disk: &Path,
+        meta: &Meta,
+    ) -> Result<PathBuf> {
         self.check_free(name)?;
+        fs::create_dir_all(&self.dir).map_err(io_err("cannot create", &self.dir))?;
         let partial = self.dir.join(format!(".{name}.partial"));
-        let made = self.fill(&partial, rw_disk, meta).and_then(|()| {
+        let made = self.fill(staging, &partial, rw_disk, meta).and_then(|()| {
             let to = self.path(name)?;
             fs::rename(&partial, &to).map_err(io_err("cannot rename the checkpoint to", &to))?;
             Ok(to)
@@ -247,11 +269,10 @@ impl Checkpoints {
         made
     }
 
-    fn fill(&self, partial: &Path, rw_disk: &Path, meta: &Meta) -> Result<()> {
+    fn fill(&self, staging: &Path, partial: &Path, rw_disk: &Path, meta: &Meta) -> Result<()> {
         let _ = fs::remove_dir_all(partial);
         fs::create_dir(partial).map_err(io_err("cannot create", partial))?;
-        let staging = self.staging();
-        let entries = fs::read_dir(&staging).map_err(io_err("cannot read", &staging))?;
+        let entries = fs::read_dir(staging).map_err(io_err("cannot read", staging))?;
         for e in entries.flatten() {
             let to = partial.join(e.file_name());
             fs::rename(e.path(), &to).map_err(io_err("cannot move the snapshot to", &to))?;
@@ -343,6 +364,7 @@ mod tests {
             guest_pid: Some(7),
             rootfs: DiskId::of(&rw).unwrap(),
             next_exec: 2,
+            fork_of: None,
         };
         let dir = cps.commit("one", &rw, &meta).unwrap();
         assert_eq!(fs::read(dir.join(DISK_FILE)).unwrap(), b"disk");

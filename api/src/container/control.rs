@@ -55,6 +55,12 @@ pub enum Request {
     Pause,
     /// Resume them.
     Unpause,
+    /// Save the running container as checkpoint `fork` of created
+    /// container `into` (its fork), and run on.
+    Fork {
+        /// The fork's id.
+        into: String,
+    },
     /// Save the running container as checkpoint `name`; it then stops
     /// unless `leave_running`.
     Checkpoint {

@@ -91,20 +91,47 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Me
     }
 }
 
-/// Writes every region of `mem` to `path` and returns the layout.
+/// The unit of the memory file's holes.
+const PAGE: usize = 4096;
+
+/// Whether `page` holds only zero bytes.
+fn is_zero(page: &[u8]) -> bool {
+    let words = page.chunks_exact(8);
+    let tail = words.remainder();
+    tail.iter().all(|b| *b == 0)
+        && words
+            .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])))
+            .all(|w| w == 0)
+}
+
+/// Writes every region of `mem` to `path` and returns the layout. Zero
+/// pages are left as holes: the file is sparse (an idle guest's memory
+/// is mostly pages it never touched) and reads back the same.
 pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFileError> {
-    let mut file = File::create(path).map_err(io("create", path))?;
+    use std::os::unix::fs::FileExt;
+    let file = File::create(path).map_err(io("create", path))?;
     let mut regions = Vec::new();
     let mut offset = 0u64;
+    let mut page = vec![0u8; PAGE];
     for r in mem.iter() {
         let len = r.len();
-        let count = usize::try_from(len).unwrap_or(usize::MAX);
-        mem.write_all_volatile_to(r.start_addr(), &mut file, count)
-            .map_err(|e| MemoryFileError::Copy {
-                addr: r.start_addr().raw_value(),
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from((len - done).min(PAGE as u64)).unwrap_or(PAGE);
+            let buf = page.get_mut(..n).unwrap_or_default();
+            let addr = r.start_addr().unchecked_add(done);
+            mem.read_slice(buf, addr)
+                .map_err(|e| MemoryFileError::Copy {
+                    addr: addr.raw_value(),
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            if !is_zero(buf) {
+                file.write_all_at(buf, offset + done)
+                    .map_err(io("write", path))?;
+            }
+            done += n as u64;
+        }
         regions.push(RegionState {
             guest_addr: r.start_addr().raw_value(),
             len,
@@ -112,6 +139,7 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFil
         });
         offset += len;
     }
+    file.set_len(offset).map_err(io("size", path))?;
     file.sync_all().map_err(io("sync", path))?;
     Ok(MemoryState { regions })
 }
@@ -167,6 +195,11 @@ mod tests {
         let state = save(&mem, &path).unwrap();
         assert_eq!(state.total(), 0x12000);
         assert_eq!(state.regions[1].file_offset, 0x10000);
+        // Two pages hold data; the rest are holes.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 0x12000);
+        assert!(meta.blocks() * 512 < 0x12000, "{} blocks", meta.blocks());
 
         let back = restore(&state, &path).unwrap();
         assert_eq!(

@@ -46,7 +46,11 @@ pub(super) fn boot(
     if let Some(r) = &restore {
         r.prepare_disks(&disks.devices[0].path, &disks.devices[1].path)?;
     }
-    let lease_index = restore.as_ref().and_then(|r| r.meta.lease_index);
+    // A checkpoint's guest has its address; a fork takes one of its own.
+    let lease_index = restore
+        .as_ref()
+        .filter(|r| r.meta.fork_of.is_none())
+        .and_then(|r| r.meta.lease_index);
     let network = prepare_network(data_dir, &config, lease_index)?;
     let control = prepare_run_dir(h)?;
     let assets = crate::assets::find()?;
@@ -61,11 +65,17 @@ pub(super) fn boot(
     };
     let Started {
         mut vmm,
-        agent,
+        mut agent,
         mut state,
         spawning,
         spawned,
     } = start_vm(h, &assets.vmm, &vm, &network, &vmm_control)?;
+    if restore.as_ref().is_some_and(|r| r.meta.fork_of.is_some()) {
+        if let Err(e) = readdress(&mut agent, &network) {
+            stop_vmm(&mut vmm);
+            return Err(e);
+        }
+    }
     if let Some(r) = &restore {
         state.guest_pid = r.meta.guest_pid;
     }
@@ -179,6 +189,23 @@ fn start_vm(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Gives a fork's guest its own address (it has its parent's).
+fn readdress(agent: &mut AgentClient, network: &Network) -> Result<(), StartError> {
+    let (Some(lease), Some(guest)) = (&network.lease, &network.guest) else {
+        return Ok(());
+    };
+    let req = AgentRequest::Readdress(husk_proto::agent::Readdress {
+        mac: lease.mac,
+        ip: guest.ip,
+        prefix: guest.prefix,
+        gateway: guest.gateway,
+    });
+    match agent.call(req).map_err(agent_error)? {
+        Response::Readdressed => Ok(()),
+        other => fail(format!("unexpected answer to readdress: {other:?}")),
     }
 }
 

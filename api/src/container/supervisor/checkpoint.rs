@@ -18,6 +18,9 @@
 use super::*;
 use crate::container::checkpoint::{CheckpointError, Checkpoints, DiskId, Meta, DISK_FILE};
 
+/// The checkpoint a fork starts from, in the fork's own directory.
+pub const FORK_CHECKPOINT: &str = "fork";
+
 /// What a checkpoint needs from the running VM.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SnapshotInfo {
@@ -102,19 +105,9 @@ impl Sup {
     pub(super) fn checkpoint(&self, name: &str, leave_running: bool) -> Result<(), StartError> {
         let cps = Checkpoints::of(&self.handle);
         cps.check_free(name)?;
-        supported(&self.config)?;
-        let was_paused = {
-            let st = lock(&self.state);
-            if st.status != Status::Running {
-                return fail(format!("Container {} is not running", self.handle.id));
-            }
-            st.paused
-        };
-        let Some(rootfs) = self.vm.snapshot.rootfs else {
-            return fail("this container's microVM cannot be checkpointed");
-        };
+        let (was_paused, rootfs) = self.saveable()?;
         vmm::api_command(&self.vm.api_sock, "pause")?;
-        let made = self.save(&cps, name, rootfs);
+        let made = self.save(&cps, name, rootfs, None);
         if made.is_ok() && !leave_running {
             self.by_user.store(true, Ordering::SeqCst);
             let _ = self.events.send(Event::Checkpointed);
@@ -127,10 +120,55 @@ impl Sup {
         made
     }
 
-    /// Writes checkpoint `name` of the paused VM.
-    fn save(&self, cps: &Checkpoints, name: &str, rootfs: DiskId) -> Result<(), StartError> {
+    /// `husk fork`: saves the running container as checkpoint `fork` of
+    /// the created container `child` (pausing it only for that), which then
+    /// starts from it with an address of its own.
+    pub(super) fn fork(&self, child: &str) -> Result<(), StartError> {
+        if child.len() != 64 || !child.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return fail(format!("bad container id {child:?}"));
+        }
+        let (was_paused, rootfs) = self.saveable()?;
+        let Some(root) = self.handle.dir.parent() else {
+            return fail("no containers directory");
+        };
+        let into = Checkpoints::at(&root.join(child), child);
+        vmm::api_command(&self.vm.api_sock, "pause")?;
+        let made = self.save(&into, FORK_CHECKPOINT, rootfs, Some(self.handle.id.clone()));
+        if !was_paused {
+            vmm::api_command(&self.vm.api_sock, "resume")?;
+        }
+        made
+    }
+
+    /// Whether the container can be saved now: it runs, a checkpoint can
+    /// carry it, and its image disk is known. Returns whether it is paused
+    /// already, and that disk.
+    fn saveable(&self) -> Result<(bool, DiskId), StartError> {
+        supported(&self.config)?;
+        let was_paused = {
+            let st = lock(&self.state);
+            if st.status != Status::Running {
+                return fail(format!("Container {} is not running", self.handle.id));
+            }
+            st.paused
+        };
+        match self.vm.snapshot.rootfs {
+            Some(rootfs) => Ok((was_paused, rootfs)),
+            None => fail("this container's image disk is unknown; it cannot be saved"),
+        }
+    }
+
+    /// Writes checkpoint `name` of the paused VM into `into` (this
+    /// container's checkpoints, or a fork's).
+    fn save(
+        &self,
+        into: &Checkpoints,
+        name: &str,
+        rootfs: DiskId,
+        fork_of: Option<String>,
+    ) -> Result<(), StartError> {
         let t = Instant::now();
-        let staging = cps.staging();
+        let staging = Checkpoints::of(&self.handle).staging();
         let command = format!("snapshot {}", staging.display());
         vmm::api_command(&self.vm.api_sock, &command)?;
         let meta = Meta {
@@ -139,8 +177,9 @@ impl Sup {
             guest_pid: lock(&self.state).guest_pid,
             rootfs,
             next_exec: self.next_exec.load(Ordering::SeqCst),
+            fork_of,
         };
-        cps.commit(name, &self.handle.dir.join("rw.ext4"), &meta)?;
+        into.commit_from(&staging, name, &self.handle.dir.join("rw.ext4"), &meta)?;
         log_line(
             &self.handle,
             &format!("checkpoint {name} made in {:.0} ms", ms(t.elapsed())),

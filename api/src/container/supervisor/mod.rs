@@ -49,6 +49,8 @@ use husk_proto::guest::{exec_stdio_ports, CONTAINER_ID, INIT_STDIO_PORTS};
 mod boot;
 mod builder;
 mod checkpoint;
+
+pub use checkpoint::FORK_CHECKPOINT;
 mod jail;
 mod session;
 mod vmm;
@@ -367,6 +369,10 @@ fn serve_control(sup: Arc<Sup>, listener: UnixListener) {
                     name,
                     leave_running,
                 } => match sup.checkpoint(&name, leave_running) {
+                    Ok(()) => Sup::reply(&mut c, &Reply::Ok),
+                    Err(e) => Sup::err_reply(&mut c, &e),
+                },
+                Request::Fork { into } => match sup.fork(&into) {
                     Ok(()) => Sup::reply(&mut c, &Reply::Ok),
                     Err(e) => Sup::err_reply(&mut c, &e),
                 },
