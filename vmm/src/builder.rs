@@ -311,6 +311,20 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl VirtioDevices {
+    /// Raises every device's pending interrupt again (see
+    /// [`MmioTransport::raise_pending_interrupt`]).
+    pub fn raise_pending_interrupts(&self) {
+        for t in &self.disks {
+            locked(t).raise_pending_interrupt();
+        }
+        for t in &self.nets {
+            locked(t).raise_pending_interrupt();
+        }
+        if let Some(t) = &self.vsock {
+            locked(t).raise_pending_interrupt();
+        }
+    }
+
     /// How far the vsock device and its driver got (see
     /// [`husk_devices::virtio::VirtioDevice::describe`]).
     pub fn describe(&self) -> String {
@@ -512,6 +526,9 @@ pub fn restore_microvm(dir: &Path, config: &VmConfig, start: Instant) -> Result<
     for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
         vcpu.restore_state(s)?;
     }
+    // Interrupts raised while the devices were restored (the vsock's
+    // transport reset) were dropped by the interrupt controllers' state.
+    devices.raise_pending_interrupts();
     Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy, devices))
 }
 

@@ -12,6 +12,11 @@ use super::{CliError, CliResult};
 /// that started it reads a typed ready message from its stdout; afterwards
 /// stdout points nowhere.
 pub fn container_supervise(data: &Path, id: &str, checkpoint: Option<&str>) -> CliResult {
+    // What the supervisor logs goes to its stderr, `supervisor.log`.
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .format_target(false)
+        .try_init();
     let ready = std::fs::File::from(
         std::io::stdout()
             .as_fd()

@@ -121,6 +121,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &mut self.device
     }
 
+    /// Signals the interrupt again when InterruptStatus has bits set: after
+    /// a restore, once the VM's interrupt controllers hold their saved
+    /// state (which would drop an interrupt raised before).
+    pub fn raise_pending_interrupt(&self) {
+        if self.interrupt.status() != 0 {
+            if let Err(e) = self.interrupt.event().write(1) {
+                log::error!("virtio-mmio: cannot raise the pending interrupt: {e}");
+            }
+        }
+    }
+
     /// Whether the driver has activated the device.
     pub fn is_activated(&self) -> bool {
         self.activated

@@ -159,13 +159,26 @@ fn start_vm(
         let spawned = Instant::now();
         let vmm_pid = i32::try_from(vmm.child.id()).unwrap_or(0);
         let state = record_created(h, vmm_pid, network)?;
-        let ready = match &network.lease {
-            Some(l) => wait_for_tap(l, &mut vmm),
-            None => Ok(()),
-        };
-        match ready
-            .and_then(|()| connect_agent(&h.dir.join("console.log"), &h.vsock_socket(), &mut vmm))
-        {
+        // The host's side of the TAP is set up while the agent is reached:
+        // a restored guest answers at once, and the TAP stays down (no
+        // traffic) until its rules are in place.
+        let gave_up = AtomicBool::new(false);
+        let (ready, agent) = thread::scope(|s| {
+            let tap = network
+                .lease
+                .as_ref()
+                .map(|l| s.spawn(|| wait_for_tap(l, &gave_up)));
+            let agent = connect_agent(&h.dir.join("console.log"), &h.vsock_socket(), &mut vmm);
+            if agent.is_err() {
+                gave_up.store(true, Ordering::SeqCst);
+            }
+            let ready = tap.map_or(Ok(()), |t| {
+                t.join()
+                    .unwrap_or_else(|_| fail("setting up the TAP failed (thread panicked)"))
+            });
+            (ready, agent)
+        });
+        match agent.and_then(|a| ready.map(|()| a)) {
             Ok(agent) => {
                 return Ok(Started {
                     vmm,
@@ -387,14 +400,14 @@ fn record_created(h: &Handle, vmm_pid: i32, network: &Network) -> Result<State, 
     Ok(state)
 }
 
-/// husk-vmm creates the TAP; waits for it while husk-vmm lives, then gives
-/// the host's end its address and rules.
-fn wait_for_tap(l: &net::Lease, vmm: &mut VmmProcess) -> Result<(), StartError> {
+/// husk-vmm creates the TAP; waits for it (until the caller `gave_up` on
+/// the microVM), then gives the host's end its address and rules.
+fn wait_for_tap(l: &net::Lease, gave_up: &AtomicBool) -> Result<(), StartError> {
     let tap = Path::new("/sys/class/net").join(&l.tap_name);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !tap.exists() && Instant::now() < deadline {
-        if let Ok(Some(st)) = vmm.child.try_wait() {
-            return fail(vmm_failure(vmm, &st.to_string()));
+        if gave_up.load(Ordering::SeqCst) {
+            return fail("the microVM did not start");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -496,7 +509,7 @@ fn stalled(events: &VmmEvents, elapsed: Duration) -> bool {
 pub(super) fn worth_another_boot(vmm: &mut VmmProcess, api_sock: &Path) -> bool {
     let alive = matches!(vmm.child.try_wait(), Ok(None));
     let marked = vmm.events.boot_marker_ms(Duration::ZERO).is_some();
-    if alive && marked {
+    if alive {
         match vmm::api_query(api_sock, "queues") {
             Ok(text) => log::warn!("the agent is up but vsock carried no answer: {text}"),
             Err(e) => log::warn!(

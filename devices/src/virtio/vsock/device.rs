@@ -55,6 +55,11 @@ pub struct Vsock {
     active: Option<Active>,
     reset_pending: bool,
     bad_packets: u64,
+    /// After a TRANSPORT_RESET: the driver's event-queue index when it was
+    /// sent. Nothing is received until the driver has handled the event
+    /// (it then posts a new event buffer): a connection request it took
+    /// before would be reset with the old ones.
+    held_for_reset: Option<u16>,
 }
 
 /// Reads one guest packet (header, then payload) out of a tx chain.
@@ -91,6 +96,7 @@ impl Vsock {
             active: None,
             reset_pending: false,
             bad_packets: 0,
+            held_for_reset: None,
         })
     }
 
@@ -127,6 +133,7 @@ impl Vsock {
         a.queues[EVENT]
             .add_used(&a.mem, head, 4)
             .map_err(|e| VsockError::UsedRing(format!("{e:?}")))?;
+        self.held_for_reset = Some(driver_index(a, EVENT));
         a.interrupt.signal_used_queue();
         Ok(true)
     }
@@ -181,8 +188,24 @@ impl Vsock {
         Ok(())
     }
 
+    /// Whether the driver has handled the transport reset (see
+    /// `held_for_reset`).
+    fn reset_handled(&mut self) -> bool {
+        let (Some(sent_at), Some(a)) = (self.held_for_reset, self.active.as_ref()) else {
+            return true;
+        };
+        if driver_index(a, EVENT) == sent_at {
+            return false;
+        }
+        self.held_for_reset = None;
+        true
+    }
+
     /// Moves pending packets into the guest's receive buffers.
     pub fn process_rx(&mut self, ops: &mut EventOps) -> Result<(), VsockError> {
+        if !self.reset_handled() {
+            return Ok(());
+        }
         let Some(a) = self.active.as_mut() else {
             return Ok(());
         };
@@ -227,6 +250,17 @@ impl Vsock {
     }
 }
 
+/// The driver's avail index of queue `q` (0 if unreadable).
+fn driver_index(a: &Active, q: usize) -> u16 {
+    a.queues
+        .get(q)
+        .and_then(|q| {
+            q.avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+                .ok()
+        })
+        .map_or(0, |w| w.0)
+}
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         device_type::VSOCK
@@ -258,6 +292,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.reset_pending = true;
+        self.held_for_reset = None;
     }
 
     fn queue_positions(&self) -> Vec<(u16, u16)> {
@@ -472,6 +507,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 connections, 0 queued"), "{text}");
+    }
+
+    #[test]
+    fn nothing_is_received_until_the_driver_has_handled_a_transport_reset() {
+        let mem = guest_memory();
+        let mut r = rig(&mem);
+        let event_buf = BUF_BASE + 0x20_0000;
+        r.h.add(2, &[desc(event_buf, 8, F_WRITE, 0)]);
+        assert!(r.h.with_device(|d| d.send_transport_reset().unwrap()));
+        let mut host = UnixStream::connect(&r.uds).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        r.pump();
+        assert!(r.recv().is_none(), "a request before the reset was handled");
+        // The driver handled the event and posts a new event buffer.
+        r.h.add(2, &[desc(event_buf, 8, F_WRITE, 0)]);
+        r.kick(2);
+        let (req, _) = r.recv().expect("REQUEST once the reset was handled");
+        assert_eq!((req.op, req.dst_port), (op::REQUEST, 52));
     }
 
     #[test]
