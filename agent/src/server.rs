@@ -91,6 +91,21 @@ pub enum ServerError {
 pub type Result<T> = std::result::Result<T, ServerError>;
 
 impl ServerError {
+    /// Whether the control connection itself was reset or closed under
+    /// the request (not a fault of the request).
+    pub fn connection_lost(&self) -> bool {
+        let Self::Protocol(ProtocolError::Frame(FrameError::Io(e))) = self else {
+            return false;
+        };
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
+    }
+
     /// The class sent to the host.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -316,6 +331,9 @@ impl<C: Connector> Server<C> {
                     let _ = tx.send(());
                 }
                 Ok(Outcome::Closed) => {}
+                // The host's side went away (a restored microVM's old
+                // connections are reset): nothing to report.
+                Err(e) if e.connection_lost() => {}
                 Err(e) => log::error!("control connection failed: {}", e.message()),
             });
         });
@@ -729,6 +747,17 @@ fn error_response(e: &ServerError) -> Response {
 mod tests {
     use super::*;
     use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn a_reset_control_connection_is_not_a_fault() {
+        let io_err = |k: io::ErrorKind| {
+            ServerError::Protocol(ProtocolError::Frame(FrameError::Io(io::Error::from(k))))
+        };
+        assert!(io_err(io::ErrorKind::ConnectionReset).connection_lost());
+        assert!(io_err(io::ErrorKind::NotConnected).connection_lost());
+        assert!(!io_err(io::ErrorKind::PermissionDenied).connection_lost());
+        assert!(!ServerError::NotFound { id: "c".into() }.connection_lost());
+    }
 
     fn server(dir: &Path) -> Server<UnixConnector> {
         let cfg = ServerConfig {

@@ -251,7 +251,15 @@ fn main() -> ExitCode {
     }
     vmm.set_seccomp(filters);
     vmm.set_forbidden_syscall_test(forbidden_test);
-    log::debug!("VM built in {} ms", start.elapsed().as_millis());
+    log::info!(
+        "VM {} and jailed in {} ms",
+        if extra.restore.is_some() {
+            "restored"
+        } else {
+            "built"
+        },
+        start.elapsed().as_millis()
+    );
     let exit = match vmm.run() {
         Ok(e) => e,
         Err(e) => return fail(&e, events.as_deref()),
