@@ -210,6 +210,9 @@ err=$(HUSK_MACHINE=1 h checkpoint create ck 'a/b' 2>&1) && fail "a bad checkpoin
 HUSK_MACHINE=1 h run -d -t --name ckt busybox sh >/dev/null
 err=$(HUSK_MACHINE=1 h checkpoint create ckt x 2>&1) && fail "a terminal container was checkpointed" || { echo "$err" | grep -q 'not supported' && ok || fail "tty checkpoint: '$err'"; }
 HUSK_MACHINE=1 h rm -f ckt >/dev/null
+HUSK_MACHINE=1 h run -d --rm --name ckrm busybox sleep 1000 >/dev/null
+err=$(HUSK_MACHINE=1 h checkpoint create ckrm x 2>&1) && fail "a --rm container was checkpointed and stopped" || { echo "$err" | grep -q 'leave-running' && HUSK_MACHINE=1 h ps | grep -q ' ckrm$' && ok || fail "--rm checkpoint: '$err'"; }
+HUSK_MACHINE=1 h rm -f ckrm >/dev/null
 HUSK_MACHINE=1 h stop -t 1 ck >/dev/null
 err=$(HUSK_MACHINE=1 h start --checkpoint nosuch ck 2>&1) && fail "start from a missing checkpoint worked" || { echo "$err" | grep -q 'no checkpoint nosuch' && ok || fail "missing checkpoint: '$err'"; }
 HUSK_MACHINE=1 h checkpoint rm ck one && ! HUSK_MACHINE=1 h checkpoint ls ck | grep -qx one && ok || fail "checkpoint rm"

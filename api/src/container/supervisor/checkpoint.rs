@@ -105,6 +105,10 @@ impl Sup {
     pub(super) fn checkpoint(&self, name: &str, leave_running: bool) -> Result<(), StartError> {
         let cps = Checkpoints::of(&self.handle);
         cps.check_free(name)?;
+        if self.config.auto_remove && !leave_running {
+            // Stopping it would remove it, and its checkpoints with it.
+            return fail("a container started with --rm would be removed with its checkpoint; use --leave-running");
+        }
         let (was_paused, rootfs) = self.saveable()?;
         vmm::api_command(&self.vm.api_sock, "pause")?;
         let made = self.save(&cps, name, rootfs, None);
