@@ -89,17 +89,7 @@ fn ioctl(fd: &std::os::fd::OwnedFd, req: libc::c_ulong, r: &mut IfReq, what: &st
 
 /// Brings interface `name` up and, when given, sets its IPv4 address.
 pub fn configure_interface(name: &str, addr: Option<([u8; 4], u8)>) -> Result<()> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2) has no memory preconditions; the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(NetConfError::Read {
-            path: "socket(AF_INET)".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let fd = ioctl_socket()?;
     if let Some((ip, prefix)) = addr {
         let mut r = ifreq(name);
         r.data = sockaddr_in(ip);
@@ -122,7 +112,7 @@ pub fn configure_interface(name: &str, addr: Option<([u8; 4], u8)>) -> Result<()
 /// Sets interface `name`'s MAC address (virtio-net takes a new one while
 /// up).
 pub fn set_mac(name: &str, mac: [u8; 6]) -> Result<()> {
-    let fd = inet_socket()?;
+    let fd = ioctl_socket()?;
     let mut r = ifreq(name);
     r.data[..2].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
     r.data[2..8].copy_from_slice(&mac);
@@ -134,18 +124,25 @@ pub fn set_mac(name: &str, mac: [u8; 6]) -> Result<()> {
     )
 }
 
-fn inet_socket() -> Result<std::os::fd::OwnedFd> {
+/// An AF_INET datagram socket, the handle the interface and route ioctls
+/// take.
+fn inet_socket() -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: socket(2) has no memory preconditions; the fd is owned below.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(NetConfError::Read {
-            path: "socket(AF_INET)".into(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `raw` is a fresh descriptor nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}
+
+/// [`inet_socket`] for the interface ioctls, with their error.
+fn ioctl_socket() -> Result<std::os::fd::OwnedFd> {
+    inet_socket().map_err(|source| NetConfError::Read {
+        path: "socket(AF_INET)".into(),
+        source,
+    })
 }
 
 const SIOCADDRT: libc::c_ulong = 0x890b;
@@ -185,7 +182,7 @@ fn sockaddr(addr: std::net::Ipv4Addr) -> libc::sockaddr {
 /// Adds the default route `0.0.0.0/0 via gateway dev device` (an existing
 /// one is fine).
 pub fn add_default_route(device: &str, gateway: std::net::Ipv4Addr) -> Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsRawFd;
     let fail = |source| NetConfError::Route {
         gateway,
         device: device.to_string(),
@@ -193,13 +190,7 @@ pub fn add_default_route(device: &str, gateway: std::net::Ipv4Addr) -> Result<()
     };
     let dev = std::ffi::CString::new(device)
         .map_err(|_| fail(std::io::ErrorKind::InvalidInput.into()))?;
-    // SAFETY: socket(2) has no memory preconditions; the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let fd = inet_socket().map_err(fail)?;
     let mut rt = RtEntry {
         rt_pad1: 0,
         rt_dst: sockaddr(std::net::Ipv4Addr::UNSPECIFIED),
@@ -333,7 +324,7 @@ mod net_tests {
             add_default_route("hkfork0", std::net::Ipv4Addr::new(10, 88, 0, 5)).unwrap();
             const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
             let mut r = ifreq("hkfork0");
-            ioctl(&inet_socket().unwrap(), SIOCGIFHWADDR, &mut r, "get MAC").unwrap();
+            ioctl(&ioctl_socket().unwrap(), SIOCGIFHWADDR, &mut r, "get MAC").unwrap();
             assert_eq!(&r.data[2..8], &mac);
             let routes = fs::read_to_string("/proc/thread-self/net/route").unwrap();
             let default: Vec<&str> = routes

@@ -58,12 +58,7 @@ pub fn dispatch(data_dir: &Path, cmd: CheckpointCmd) -> CliResult {
                 name: checkpoint.clone(),
                 leave_running,
             };
-            if h.live_state()?.status != Status::Running {
-                return Err(CliError::new(
-                    1,
-                    format!("Error response from daemon: Container {container} is not running"),
-                ));
-            }
+            must_run(&h, &container)?;
             request(&h, &req)?;
             if !leave_running {
                 // As `stop`: once it returns, the container shows exited.
@@ -91,6 +86,17 @@ pub fn dispatch(data_dir: &Path, cmd: CheckpointCmd) -> CliResult {
     }
 }
 
+/// Refuses container `h` (named `name` by the user) unless it runs.
+fn must_run(h: &crate::container::Handle, name: &str) -> Result<(), CliError> {
+    if h.live_state()?.status != Status::Running {
+        return Err(CliError::new(
+            1,
+            format!("Error response from daemon: Container {name} is not running"),
+        ));
+    }
+    Ok(())
+}
+
 /// Options of `husk fork`.
 #[derive(Debug, Args)]
 pub struct ForkArgs {
@@ -109,20 +115,12 @@ pub fn fork(data_dir: &Path, args: ForkArgs) -> CliResult {
     use crate::container::{names, new_id};
     let cs = super::containers(data_dir)?;
     let parent = cs.find(&args.container)?;
-    if parent.live_state()?.status != Status::Running {
-        return Err(CliError::new(
-            1,
-            format!(
-                "Error response from daemon: Container {} is not running",
-                args.container
-            ),
-        ));
-    }
+    must_run(&parent, &args.container)?;
     let mut config = parent.config()?;
     config.id = new_id();
     config.name = match args.name {
         Some(n) => n,
-        None => names::generate(&hex::decode(config.id.get(..8).unwrap_or("")).unwrap_or_default()),
+        None => names::for_id(&config.id),
     };
     config.created = crate::time::now_rfc3339();
     // The parent keeps its ports; a fork is reached by its address.
@@ -142,7 +140,7 @@ pub fn fork(data_dir: &Path, args: ForkArgs) -> CliResult {
             data_dir,
             crate::container::supervisor::FORK_CHECKPOINT,
         )
-        .map_err(|e| CliError::new(e.status(), crate::error::chain(&e)))
+        .map_err(super::ipc_error)
     });
     if let Err(e) = forked {
         super::wait_supervisor_gone(&child, std::time::Duration::from_secs(30));
@@ -171,6 +169,6 @@ pub fn start(data_dir: &Path, cs: &Containers, containers: &[String], name: &str
         ));
     }
     crate::container::create::start_from_checkpoint(&h, data_dir, name)
-        .map_err(|e| CliError::new(e.status(), crate::error::chain(&e)))?;
+        .map_err(super::ipc_error)?;
     Ok(0)
 }

@@ -57,7 +57,7 @@ pub type CliResult = Result<i32, CliError>;
 pub use crate::container::ipc::wait_supervisor_gone;
 
 /// A supervisor's error with the exit status it calls for.
-fn ipc_error(e: ipc::IpcError) -> CliError {
+pub(super) fn ipc_error(e: ipc::IpcError) -> CliError {
     CliError::new(e.status(), crate::error::chain(&e))
 }
 

@@ -200,7 +200,7 @@ pub fn start_and_attach(
 ) -> CliResult {
     let stdin = attach_opts.as_ref().is_some_and(|a| a.stdin);
     let conn = create::start(data_dir, containers, h, attach_opts.clone(), fresh)
-        .map_err(|e| CliError::new(e.status(), crate::error::chain(&e)))?;
+        .map_err(super::ipc_error)?;
     let timings = h.state().ok().and_then(|s| s.timings);
     let Some(_) = attach_opts else {
         if show_timings {

@@ -269,7 +269,7 @@ pub fn build_config(
     let rc = &ic.config;
     let name = match &opts.name {
         Some(n) => n.clone(),
-        None => names::generate(&hex::decode(id.get(..8).unwrap_or("")).unwrap_or_default()),
+        None => names::for_id(id),
     };
     Ok(ContainerConfig {
         id: id.to_string(),

@@ -92,6 +92,11 @@ pub fn generate(seed: &[u8]) -> String {
     format!("{}_{}", LEFT[a % LEFT.len()], RIGHT[b % RIGHT.len()])
 }
 
+/// The generated name of container `id`: seeded by its first four bytes.
+pub fn for_id(id: &str) -> String {
+    generate(&hex::decode(id.get(..8).unwrap_or("")).unwrap_or_default())
+}
+
 /// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();

@@ -49,7 +49,7 @@ pub(super) fn boot(
     // A checkpoint's guest has its address; a fork takes one of its own.
     let lease_index = restore
         .as_ref()
-        .filter(|r| r.meta.fork_of.is_none())
+        .filter(|r| !r.is_fork())
         .and_then(|r| r.meta.lease_index);
     let network = prepare_network(data_dir, &config, lease_index)?;
     let control = prepare_run_dir(h)?;
@@ -70,7 +70,7 @@ pub(super) fn boot(
         spawning,
         spawned,
     } = start_vm(h, &assets.vmm, &vm, &network, &vmm_control)?;
-    if restore.as_ref().is_some_and(|r| r.meta.fork_of.is_some()) {
+    if restore.as_ref().is_some_and(Restore::is_fork) {
         if let Err(e) = readdress(&mut agent, &network) {
             stop_vmm(&mut vmm);
             return Err(e);
@@ -510,10 +510,15 @@ pub(super) fn worth_another_boot(vmm: &mut VmmProcess, api_sock: &Path) -> bool 
     let alive = matches!(vmm.child.try_wait(), Ok(None));
     let marked = vmm.events.boot_marker_ms(Duration::ZERO).is_some();
     if alive {
+        let up = if marked {
+            "is up"
+        } else {
+            "did not reach its boot marker"
+        };
         match vmm::api_query(api_sock, "queues") {
-            Ok(text) => log::warn!("the agent is up but vsock carried no answer: {text}"),
+            Ok(text) => log::warn!("the agent {up} and vsock carried no answer: {text}"),
             Err(e) => log::warn!(
-                "the agent is up but vsock carried no answer, and husk-vmm did not describe its queues: {}",
+                "the agent {up} and vsock carried no answer; husk-vmm did not describe its queues: {}",
                 crate::error::chain(&e)
             ),
         }

@@ -345,26 +345,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
         let config = VmConfig::default();
-        let mut p = vmm::spawn(
-            &fake,
-            &config,
-            dir.path(),
-            &vmm::Control::socket(&dir.path().join("s")),
-        )
-        .unwrap();
+        let api_sock = dir.path().join("s");
+        let control = vmm::Control::socket(&api_sock);
+        let mut p = vmm::spawn(&fake, &config, dir.path(), &control).unwrap();
         let t0 = Instant::now();
         let err = wait_for_exit(&mut p, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, BuilderError::NoPowerOff { .. }), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(5));
         stop_vmm(&mut p);
         fs::write(&fake, "#!/bin/sh\nexit 3\n").unwrap();
-        let mut p = vmm::spawn(
-            &fake,
-            &config,
-            dir.path(),
-            &vmm::Control::socket(&dir.path().join("s")),
-        )
-        .unwrap();
+        let mut p = vmm::spawn(&fake, &config, dir.path(), &control).unwrap();
         let err = wait_for_exit(&mut p, Duration::from_secs(10)).unwrap_err();
         assert_eq!(
             err.to_string(),

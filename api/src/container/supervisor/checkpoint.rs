@@ -59,6 +59,11 @@ impl Restore {
         })
     }
 
+    /// Whether it is a fork's (which takes an address of its own).
+    pub(super) fn is_fork(&self) -> bool {
+        self.meta.fork_of.is_some()
+    }
+
     /// Checks that `rootfs` is the image disk the guest had mounted, and
     /// puts the checkpoint's writable layer in place of `rw`.
     pub(super) fn prepare_disks(&self, rootfs: &Path, rw: &Path) -> Result<(), StartError> {

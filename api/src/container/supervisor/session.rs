@@ -33,20 +33,22 @@ pub(super) fn stdio_listener(uds: &Path, port: u32) -> io::Result<UnixListener> 
 /// Accepts one agent stdio connection (with a deadline; `None`: without
 /// one) and reads its hello.
 pub(super) fn accept_stdio(l: &UnixListener, limit: Option<Duration>) -> io::Result<UnixStream> {
-    let Some(limit) = limit else {
-        let (mut s, _) = l.accept()?;
-        let _hello: husk_proto::agent::StreamHello =
-            read_frame(&mut s).map_err(io::Error::other)?;
-        return Ok(s);
+    let mut s = match limit {
+        None => l.accept()?.0,
+        Some(limit) => accept_within(l, limit)?,
     };
+    let _hello: husk_proto::agent::StreamHello = read_frame(&mut s).map_err(io::Error::other)?;
+    Ok(s)
+}
+
+/// Accepts one connection within `limit`; the stream blocks.
+fn accept_within(l: &UnixListener, limit: Duration) -> io::Result<UnixStream> {
     l.set_nonblocking(true)?;
     let start = Instant::now();
     loop {
         match l.accept() {
-            Ok((mut s, _)) => {
+            Ok((s, _)) => {
                 s.set_nonblocking(false)?;
-                let _hello: husk_proto::agent::StreamHello =
-                    read_frame(&mut s).map_err(io::Error::other)?;
                 return Ok(s);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < limit => {
