@@ -176,6 +176,40 @@ done
 HUSK_MACHINE=1 h rm -f web >/dev/null
 if curl -s -m 5 "http://127.0.0.1:$web/hostname" >/dev/null; then fail "port $web still forwarded after rm"; else ok; fi
 
+# Template snapshots: a start restores the template of its microVM's shape
+# (built by the first such start) instead of booting; --no-snapshot boots.
+err=$(HUSK_MACHINE=1 h run --rm --timings busybox true 2>&1 >/dev/null)
+echo "$err" | grep -q 'restore [0-9]* ms' && ok || fail "husk run did not restore a template: '$err'"
+say "template start: $err"
+err=$(HUSK_MACHINE=1 h run --rm --timings --no-snapshot busybox true 2>&1 >/dev/null)
+echo "$err" | grep -q 'kernel [0-9]* ms' && ok || fail "husk run --no-snapshot did not boot: '$err'"
+say "cold boot: $err"
+# Two guests from one template draw their own random numbers, and keep the
+# host's time (not the template's).
+draw() { HUSK_MACHINE=1 h run --rm busybox sh -c 'cat /proc/sys/kernel/random/uuid; head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"; echo; date +%s'; }
+a=$(draw); b=$(draw)
+now=$(h machine ssh -- date +%s)
+[ "$(echo "$a" | sed -n 1p)" != "$(echo "$b" | sed -n 1p)" ] && [ -n "$(echo "$a" | sed -n 1p)" ] && ok ||
+  fail "two containers from one template have one uuid: '$a' '$b'"
+[ "$(echo "$a" | sed -n 2p)" != "$(echo "$b" | sed -n 2p)" ] && [ -n "$(echo "$a" | sed -n 2p)" ] && ok ||
+  fail "two containers from one template read the same /dev/urandom bytes: '$a' '$b'"
+skew=$(( now - $(echo "$b" | sed -n 3p) ))
+[ "${skew#-}" -le 10 ] && ok || fail "a restored guest's clock is $skew s off the host's"
+# A volume is one more disk slot: a template of that shape.
+HUSK_MACHINE=1 h run --rm -v tplvol:/data busybox sh -c 'echo kept > /data/f' && ok || fail "run with a volume from a template"
+err=$(HUSK_MACHINE=1 h run --rm --timings -v tplvol:/data busybox cat /data/f 2>"$data/err")
+[ "$err" = kept ] && grep -q 'restore [0-9]* ms' "$data/err" && ok ||
+  fail "a volume through a template: '$err' $(cat "$data/err")"
+HUSK_MACHINE=1 h volume rm tplvol >/dev/null || true
+# A corrupt template is refused: that start boots, and the next builds it again.
+h machine ssh -- sh -c 'for d in /var/lib/husk/templates/*/; do truncate -s 100 "$d/state"; done'
+out=$(HUSK_MACHINE=1 h run --rm --timings busybox echo fine 2>"$data/err")
+[ "$out" = fine ] && grep -q 'kernel [0-9]* ms' "$data/err" && ok ||
+  fail "a start with a corrupt template: '$out' $(cat "$data/err")"
+HUSK_MACHINE=1 h run --rm --timings busybox true 2>"$data/err"
+grep -q 'restore [0-9]* ms (template built in [0-9]* ms)' "$data/err" && ok ||
+  fail "the corrupt template was not built again: $(cat "$data/err")"
+
 # Checkpoints: a running container saved whole (its processes and memory)
 # and started again from it; its counter goes on where it was and its
 # server answers again on the same published port.
@@ -394,7 +428,7 @@ cat "$data/bench" >&2
 num='[0-9]+\.[0-9]+'
 [ "$rc" = 0 ] && ok || fail "husk bench in the machine: status $rc: $(tail -3 "$data/bench.err")"
 grep -q '^husk bench: .* on the husk machine (Linux ' "$data/bench" && ok || fail "husk bench did not measure in the machine"
-for row in husk husk-fork namespace; do
+for row in husk husk-snapshot husk-fork namespace; do
   grep -Eq "^$row +$num +$num +$num  " "$data/bench" && ok || fail "husk bench: no figures for $row"
 done
 grep -Eq "^density: 1 sandbox \(husk run -d\) .*: $num MiB" "$data/bench" && ok || fail "husk bench: no density figures"

@@ -32,17 +32,6 @@ pub enum BootError {
         #[source]
         source: nix::Error,
     },
-    /// A disk named by the boot parameters could not be mounted.
-    #[error("cannot mount /dev/{device} on {path}")]
-    MountDisk {
-        /// Device name under /dev.
-        device: String,
-        /// Mount point.
-        path: String,
-        /// The cause.
-        #[source]
-        source: nix::Error,
-    },
     /// The boot parameters on the kernel command line are malformed.
     #[error("bad kernel command line")]
     Params(#[from] husk_proto::boot::BootParamError),
@@ -285,24 +274,8 @@ pub fn has_vsock_device(sys: &Path) -> bool {
 }
 
 /// Mounts one requested disk.
-pub fn mount_disk(d: &DiskMount) -> Result<()> {
-    let _ = fs::create_dir_all(&d.path);
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if d.read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    mount(
-        Some(format!("/dev/{}", d.device).as_str()),
-        d.path.as_str(),
-        Some("ext4"),
-        flags,
-        None::<&str>,
-    )
-    .map_err(|source| BootError::MountDisk {
-        device: d.device.clone(),
-        path: d.path.clone(),
-        source,
-    })
+pub fn mount_disk(d: &DiskMount) -> std::result::Result<(), husk_agent::provision::ProvisionError> {
+    husk_agent::provision::mount_disk(d)
 }
 
 #[cfg(test)]

@@ -175,6 +175,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Build(_) => "build",
         Request::SetHosts { .. } => "set_hosts",
         Request::Readdress(_) => "readdress",
+        Request::Provision(_) => "provision",
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`server`]: the request handlers, generic over the stream type.
 //! - [`vsock`]: the guest transport; [`vsock::serve`] is what PID 1 calls.
 //! - [`reaper`]: exit statuses of container processes (PID 1 reaps all).
+//! - [`provision`]: a guest restored from a template snapshot gets its
+//!   disks, address, clock and fresh entropy.
 //! - [`build`]: builder mode, unpacking an image's layers into its rootfs
 //!   disk inside a builder microVM.
 
@@ -14,6 +16,7 @@ pub mod build;
 pub mod container;
 pub mod netconf;
 pub mod overlay;
+pub mod provision;
 pub mod reaper;
 pub mod server;
 pub mod vsock;

@@ -124,6 +124,22 @@ pub fn set_mac(name: &str, mac: [u8; 6]) -> Result<()> {
     )
 }
 
+/// Gives interface `name` a new identity: its MAC, its address, and the
+/// default route through `gateway` (an old route goes with the old address).
+pub fn readdress(
+    name: &str,
+    mac: [u8; 6],
+    (ip, prefix): (std::net::Ipv4Addr, u8),
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Result<()> {
+    set_mac(name, mac)?;
+    configure_interface(name, Some((ip.octets(), prefix)))?;
+    if let Some(gw) = gateway {
+        add_default_route(name, gw)?;
+    }
+    Ok(())
+}
+
 /// An AF_INET datagram socket, the handle the interface and route ioctls
 /// take.
 fn inet_socket() -> std::io::Result<std::os::fd::OwnedFd> {

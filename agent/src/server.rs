@@ -65,9 +65,13 @@ pub enum ServerError {
     /// The container failed.
     #[error("container")]
     Container(#[from] ContainerError),
-    /// A data connection could not be opened.
+    /// eth0 could not be configured.
     #[error("network configuration")]
     Network(#[from] crate::netconf::NetConfError),
+    /// A restored template could not be provisioned.
+    #[error("provisioning")]
+    Provision(#[from] crate::provision::ProvisionError),
+    /// A data connection could not be opened.
     #[error("cannot connect to port {port}")]
     Connect {
         /// The port.
@@ -129,9 +133,14 @@ impl ServerError {
             Self::Container(ContainerError::CommandNotExecutable { .. }) => {
                 ErrorKind::CommandNotExecutable
             }
-            Self::Container(_) | Self::Overlay(_) | Self::Connect { .. } | Self::Network(_) => {
-                ErrorKind::Runtime
+            Self::Provision(crate::provision::ProvisionError::Invalid(_)) => {
+                ErrorKind::InvalidRequest
             }
+            Self::Container(_)
+            | Self::Overlay(_)
+            | Self::Connect { .. }
+            | Self::Network(_)
+            | Self::Provision(_) => ErrorKind::Runtime,
             Self::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -432,6 +441,7 @@ impl<C: Connector> Server<C> {
             Request::Shutdown => self.do_shutdown(),
             Request::SetHosts { id, entries } => self.do_set_hosts(&id, &entries),
             Request::Readdress(r) => self.do_readdress(&r),
+            Request::Provision(p) => self.do_provision(&p),
             Request::Build(_) => Err(ServerError::Protocol(ProtocolError::Invalid {
                 reason: "build is served by builder microVMs only".into(),
             })),
@@ -689,19 +699,26 @@ impl<C: Connector> Server<C> {
     }
 
     fn do_readdress(&self, r: &husk_proto::agent::Readdress) -> Result<Response> {
-        use crate::netconf;
         if r.prefix > 32 {
             return Err(ServerError::Protocol(ProtocolError::Invalid {
                 reason: format!("prefix {} is over 32", r.prefix),
             }));
         }
         let iface = &self.config.network_interface;
-        netconf::set_mac(iface, r.mac)?;
-        netconf::configure_interface(iface, Some((r.ip.octets(), r.prefix)))?;
-        if let Some(gw) = r.gateway {
-            netconf::add_default_route(iface, gw)?;
-        }
+        crate::netconf::readdress(iface, r.mac, (r.ip, r.prefix), r.gateway)?;
         Ok(Response::Readdressed)
+    }
+
+    /// Only before any container exists: provisioning is what a restored
+    /// template needs before its one container is created.
+    fn do_provision(&self, p: &husk_proto::provision::Provision) -> Result<Response> {
+        if !lock(&self.containers).is_empty() {
+            return Err(ServerError::Protocol(ProtocolError::Invalid {
+                reason: "provision comes before any container".into(),
+            }));
+        }
+        crate::provision::provision(&self.config.network_interface, p)?;
+        Ok(Response::Provisioned)
     }
 
     fn do_set_hosts(&self, id: &str, entries: &[husk_proto::agent::HostEntry]) -> Result<Response> {

@@ -108,6 +108,9 @@ pub enum Request {
     /// takes its own address: eth0's MAC, address and netmask, and the
     /// default route. Answered by `Readdressed`.
     Readdress(Readdress),
+    /// A microVM restored from a template snapshot gets what its container
+    /// needs (see [`crate::provision`]). Answered by `Provisioned`.
+    Provision(Box<crate::provision::Provision>),
     /// Builder microVMs only (`husk.build`): verify and unpack layers into
     /// the target disk, then unmount it. Answered by `Built`; any other
     /// agent refuses it, and a builder refuses every container request.
@@ -608,6 +611,8 @@ pub enum Response {
     HostsSet,
     /// eth0 has its new address.
     Readdressed,
+    /// The guest has its disks, network, clock and fresh entropy.
+    Provisioned,
     /// The process ended.
     Exited {
         /// How.

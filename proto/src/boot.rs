@@ -36,7 +36,8 @@ pub enum BootParamError {
 }
 
 /// A disk PID 1 mounts: `/dev/<device>` (ext4) on `path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskMount {
     /// Device name under /dev, e.g. `vdb`.
     pub device: String,
@@ -47,7 +48,8 @@ pub struct DiskMount {
 }
 
 /// eth0's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GuestNet {
     /// eth0's address.
     pub ip: Ipv4Addr,

@@ -10,6 +10,8 @@
 //!   machine's control channel).
 //! - [`boot`]: the guest's boot parameters, rendered to and parsed from the
 //!   kernel command line.
+//! - [`provision`]: what a guest restored from a template snapshot is given
+//!   before its container is created (disks, network, clock, entropy).
 //! - [`guest`]: guest paths, vsock ports and debug-port values.
 //! - [`vm`]: the microVM configuration `husk-vmm` reads (`vm.json`) and the
 //!   typed events it reports to its supervisor.
@@ -23,5 +25,6 @@ pub mod boot;
 pub mod error;
 pub mod frame;
 pub mod guest;
+pub mod provision;
 pub mod stdio;
 pub mod vm;

@@ -1,7 +1,7 @@
 # Scenario bench: `husk bench` as a user runs it, on real guests. Every row
-# this test host can measure is measured (husk cold boot, husk fork, the bare-namespace
-# baseline, crun, qemu -M microvm) with numbers, the density row has its
-# figures, the rows husk lacks are listed as unavailable, and the plot is a
+# this test host can measure is measured (husk cold boot, husk from its template
+# snapshot, husk fork, the bare-namespace baseline, crun, qemu -M microvm) with
+# numbers, the density row has its figures, runc is listed as unavailable, and the plot is a
 # PNG of the expected size. A row that fails makes the scenario fail; a
 # deliberately failing row makes `husk bench` exit 1 and say why.
 . "$HUSK_E2E_DIR/lib/assert.sh"
@@ -18,16 +18,15 @@ cat "$WORK/table"
 [ "$rc" = 0 ] || fail "husk bench: status $rc"
 grep -q '^error' "$WORK/table" && fail "a row failed"
 num='[0-9]+\.[0-9]+'
-for row in husk husk-fork namespace crun qemu-microvm; do
+for row in husk husk-snapshot husk-fork namespace crun qemu-microvm; do
   grep -Eq "^$row +$num +$num +$num  [a-z]" "$WORK/table" || fail "row $row has no p50, p90 and ratio"
 done
 grep -Eq "^namespace +$num +$num +1\.00  .*\(container baseline\)$" "$WORK/table" || fail "the namespace row is not the baseline"
 grep -Eq "^density: 2 sandboxes \(husk run -d\) started at once in $num s \($num starts/s\); PSS of their husk-vmm at 2: $num MiB" "$WORK/table" \
   || fail "no density figures"
-grep -q '^unavailable: husk-snapshot: ' "$WORK/table" || fail "the snapshot row is not listed as unavailable"
 grep -q '^unavailable: runc: runc is not installed$' "$WORK/table" || fail "runc is not listed as unavailable"
-grep -q '^round 2/2: husk .* ms husk-fork .* ms namespace .* ms crun .* ms qemu-microvm .* ms$' "$WORK/err" || fail "the rows did not take turns"
-pass "husk bench: husk, husk-fork, namespace, crun and qemu-microvm rows with p50/p90/ratios, density, unavailable rows"
+grep -q '^round 2/2: husk .* ms husk-snapshot .* ms husk-fork .* ms namespace .* ms crun .* ms qemu-microvm .* ms$' "$WORK/err" || fail "the rows did not take turns"
+pass "husk bench: husk, husk-snapshot, husk-fork, namespace, crun and qemu-microvm rows with p50/p90/ratios, density, unavailable rows"
 
 check_png() { # check_png FILE: a PNG of 1000x600 with more than a blank picture in it
   [ "$(od -An -tx1 -N8 "$1" | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "$1 is not a PNG"

@@ -1,6 +1,7 @@
-//! The husk cold-boot row: `husk run --rm IMAGE true`, the real command
-//! (this same husk executable), from its start to its exit: a microVM
-//! booted, the container run, the VM gone.
+//! The husk rows: `husk run --rm IMAGE true`, the real command (this same
+//! husk executable), from its start to its exit: a microVM booted
+//! (`--no-snapshot`) or restored from its template snapshot, the container
+//! run, the VM gone; and `husk fork` of a running container.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,24 +9,36 @@ use std::time::Duration;
 
 use super::{run_checked, timed, Options, Result, Starter};
 
-/// The row's name.
+/// The cold-boot row's name.
 pub const NAME: &str = "husk";
+/// The template-snapshot row's name.
+pub const SNAPSHOT_NAME: &str = "husk-snapshot";
 
-/// `husk run --rm IMAGE true`.
+/// `husk run --rm IMAGE true`, booted or from the template snapshot.
 #[derive(Debug)]
 pub struct HuskRun {
     husk: PathBuf,
     data_dir: PathBuf,
     image: String,
+    snapshot: bool,
 }
 
 impl HuskRun {
-    /// The row for `opts`' husk, data directory and image.
+    /// The cold-boot row for `opts`' husk, data directory and image.
     pub fn new(opts: &Options) -> Self {
         HuskRun {
             husk: opts.husk.clone(),
             data_dir: opts.data_dir.clone(),
             image: opts.image.clone(),
+            snapshot: false,
+        }
+    }
+
+    /// The template-snapshot row.
+    pub fn from_snapshot(opts: &Options) -> Self {
+        HuskRun {
+            snapshot: true,
+            ..HuskRun::new(opts)
         }
     }
 }
@@ -39,16 +52,34 @@ pub fn husk_command(husk: &std::path::Path, data_dir: &std::path::Path) -> Comma
 
 impl Starter for HuskRun {
     fn name(&self) -> &str {
-        NAME
+        if self.snapshot {
+            SNAPSHOT_NAME
+        } else {
+            NAME
+        }
     }
 
     fn what(&self) -> String {
-        format!("husk run --rm {} true (microVM cold boot)", self.image)
+        if self.snapshot {
+            format!(
+                "husk run --rm {} true (from the template snapshot)",
+                self.image
+            )
+        } else {
+            format!(
+                "husk run --rm --no-snapshot {} true (microVM cold boot)",
+                self.image
+            )
+        }
     }
 
     fn start_once(&mut self, _round: usize) -> Result<Duration> {
         let mut cmd = husk_command(&self.husk, &self.data_dir);
-        cmd.args(["run", "--rm", "-q", &self.image, "true"]);
+        cmd.args(["run", "--rm", "-q"]);
+        if !self.snapshot {
+            cmd.arg("--no-snapshot");
+        }
+        cmd.args([&self.image, "true"]);
         timed(|| run_checked(&mut cmd, "husk run").map(drop))
     }
 }

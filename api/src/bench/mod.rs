@@ -7,8 +7,7 @@
 //! disk). The bare-namespace start is the container baseline the ratios are
 //! to. The density row starts K sandboxes at once and sums their husk-vmm
 //! processes' PSS. Rows that need something this host lacks (crun, QEMU,
-//! hardware virtualization) or that husk does not have yet (snapshot starts,
-//! fork) are listed as unavailable with the reason.
+//! hardware virtualization) are listed as unavailable with the reason.
 //!
 //! Files: [`stats`] (percentiles, ratios), [`report`] (what was measured, as
 //! JSON between the machine and the host), [`table`] and [`plot`] (how it is
@@ -129,14 +128,6 @@ pub struct Options {
     pub density: usize,
 }
 
-/// Rows that husk does not have yet.
-pub fn not_yet_available() -> Vec<Unavailable> {
-    vec![Unavailable {
-        name: "husk-snapshot".into(),
-        reason: "husk run does not start from a template snapshot yet (issue 13, part 2)".into(),
-    }]
-}
-
 /// Measures every starter available here and the density row; progress
 /// goes to `log`, one line per round.
 pub fn measure(opts: &Options, log: &mut dyn Write) -> Result<Report> {
@@ -144,6 +135,7 @@ pub fn measure(opts: &Options, log: &mut dyn Write) -> Result<Report> {
     let mut unavailable = Vec::new();
     let mut starters: Vec<Box<dyn Starter>> = vec![
         Box::new(husk::HuskRun::new(opts)),
+        Box::new(husk::HuskRun::from_snapshot(opts)),
         Box::new(husk::HuskFork::new(opts)),
     ];
     let mut push = |s: std::result::Result<Box<dyn Starter>, Unavailable>| match s {
@@ -170,7 +162,6 @@ pub fn measure(opts: &Options, log: &mut dyn Write) -> Result<Report> {
         }
     }
     push(qemu::QemuBoot::new().map(|s| Box::new(s) as Box<dyn Starter>));
-    unavailable.extend(not_yet_available());
     let rows = alternate(&mut starters, opts.runs, log);
     let density = (opts.density > 0).then(|| density::measure(opts, log));
     Ok(Report {
@@ -377,15 +368,5 @@ mod tests {
         let e = run_checked(&mut Command::new("/nonexistent/x"), "x").unwrap_err();
         assert_eq!(e.to_string(), "cannot run x");
         assert!(run_checked(&mut Command::new("true"), "true").is_ok());
-    }
-
-    #[test]
-    fn husk_lacks_the_snapshot_row_and_says_why() {
-        let u = not_yet_available();
-        assert_eq!(
-            u.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
-            ["husk-snapshot"]
-        );
-        assert!(u.iter().all(|u| !u.reason.contains('\n')));
     }
 }

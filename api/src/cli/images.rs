@@ -145,12 +145,15 @@ pub fn load(data: &Path, a: LoadArgs) -> CliResult {
     Ok(0)
 }
 
-/// `husk gc`: blobs and rootfs disks no image uses.
+/// `husk gc`: blobs and rootfs disks no image uses, and the template
+/// snapshots (the next start builds its own again).
 pub fn gc(data: &Path) -> CliResult {
     let store = store(data)?;
     println!("removed {} blobs", store.gc()?);
     let cache = RootfsCache::open(&data.join("rootfs"))?;
     let n = cache.remove_unused(&referenced_keys(&store)?)?;
     println!("removed {n} rootfs disks");
+    let templates = crate::container::template::Templates::open(data).remove_all()?;
+    println!("removed {templates} template snapshots");
     Ok(0)
 }

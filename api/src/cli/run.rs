@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Restart policy: no, always, unless-stopped, on-failure[:N].
     #[arg(long, default_value = "no", value_parser = parse_restart)]
     pub restart: RestartPolicy,
+    /// Boot the guest instead of restoring a template snapshot (as
+    /// HUSK_SNAPSHOT=0 does).
+    #[arg(long)]
+    pub no_snapshot: bool,
     /// Keep stdin open and forward it.
     #[arg(short, long)]
     pub interactive: bool,
@@ -170,19 +174,30 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
         auto_remove: args.rm,
         labels: Default::default(),
         restart: args.restart,
+        cold_boot: args.no_snapshot,
     })
 }
 
-/// Prints the start-up breakdown on stderr.
+/// Prints the start-up breakdown on stderr: a restored template's
+/// `restore` (and the template's build, when this start made it) or a
+/// boot's `kernel` and `agent`.
 pub fn print_timings(t: &Timings) {
+    let guest = if t.restore_ms > 0.0 {
+        let template = if t.template_ms > 0.0 {
+            format!(" (template built in {:.0} ms)", t.template_ms)
+        } else {
+            String::new()
+        };
+        format!("restore {:.0} ms{template}", t.restore_ms)
+    } else {
+        format!("kernel {:.0} ms, agent {:.0} ms", t.kernel_ms, t.agent_ms)
+    };
     eprintln!(
-        "husk: start-up {:.0} ms: rootfs {:.0} ms{}, vmm {:.0} ms, kernel {:.0} ms, agent {:.0} ms, rootfs mount {:.0} ms, exec {:.0} ms",
+        "husk: start-up {:.0} ms: rootfs {:.0} ms{}, vmm {:.0} ms, {guest}, rootfs mount {:.0} ms, exec {:.0} ms",
         t.total_ms,
         t.rootfs_ms,
         if t.rootfs_built { " (built)" } else { " (cached)" },
         t.vmm_ms,
-        t.kernel_ms,
-        t.agent_ms,
         t.create_ms,
         t.exec_ms
     );

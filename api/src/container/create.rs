@@ -118,6 +118,8 @@ pub struct CreateOptions {
     pub labels: BTreeMap<String, String>,
     /// When it starts again after it ends.
     pub restart: RestartPolicy,
+    /// Boot its guest, never restore a template snapshot.
+    pub cold_boot: bool,
 }
 
 /// Parses a network name: `default` (Docker's `bridge` too) or `none`.
@@ -311,6 +313,7 @@ pub fn build_config(
         labels: opts.labels.clone(),
         networks: opts.networks.clone(),
         restart: opts.restart,
+        cold_boot: opts.cold_boot || !crate::container::template::enabled_by_env(),
     })
 }
 

@@ -34,6 +34,7 @@ pub mod restart;
 pub mod spec;
 pub mod state;
 pub mod supervisor;
+pub mod template;
 pub mod tool;
 pub mod top;
 

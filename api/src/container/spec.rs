@@ -94,6 +94,10 @@ pub struct ContainerConfig {
     /// The restart policy.
     #[serde(default, skip_serializing_if = "RestartPolicy::is_no")]
     pub restart: RestartPolicy,
+    /// Boot the guest, never restore a template snapshot (`--no-snapshot`,
+    /// `HUSK_SNAPSHOT=0`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold_boot: bool,
 }
 
 /// Guest memory for a container: its limit plus room for the guest kernel

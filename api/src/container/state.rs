@@ -50,7 +50,15 @@ pub struct Timings {
     pub rootfs_built: bool,
     /// Supervisor start to husk-vmm running (disks, network, spawn).
     pub vmm_ms: f64,
-    /// husk-vmm start to the guest's init (kernel boot), from its boot marker.
+    /// Building the template snapshot (0 when cached or not used).
+    #[serde(default)]
+    pub template_ms: f64,
+    /// husk-vmm start to the agent of a restored template provisioned
+    /// (0 for a boot).
+    #[serde(default)]
+    pub restore_ms: f64,
+    /// husk-vmm start to the guest's init (kernel boot), from its boot
+    /// marker (0 for a restore).
     pub kernel_ms: f64,
     /// Guest init to the agent answering on vsock.
     pub agent_ms: f64,

@@ -186,6 +186,7 @@ pub fn parse(
         auto_remove: hc.auto_remove.unwrap_or(false),
         labels: body.labels.unwrap_or_default(),
         restart: restart_policy(hc.restart_policy.as_ref())?,
+        cold_boot: false,
     };
     Ok((image, opts))
 }

@@ -132,6 +132,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// Tells the driver the device's configuration changed (a new
+    /// configuration generation and a configuration-change interrupt).
+    pub fn notify_config_change(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt.signal_config_change();
+    }
+
     /// Whether the driver has activated the device.
     pub fn is_activated(&self) -> bool {
         self.activated

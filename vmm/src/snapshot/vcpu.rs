@@ -206,6 +206,36 @@ fn tsc_needs_scaling(fd: &VcpuFd, saved_khz: u32) -> bool {
     }
 }
 
+/// TR's type: an available 64-bit TSS.
+const TSS_AVAILABLE: u8 = 9;
+/// TR's type: a busy 64-bit TSS.
+const TSS_BUSY: u8 = 11;
+
+/// The special registers to load on this host. KVM on AMD (SVM) reports
+/// TR as busy whatever the guest loaded, because AMD CPUs do not keep the
+/// busy flag in TR's hidden state; an emulated SVM CPU (QEMU's TCG, as in
+/// the nested test host and the husk machine) then refuses every I/O
+/// permission check against that TSS, so after a restore a user-space
+/// `out` that `ioperm` allowed (husk-agent's power-off) raised #GP. On AMD
+/// hosts TR goes back as the available TSS the guest's `ltr` loaded;
+/// Intel's VM entry requires the busy type, so it stays there.
+fn sregs_for_host(saved: &kvm_sregs, amd: bool) -> kvm_sregs {
+    let mut sregs = *saved;
+    if amd && sregs.tr.type_ == TSS_BUSY {
+        sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    sregs
+}
+
+/// Whether this host's CPU is AMD's (CPUID vendor `AuthenticAMD`).
+fn host_is_amd() -> bool {
+    let id = std::arch::x86_64::__cpuid(0);
+    [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .eq(*b"AuthenticAMD")
+}
+
 /// Loads `state` into a freshly created vCPU.
 pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
     let index = state.index;
@@ -222,7 +252,7 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
         .map_err(kvm(index, "KVM_SET_MP_STATE"))?;
     fd.set_regs(&state.regs)
         .map_err(kvm(index, "KVM_SET_REGS"))?;
-    fd.set_sregs(&state.sregs)
+    fd.set_sregs(&sregs_for_host(&state.sregs, host_is_amd()))
         .map_err(kvm(index, "KVM_SET_SREGS"))?;
     // SAFETY: `state.xsave` is a whole `kvm_xsave` (the legacy 4 KiB area
     // KVM_GET_XSAVE filled), so KVM reads only memory we own.
@@ -264,6 +294,19 @@ fn set_msrs(fd: &VcpuFd, index: u8, entries: &[kvm_msr_entry]) -> Result<(), Vcp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tr_goes_back_available_on_amd_only() {
+        let mut saved = kvm_sregs::default();
+        saved.tr.type_ = TSS_BUSY;
+        saved.tr.base = 0xffff_fe00_0000_3000;
+        let amd = sregs_for_host(&saved, true);
+        assert_eq!(amd.tr.type_, TSS_AVAILABLE);
+        assert_eq!(amd.tr.base, saved.tr.base);
+        assert_eq!(sregs_for_host(&saved, false).tr.type_, TSS_BUSY);
+        let vendor = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        assert_eq!(host_is_amd(), vendor.contains("AuthenticAMD"));
+    }
 
     #[test]
     fn zero_tsc_deadline_takes_the_tsc() {

@@ -3,6 +3,7 @@
 //! (from a typed `vm.json`), the agent's hello and `create`.
 
 use super::checkpoint::{Restore, SnapshotInfo};
+use super::template;
 use super::vmm::{self, VmmEvents, VmmProcess};
 use super::*;
 use crate::container::checkpoint::{Checkpoints, DiskId};
@@ -56,6 +57,18 @@ pub(super) fn boot(
     let assets = crate::assets::find()?;
     let uds = h.vsock_socket();
     let vm = vm_config(&assets, &config, h, &disks, &network)?;
+    let template = match &restore {
+        None if !config.cold_boot => template::prepare(data_dir, &assets, &vm)
+            .inspect_err(|e| {
+                log::warn!(
+                    "starting without a template snapshot: {}",
+                    crate::error::chain(e)
+                )
+            })
+            .ok(),
+        _ => None,
+    };
+    timings.template_ms = template.as_ref().and_then(|t| t.built_ms).unwrap_or(0.0);
     let api_sock = h.run_dir.join("vmm.sock");
     let staging = Checkpoints::of(h).prepare_staging(super::jail::jail_id())?;
     let vmm_control = vmm::Control {
@@ -63,13 +76,22 @@ pub(super) fn boot(
         snapshot_dir: Some(&staging),
         restore: restore.as_ref().map(|r| r.dir.as_path()),
     };
-    let Started {
-        mut vmm,
-        mut agent,
-        mut state,
-        spawning,
-        spawned,
-    } = start_vm(h, &assets.vmm, &vm, &network, &vmm_control)?;
+    let vm_start = VmStart {
+        vm: &vm,
+        network: &network,
+        control: &vmm_control,
+        disks: &disks,
+    };
+    let (
+        Started {
+            mut vmm,
+            mut agent,
+            mut state,
+            spawning,
+            spawned,
+        },
+        restored_template,
+    ) = start_vm_or_template(h, &assets.vmm, &vm_start, template)?;
     if restore.as_ref().is_some_and(Restore::is_fork) {
         if let Err(e) = readdress(&mut agent, &network) {
             stop_vmm(&mut vmm);
@@ -82,11 +104,15 @@ pub(super) fn boot(
     let vmm_pid = i32::try_from(vmm.child.id()).unwrap_or(0);
     timings.vmm_ms = ms(spawned.duration_since(t0));
     let booted = spawning.elapsed();
-    timings.kernel_ms = vmm
-        .events
-        .boot_marker_ms(Duration::from_secs(1))
-        .unwrap_or(0.0);
-    timings.agent_ms = (ms(booted) - timings.kernel_ms).max(0.0);
+    if restored_template {
+        timings.restore_ms = ms(booted);
+    } else {
+        timings.kernel_ms = vmm
+            .events
+            .boot_marker_ms(Duration::from_secs(1))
+            .unwrap_or(0.0);
+        timings.agent_ms = (ms(booted) - timings.kernel_ms).max(0.0);
+    }
     let sup = Arc::new(Sup::new(
         h.clone(),
         config,
@@ -125,6 +151,72 @@ pub(super) fn boot(
         _publisher: network.publisher,
     };
     Ok((sup, held, vmm))
+}
+
+/// What starting a container's microVM takes.
+struct VmStart<'a> {
+    vm: &'a VmConfig,
+    network: &'a Network,
+    control: &'a vmm::Control<'a>,
+    disks: &'a Disks,
+}
+
+/// Starts the microVM from `template` (restored and provisioned) when
+/// there is one, else boots it; a template that cannot be restored or
+/// provisioned is discarded (the next start builds it again) and the VM
+/// booted. Says whether the template was used.
+fn start_vm_or_template(
+    h: &Handle,
+    vmm_bin: &Path,
+    start: &VmStart<'_>,
+    template: Option<template::Template>,
+) -> Result<(Started, bool), StartError> {
+    let Some(t) = template else {
+        return Ok((
+            start_vm(h, vmm_bin, start.vm, start.network, start.control)?,
+            false,
+        ));
+    };
+    let control = vmm::Control {
+        restore: Some(&t.dir),
+        ..*start.control
+    };
+    let restored = start_vm(h, vmm_bin, start.vm, start.network, &control).and_then(|mut s| {
+        let net = provision_net(start.network);
+        match template::provision(&mut s.agent, start.disks.mounts.clone(), net) {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                stop_vmm(&mut s.vmm);
+                Err(e)
+            }
+        }
+    });
+    match restored {
+        Ok(s) => Ok((s, true)),
+        Err(e) => {
+            log::warn!(
+                "template {} did not start ({}); discarding it and booting",
+                t.key.name(),
+                e.message
+            );
+            if let Err(e) = t.store.discard(&t.key) {
+                log::warn!("{}", crate::error::chain(&e));
+            }
+            Ok((
+                start_vm(h, vmm_bin, start.vm, start.network, start.control)?,
+                false,
+            ))
+        }
+    }
+}
+
+/// eth0's identity for a restored template's guest.
+fn provision_net(network: &Network) -> Option<husk_proto::provision::ProvisionNet> {
+    let (lease, guest) = (network.lease.as_ref()?, network.guest.clone()?);
+    Some(husk_proto::provision::ProvisionNet {
+        mac: lease.mac,
+        net: guest,
+    })
 }
 
 /// A booted microVM whose agent has said hello.

@@ -53,6 +53,7 @@ mod checkpoint;
 pub use checkpoint::FORK_CHECKPOINT;
 mod jail;
 mod session;
+mod template;
 mod vmm;
 
 use boot::{boot, ms};

@@ -1,5 +1,8 @@
 //! Snapshot state of a virtio-blk device: its transport, and the disk size
-//! it had, so a restore onto a different image is refused.
+//! it had, so a restore onto a different image is refused. A disk that was
+//! empty (0 sectors) when the snapshot was taken is a slot: it may be
+//! restored onto any image, and the driver is told its capacity changed
+//! (how a template snapshot gets its container's disks).
 
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
@@ -46,11 +49,66 @@ pub fn restore(
     block: Block,
     state: &BlockState,
 ) -> Result<MmioTransport<Block>, BlockPersistError> {
-    if block.capacity() != state.capacity {
+    let filled_slot = state.capacity == 0 && block.capacity() != 0;
+    if block.capacity() != state.capacity && !filled_slot {
         return Err(BlockPersistError::Capacity {
             saved: state.capacity,
             now: block.capacity(),
         });
     }
-    Ok(MmioTransport::restore(mem, block, &state.transport)?)
+    let mut t = MmioTransport::restore(mem, block, &state.transport)?;
+    if filled_slot && t.is_activated() {
+        t.notify_config_change();
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_utils::{guest_memory, Harness};
+    use husk_proto::vm::BlockConfig;
+
+    fn block(sectors: u64) -> (tempfile::NamedTempFile, Block) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(sectors * 512).unwrap();
+        let cfg = BlockConfig {
+            path: f.path().to_path_buf(),
+            read_only: false,
+            serial: None,
+        };
+        let b = Block::new(&cfg).unwrap();
+        (f, b)
+    }
+
+    #[test]
+    fn an_empty_slot_takes_any_disk_and_tells_the_driver() {
+        let mem = guest_memory();
+        let (_empty, slot) = block(0);
+        let saved = save(&Harness::new(&mem, slot).transport.lock().unwrap());
+        assert_eq!(saved.capacity, 0);
+        let (_disk, disk) = block(8);
+        let t = restore(mem.clone(), disk, &saved).unwrap();
+        assert_eq!(t.device().capacity(), 8);
+        assert_eq!(t.save_state().interrupt_status & 0x2, 0x2);
+        assert_eq!(
+            t.save_state().config_generation,
+            saved.transport.config_generation.wrapping_add(1)
+        );
+    }
+
+    #[test]
+    fn a_disk_of_another_size_is_refused() {
+        let mem = guest_memory();
+        let (_a, a) = block(8);
+        let saved = save(&Harness::new(&mem, a).transport.lock().unwrap());
+        let (_b, b) = block(16);
+        let e = restore(mem.clone(), b, &saved).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "disk image has 16 sectors, the snapshot was taken with 8"
+        );
+        let (_c, c) = block(0);
+        assert!(restore(mem, c, &saved).is_err());
+    }
 }
