@@ -256,11 +256,18 @@ fn start_vm(
         // traffic) until its rules are in place.
         let gave_up = AtomicBool::new(false);
         let (ready, agent) = thread::scope(|s| {
-            let tap = network
-                .lease
-                .as_ref()
-                .map(|l| s.spawn(|| wait_for_tap(l, &gave_up)));
+            let tap = network.lease.as_ref().map(|l| {
+                s.spawn(|| {
+                    let ready = wait_for_tap(l, &gave_up);
+                    log::info!(
+                        "host side of the TAP ready after {:.0} ms",
+                        ms(spawning.elapsed())
+                    );
+                    ready
+                })
+            });
             let agent = connect_agent(&h.dir.join("console.log"), &h.vsock_socket(), &mut vmm);
+            log::info!("the agent answered after {:.0} ms", ms(spawning.elapsed()));
             if agent.is_err() {
                 gave_up.store(true, Ordering::SeqCst);
             }
