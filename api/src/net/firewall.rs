@@ -25,7 +25,7 @@
 //!   of a container's traffic accepted.
 //!
 //! Like the NAT rule, the chains are made once (checked with `-C` under the
-//! lock) and stay: a slot's TAP name, address and MAC are fixed by the slot
+//! lock, or found unchanged since they were: [`super::verified`]) and stay: a slot's TAP name, address and MAC are fixed by the slot
 //! ([`super::lease`]), so its rules are right for whichever container holds
 //! it later, and match nothing while no container runs.
 
@@ -33,7 +33,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::nat::{ensure, iptables, lock};
-use super::Lease;
+use super::{verified, Lease};
 
 /// husk's chains in the filter table.
 pub const SPOOF_CHAIN: &str = "HUSK-SPOOF";
@@ -143,22 +143,78 @@ pub fn ensure_rules_with(
     dns: &[Ipv4Addr],
 ) -> Result<(), String> {
     let _lock = lock(lock_dir)?;
+    let spoof = spoof_rules(lease);
+    let base = base_rules(in_machine);
+    let dns = dns_rules(dns);
+    let jumps = jumps();
+    let wanted: Vec<String> = [&spoof, &base, &dns, &jumps]
+        .into_iter()
+        .flatten()
+        .map(|(chain, args)| verified::key(chain, args))
+        .collect();
+    let before = verified::listing()?;
+    let known = verified::load(lock_dir);
+    if known.as_ref().is_some_and(|k| k.covers(&wanted, &before)) {
+        return Ok(());
+    }
+    ensure_each(&spoof, &base, &dns, &jumps)?;
+    let v = verified::Verified {
+        rules: verified::Verified::extended(known, &before, &wanted),
+        listing: verified::listing()?,
+    };
+    verified::store(lock_dir, &v)
+}
+
+/// Checks every rule (`-C`) and adds those missing: the chains, this
+/// slot's spoof rules, husk's INPUT chain (the spoof check, DNS, the rest)
+/// and FORWARD chain in order, the jumps at the top of INPUT and FORWARD.
+fn ensure_each(spoof: &[Rule], base: &[Rule], dns: &[Rule], jumps: &[Rule]) -> Result<(), String> {
     for chain in [SPOOF_CHAIN, INPUT_CHAIN, FORWARD_CHAIN] {
         ensure_chain(chain)?;
     }
-    for (chain, args) in spoof_rules(lease).iter().chain(&base_rules(in_machine)) {
+    for (chain, args) in spoof {
         ensure("filter", chain, "-A", &strs(args))?;
     }
-    for (chain, args) in dns_rules(dns) {
-        let args = strs(&args);
-        if !iptables(&[&["-t", "filter", "-C", chain][..], &args].concat())? {
-            // Position 2: after the spoof check, before the final drop.
-            iptables(&[&["-t", "filter", "-I", chain, "2"][..], &args].concat())?;
+    let of = |chain: &str| -> Vec<&[String]> {
+        base.iter()
+            .filter(|(c, _)| *c == chain)
+            .map(|(_, a)| a.as_slice())
+            .collect()
+    };
+    // The DNS rules go right after the spoof check.
+    let mut input = of(INPUT_CHAIN);
+    let at = 1.min(input.len());
+    input.splice(at..at, dns.iter().map(|(_, a)| a.as_slice()));
+    ensure_in_order(INPUT_CHAIN, &input)?;
+    ensure_in_order(FORWARD_CHAIN, &of(FORWARD_CHAIN))?;
+    // Inserted at the top, so the last one inserted comes first.
+    for (chain, args) in jumps.iter().rev() {
+        ensure("filter", chain, "-I", &strs(args))?;
+    }
+    Ok(())
+}
+
+/// Makes `rules` follow one another in `chain` in this order (other
+/// rules may sit between them). Each is checked; from the first missing
+/// one on, those present are deleted and all appended again in order: a
+/// missing drop appended after the final accept would never match.
+fn ensure_in_order(chain: &str, rules: &[&[String]]) -> Result<(), String> {
+    let mut present = Vec::with_capacity(rules.len());
+    for args in rules {
+        present.push(iptables(
+            &[&["-t", "filter", "-C", chain][..], &strs(args)].concat(),
+        )?);
+    }
+    let Some(first_missing) = present.iter().position(|p| !p) else {
+        return Ok(());
+    };
+    for (args, here) in rules.iter().zip(&present).skip(first_missing) {
+        if *here {
+            iptables(&[&["-t", "filter", "-D", chain][..], &strs(args)].concat())?;
         }
     }
-    // Inserted at the top, so the last one inserted comes first.
-    for (chain, args) in jumps().iter().rev() {
-        ensure("filter", chain, "-I", &strs(args))?;
+    for args in &rules[first_missing..] {
+        iptables(&[&["-t", "filter", "-A", chain][..], &strs(args)].concat())?;
     }
     Ok(())
 }
@@ -259,6 +315,23 @@ mod tests {
         assert_eq!(forward[0], "-A FORWARD -o husk+ -j HUSK-FORWARD");
         assert_eq!(forward[1], "-A FORWARD -i husk+ -j HUSK-FORWARD");
         assert_eq!(list("INPUT")[0], "-A INPUT -i husk+ -j HUSK-INPUT");
+        // A rule deleted behind husk's back is noticed and put back (in
+        // this test: another one could be checking the chains meanwhile).
+        let rule = [
+            "-t",
+            "filter",
+            "-D",
+            FORWARD_CHAIN,
+            "-d",
+            LINK_LOCAL,
+            "-j",
+            "DROP",
+        ];
+        iptables(&rule).unwrap();
+        let gone = "-A HUSK-FORWARD -d 169.254.0.0/16 -j DROP";
+        assert!(!list(FORWARD_CHAIN).iter().any(|r| r == gone));
+        ensure_rules_with(&test_lock_dir(), &l, false, &dns).unwrap();
+        assert_eq!(list(FORWARD_CHAIN), first);
     }
 
     fn list(chain: &str) -> Vec<String> {

@@ -27,6 +27,7 @@ pub mod networks;
 pub mod peers;
 pub mod ports;
 pub mod proxy;
+pub mod verified;
 
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -81,23 +81,18 @@ pub(super) fn boot(
         network: &network,
         control: &vmm_control,
         disks: &disks,
+        fork: restore.as_ref().is_some_and(Restore::is_fork),
     };
     let (
         Started {
             mut vmm,
-            mut agent,
+            agent,
             mut state,
             spawning,
             spawned,
         },
         restored_template,
     ) = start_vm_or_template(h, &assets.vmm, &vm_start, template)?;
-    if restore.as_ref().is_some_and(Restore::is_fork) {
-        if let Err(e) = readdress(&mut agent, &network) {
-            stop_vmm(&mut vmm);
-            return Err(e);
-        }
-    }
     if let Some(r) = &restore {
         state.guest_pid = r.meta.guest_pid;
     }
@@ -159,7 +154,13 @@ struct VmStart<'a> {
     network: &'a Network,
     control: &'a vmm::Control<'a>,
     disks: &'a Disks,
+    /// A fork's guest (restored with its parent's address).
+    fork: bool,
 }
+
+/// What the guest is told once its agent answers, before its container is
+/// created (while the host side of its TAP is still being set up).
+type AfterHello<'a> = &'a (dyn Fn(&mut AgentClient) -> Result<(), StartError> + Sync);
 
 /// Starts the microVM from `template` (restored and provisioned) when
 /// there is one, else boots it; a template that cannot be restored or
@@ -171,26 +172,23 @@ fn start_vm_or_template(
     start: &VmStart<'_>,
     template: Option<template::Template>,
 ) -> Result<(Started, bool), StartError> {
+    let readdress_fork = |agent: &mut AgentClient| match start.fork {
+        true => readdress(agent, start.network),
+        false => Ok(()),
+    };
     let Some(t) = template else {
-        return Ok((
-            start_vm(h, vmm_bin, start.vm, start.network, start.control)?,
-            false,
-        ));
+        let started = start_vm(h, vmm_bin, start, start.control, &readdress_fork)?;
+        return Ok((started, false));
     };
     let control = vmm::Control {
         restore: Some(&t.dir),
         ..*start.control
     };
-    let restored = start_vm(h, vmm_bin, start.vm, start.network, &control).and_then(|mut s| {
+    let provision = |agent: &mut AgentClient| {
         let net = provision_net(start.network);
-        match template::provision(&mut s.agent, start.disks.mounts.clone(), net) {
-            Ok(()) => Ok(s),
-            Err(e) => {
-                stop_vmm(&mut s.vmm);
-                Err(e)
-            }
-        }
-    });
+        template::provision(agent, start.disks.mounts.clone(), net)
+    };
+    let restored = start_vm(h, vmm_bin, start, &control, &provision);
     match restored {
         Ok(s) => Ok((s, true)),
         Err(e) => {
@@ -202,10 +200,8 @@ fn start_vm_or_template(
             if let Err(e) = t.store.discard(&t.key) {
                 log::warn!("{}", crate::error::chain(&e));
             }
-            Ok((
-                start_vm(h, vmm_bin, start.vm, start.network, start.control)?,
-                false,
-            ))
+            let started = start_vm(h, vmm_bin, start, start.control, &readdress_fork)?;
+            Ok((started, false))
         }
     }
 }
@@ -240,10 +236,11 @@ pub(super) const BOOT_ATTEMPTS: u32 = 2;
 fn start_vm(
     h: &Handle,
     vmm_bin: &Path,
-    vm: &VmConfig,
-    network: &Network,
+    start: &VmStart<'_>,
     control: &vmm::Control<'_>,
+    after_hello: AfterHello<'_>,
 ) -> Result<Started, StartError> {
+    let (vm, network) = (start.vm, start.network);
     let mut attempt = 1;
     loop {
         let spawning = Instant::now();
@@ -271,12 +268,24 @@ fn start_vm(
             if agent.is_err() {
                 gave_up.store(true, Ordering::SeqCst);
             }
+            let agent = agent.map(|mut a| {
+                let told = after_hello(&mut a);
+                (a, told)
+            });
             let ready = tap.map_or(Ok(()), |t| {
                 t.join()
                     .unwrap_or_else(|_| fail("setting up the TAP failed (thread panicked)"))
             });
             (ready, agent)
         });
+        let agent = match agent {
+            Ok((_, Err(e))) => {
+                stop_vmm(&mut vmm);
+                return Err(e);
+            }
+            Ok((a, Ok(()))) => Ok(a),
+            Err(e) => Err(e),
+        };
         match agent.and_then(|a| ready.map(|()| a)) {
             Ok(agent) => {
                 return Ok(Started {
