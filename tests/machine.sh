@@ -210,6 +210,22 @@ HUSK_MACHINE=1 h run --rm --timings busybox true 2>"$data/err"
 grep -q 'restore [0-9]* ms (template built in [0-9]* ms)' "$data/err" && ok ||
   fail "the corrupt template was not built again: $(cat "$data/err")"
 
+# A template build killed half-way (SIGKILL to the supervisor building it)
+# leaves nothing a later start uses: that start builds the template again.
+HUSK_MACHINE=1 h gc >/dev/null
+h machine ssh -- sh -c 'husk run -d busybox true >/dev/null 2>&1 &
+  for i in $(seq 400); do ls -a /var/lib/husk/templates 2>/dev/null | grep -q "partial$" && break; sleep 0.05; done
+  for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" = "$$" ] && continue
+    case "$(tr "\\0" " " < "$p/cmdline" 2>/dev/null)" in *husk\ container-supervise*|*husk-vmm\ --config*) kill -9 "${p#/proc/}" 2>/dev/null;; esac
+  done; true'
+left=$(h machine ssh -- sh -c 'ls -a /var/lib/husk/templates | grep -v "^\.*$" | grep -v "\.lock$"; true')
+echo "$left" | grep -q partial && ! echo "$left" | grep -qv '^\.' && ok || fail "after a killed template build the templates are: '$left'"
+HUSK_MACHINE=1 h run --rm --timings busybox true 2>"$data/err"
+grep -q 'restore [0-9]* ms (template built in [0-9]* ms)' "$data/err" && ok ||
+  fail "the start after a killed template build did not build it again: $(cat "$data/err")"
+HUSK_MACHINE=1 h ps -aq | while read -r c; do HUSK_MACHINE=1 h rm -f "$c" >/dev/null; done
+
 # Checkpoints: a running container saved whole (its processes and memory)
 # and started again from it; its counter goes on where it was and its
 # server answers again on the same published port.
