@@ -169,6 +169,11 @@ impl Templates {
         let _ = fs::remove_dir_all(&staging.work);
         built?;
         self.commit(key, &staging.snapshot, &path)?;
+        drop(_lock);
+        // A template was built: its inputs may have changed (an upgrade).
+        if let Err(e) = self.remove_stale(key) {
+            log::warn!("cannot remove old templates: {}", crate::error::chain(&e));
+        }
         Ok((path, true))
     }
 
@@ -185,6 +190,24 @@ impl Templates {
     /// Removes every template not being built (`husk gc`); returns how
     /// many were removed.
     pub fn remove_all(&self) -> Result<usize> {
+        self.remove_where(|_| true)
+    }
+
+    /// Removes the templates no start can use any more: made from other
+    /// kernel, initramfs or husk-vmm files than `current`'s (an upgrade),
+    /// or of another format. Returns how many were removed.
+    pub fn remove_stale(&self, current: &TemplateKey) -> Result<usize> {
+        self.remove_where(|key| {
+            key.is_none_or(|k| {
+                (k.format, k.kernel, k.initrd, k.vmm)
+                    != (current.format, current.kernel, current.initrd, current.vmm)
+            })
+        })
+    }
+
+    /// Removes the templates (not being built) whose key (none: unreadable)
+    /// `doomed` picks.
+    fn remove_where(&self, doomed: impl Fn(Option<TemplateKey>) -> bool) -> Result<usize> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Ok(0);
         };
@@ -192,6 +215,12 @@ impl Templates {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || name.ends_with(".lock") {
+                continue;
+            }
+            let key = fs::read(e.path().join("template.json"))
+                .ok()
+                .and_then(|j| serde_json::from_slice::<TemplateKey>(&j).ok());
+            if !doomed(key) {
                 continue;
             }
             let lock_path = self.dir.join(format!("{name}.lock"));
@@ -288,7 +317,9 @@ mod tests {
 
     fn key(dir: &Path, vcpus: u32) -> TemplateKey {
         let f = dir.join("asset");
-        fs::write(&f, b"x").unwrap();
+        if !f.exists() {
+            fs::write(&f, b"x").unwrap();
+        }
         let id = DiskId::of(&f).unwrap();
         TemplateKey {
             format: FORMAT,
@@ -366,5 +397,26 @@ mod tests {
         assert!(!t.path(&a).exists());
         assert_eq!(t.remove_all().unwrap(), 1);
         assert!(!t.path(&b).exists());
+    }
+
+    #[test]
+    fn templates_of_other_files_go_when_one_is_built() {
+        let data = tempfile::tempdir().unwrap();
+        let t = Templates::open(data.path());
+        let old = key(data.path(), 1);
+        let other_shape = key(data.path(), 2);
+        t.ensure(&old, None, write_snapshot).unwrap();
+        t.ensure(&other_shape, None, write_snapshot).unwrap();
+        assert!(t.path(&old).exists(), "another shape is not stale");
+        // The kernel is rebuilt: a new file.
+        let kernel = data.path().join("kernel.new");
+        fs::write(&kernel, b"y").unwrap();
+        let new = TemplateKey {
+            kernel: DiskId::of(&kernel).unwrap(),
+            ..old.clone()
+        };
+        t.ensure(&new, None, write_snapshot).unwrap();
+        assert!(t.path(&new).exists());
+        assert!(!t.path(&old).exists() && !t.path(&other_shape).exists());
     }
 }
