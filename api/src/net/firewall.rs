@@ -153,11 +153,33 @@ pub fn ensure_rules_with(
         .map(|(chain, args)| verified::key(chain, args))
         .collect();
     let before = verified::listing()?;
-    let known = verified::load(lock_dir);
-    if known.as_ref().is_some_and(|k| k.covers(&wanted, &before)) {
+    let known = verified::load(lock_dir).filter(|k| k.listing == before);
+    let unverified = |r: &Rule| {
+        !known
+            .as_ref()
+            .is_some_and(|k| k.rules.contains(&verified::key(r.0, &r.1)))
+    };
+    if [&spoof, &base, &dns, &jumps]
+        .into_iter()
+        .flatten()
+        .all(|r| !unverified(r))
+    {
         return Ok(());
     }
-    ensure_each(&spoof, &base, &dns, &jumps)?;
+    // Unchanged but for another slot: only that slot's spoof rules (their
+    // order does not matter: each drops).
+    if known.is_some()
+        && [&base, &dns, &jumps]
+            .into_iter()
+            .flatten()
+            .all(|r| !unverified(r))
+    {
+        for (chain, args) in spoof.iter().filter(|r| unverified(r)) {
+            ensure("filter", chain, "-A", &strs(args))?;
+        }
+    } else {
+        ensure_each(&spoof, &base, &dns, &jumps)?;
+    }
     let v = verified::Verified {
         rules: verified::Verified::extended(known, &before, &wanted),
         listing: verified::listing()?,
@@ -331,6 +353,18 @@ mod tests {
         let gone = "-A HUSK-FORWARD -d 169.254.0.0/16 -j DROP";
         assert!(!list(FORWARD_CHAIN).iter().any(|r| r == gone));
         ensure_rules_with(&test_lock_dir(), &l, false, &dns).unwrap();
+        assert_eq!(list(FORWARD_CHAIN), first);
+        // Another slot, with nothing else changed, gets its spoof rules.
+        let dir = tempfile::tempdir().unwrap();
+        crate::net::allocate(dir.path(), "a").unwrap();
+        let l1 = crate::net::allocate(dir.path(), "b").unwrap();
+        ensure_rules_with(&test_lock_dir(), &l1, false, &dns).unwrap();
+        let tap1 = format!(" -i {} ", l1.tap_name);
+        let slot1 = list(SPOOF_CHAIN)
+            .iter()
+            .filter(|r| r.contains(&tap1))
+            .count();
+        assert_eq!(slot1, 2, "{}", l1.tap_name);
         assert_eq!(list(FORWARD_CHAIN), first);
     }
 

@@ -118,8 +118,12 @@ impl Net {
                     } else if let Err(e) = r.take(len as u64).read_to_end(&mut frame) {
                         errs.push(format!("tx chain: {e}"));
                     } else if let Err(e) = self.tap.write(&frame) {
-                        // A full TAP queue drops the frame, as a NIC would.
-                        if e.kind() != io::ErrorKind::WouldBlock {
+                        // A full TAP queue drops the frame, as a NIC would;
+                        // so does a TAP whose host side is not up yet (EIO:
+                        // a restored guest sends while the host sets it up).
+                        let dropped = e.kind() == io::ErrorKind::WouldBlock
+                            || e.raw_os_error() == Some(libc::EIO);
+                        if !dropped {
                             errs.push(format!("tap write: {e}"));
                         }
                     }
