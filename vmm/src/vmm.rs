@@ -435,7 +435,13 @@ impl Vmm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .state();
+        let t = std::time::Instant::now();
         let memory = snapshot::memory::save(&self.mem, &snapshot::memory_path(dir))?;
+        log::info!(
+            "guest memory ({} MiB) written in {} ms",
+            memory.total() >> 20,
+            t.elapsed().as_millis()
+        );
         let state = MicrovmState {
             memory,
             vm,

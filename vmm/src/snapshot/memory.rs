@@ -104,21 +104,25 @@ fn is_zero(page: &[u8]) -> bool {
             .all(|w| w == 0)
 }
 
+/// How much guest memory is copied out at a time.
+const CHUNK: usize = 2 << 20;
+
 /// Writes every region of `mem` to `path` and returns the layout. Zero
 /// pages are left as holes: the file is sparse (an idle guest's memory
-/// is mostly pages it never touched) and reads back the same.
+/// is mostly pages it never touched) and reads back the same. Memory is
+/// copied out [`CHUNK`] at a time and each run of non-zero pages written
+/// with one call.
 pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFileError> {
-    use std::os::unix::fs::FileExt;
     let file = File::create(path).map_err(io("create", path))?;
     let mut regions = Vec::new();
     let mut offset = 0u64;
-    let mut page = vec![0u8; PAGE];
+    let mut chunk = vec![0u8; CHUNK];
     for r in mem.iter() {
         let len = r.len();
         let mut done = 0u64;
         while done < len {
-            let n = usize::try_from((len - done).min(PAGE as u64)).unwrap_or(PAGE);
-            let buf = page.get_mut(..n).unwrap_or_default();
+            let n = usize::try_from((len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let buf = chunk.get_mut(..n).unwrap_or_default();
             let addr = r.start_addr().unchecked_add(done);
             mem.read_slice(buf, addr)
                 .map_err(|e| MemoryFileError::Copy {
@@ -126,10 +130,7 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFil
                     path: path.to_path_buf(),
                     reason: e.to_string(),
                 })?;
-            if !is_zero(buf) {
-                file.write_all_at(buf, offset + done)
-                    .map_err(io("write", path))?;
-            }
+            write_nonzero_runs(&file, buf, offset + done).map_err(io("write", path))?;
             done += n as u64;
         }
         regions.push(RegionState {
@@ -142,6 +143,33 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFil
     file.set_len(offset).map_err(io("size", path))?;
     file.sync_all().map_err(io("sync", path))?;
     Ok(MemoryState { regions })
+}
+
+/// Writes the runs of non-zero pages of `buf` at `at` in `file` (zero
+/// pages stay holes).
+fn write_nonzero_runs(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let write_run = |from: usize, to: usize| match buf.get(from..to) {
+        Some(run) => file.write_all_at(run, at + from as u64),
+        None => Ok(()),
+    };
+    let mut run_start = None;
+    let mut pos = 0;
+    for page in buf.chunks(PAGE) {
+        match (is_zero(page), run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(from)) => {
+                write_run(from, pos)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos += page.len();
+    }
+    match run_start {
+        Some(from) => write_run(from, pos),
+        None => Ok(()),
+    }
 }
 
 /// Maps `path` copy-on-write as guest memory laid out as `state` says.
@@ -214,6 +242,43 @@ mod tests {
             again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xdead_beef
         );
+    }
+
+    #[test]
+    fn runs_of_pages_are_written_whole_and_zero_pages_stay_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let len = CHUNK + 3 * PAGE;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).unwrap();
+        // A run of three pages, one page alone, a run across the chunk's
+        // end, and the last page.
+        for (addr, v) in [
+            (0x1000u64, 1u8),
+            (0x2fff, 2),
+            (0x3000, 3),
+            (0x6000, 4),
+            (CHUNK as u64 - 1, 5),
+            (CHUNK as u64, 6),
+            (len as u64 - 1, 7),
+        ] {
+            mem.write_obj(v, GuestAddress(addr)).unwrap();
+        }
+        let state = save(&mem, &path).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(file.len(), len);
+        let mut want = vec![0u8; len];
+        for (addr, v) in [(0x1000usize, 1u8), (0x2fff, 2), (0x3000, 3), (0x6000, 4)] {
+            want[addr] = v;
+        }
+        want[CHUNK - 1] = 5;
+        want[CHUNK] = 6;
+        want[len - 1] = 7;
+        assert!(file == want, "the memory file differs from guest memory");
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(blocks < 16 * PAGE as u64, "{blocks} bytes allocated");
+        let back = restore(&state, &path).unwrap();
+        assert_eq!(back.read_obj::<u8>(GuestAddress(len as u64 - 1)).unwrap(), 7);
     }
 
     #[test]
