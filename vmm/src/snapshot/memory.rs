@@ -278,7 +278,10 @@ mod tests {
         let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(blocks < 16 * PAGE as u64, "{blocks} bytes allocated");
         let back = restore(&state, &path).unwrap();
-        assert_eq!(back.read_obj::<u8>(GuestAddress(len as u64 - 1)).unwrap(), 7);
+        assert_eq!(
+            back.read_obj::<u8>(GuestAddress(len as u64 - 1)).unwrap(),
+            7
+        );
     }
 
     #[test]
