@@ -507,8 +507,13 @@ pub fn restore_microvm(dir: &Path, config: &VmConfig, start: Instant) -> Result<
     let state = snapshot::load_state(dir)?;
     let kvm = open_kvm()?;
     let vm = create_vm(&kvm)?;
-    let mem = snapshot::memory::restore(&state.memory, &snapshot::memory_path(dir))
-        .map_err(SnapshotError::from)?;
+    let memory_file = snapshot::memory_path(dir);
+    let mem =
+        snapshot::memory::restore(&state.memory, &memory_file).map_err(SnapshotError::from)?;
+    let mapped = snapshot::memory::mapped_path(&state.memory, &memory_file);
+    let mapped_from = snapshot::diff::MappedFrom::open(mapped)
+        .inspect_err(|e| log::warn!("forks of this VM will write whole snapshots: {e}"))
+        .ok();
     register_memory(&vm, &mem)?;
     let mut mmio = Bus::new();
     let mut pio = Bus::new();
@@ -529,7 +534,11 @@ pub fn restore_microvm(dir: &Path, config: &VmConfig, start: Instant) -> Result<
     // Interrupts raised while the devices were restored (the vsock's
     // transport reset) were dropped by the interrupt controllers' state.
     devices.raise_pending_interrupts();
-    Ok(Vmm::new(kvm, vm, mem, vcpus, exits, legacy, devices))
+    let mut vmm = Vmm::new(kvm, vm, mem, vcpus, exits, legacy, devices);
+    if let Some(m) = mapped_from {
+        vmm.set_mapped_from(m);
+    }
+    Ok(vmm)
 }
 
 /// The user's command line followed by the device announcements.

@@ -91,6 +91,9 @@ pub struct Vmm {
     paused: bool,
     filters: Filters,
     forbidden_test: bool,
+    /// The file guest memory is mapped from (a restored VM): snapshots
+    /// for a fork are written as a diff against it.
+    mapped_from: Option<snapshot::diff::MappedFrom>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -201,7 +204,13 @@ impl Vmm {
             paused: false,
             filters: Filters::disabled(),
             forbidden_test: false,
+            mapped_from: None,
         }
+    }
+
+    /// Guest memory is mapped from this file (a restored VM).
+    pub fn set_mapped_from(&mut self, from: snapshot::diff::MappedFrom) {
+        self.mapped_from = Some(from);
     }
 
     /// Serves the control socket (pause, resume, snapshot) while running.
@@ -377,7 +386,8 @@ impl Vmm {
             let result = match &r.command {
                 Command::Pause => self.pause().map(|()| String::new()),
                 Command::Resume => self.resume().map(|()| String::new()),
-                Command::Snapshot(dir) => self.snapshot(dir).map(|()| String::new()),
+                Command::Snapshot(dir) => self.snapshot(dir, false).map(|()| String::new()),
+                Command::SnapshotDiff(dir) => self.snapshot(dir, true).map(|()| String::new()),
                 Command::Queues => Ok(self.devices.describe()),
             }
             .map_err(|e| chain(&e));
@@ -411,8 +421,10 @@ impl Vmm {
         Ok(())
     }
 
-    /// Writes a snapshot of the paused VM into `dir`.
-    pub fn snapshot(&self, dir: &Path) -> Result<(), SnapshotError> {
+    /// Writes a snapshot of the paused VM into `dir`; with `diff`, guest
+    /// memory mapped from a file still there is written as a diff against
+    /// it (a snapshot to be restored at once, as a fork's), else whole.
+    pub fn snapshot(&self, dir: &Path, diff: bool) -> Result<(), SnapshotError> {
         if !self.paused {
             return Err(SnapshotError::NotPaused);
         }
@@ -436,10 +448,28 @@ impl Vmm {
             .unwrap_or_else(|e| e.into_inner())
             .state();
         let t = std::time::Instant::now();
-        let memory = snapshot::memory::save(&self.mem, &snapshot::memory_path(dir))?;
+        let path = snapshot::memory_path(dir);
+        let base = self
+            .mapped_from
+            .as_ref()
+            .filter(|m| diff && m.still_there());
+        let memory = match base {
+            Some(from) => snapshot::memory::save_diff(&self.mem, &path, from)?,
+            None => snapshot::memory::save(&self.mem, &path)?,
+        };
+        let changed: u64 = memory
+            .base
+            .as_ref()
+            .map_or(memory.total(), |b| b.dirty.iter().map(|r| r.len).sum());
         log::info!(
-            "guest memory ({} MiB) written in {} ms",
+            "guest memory ({} MiB, {} MiB of it {}) written in {} ms",
             memory.total() >> 20,
+            changed >> 20,
+            if memory.base.is_some() {
+                "changed since restored"
+            } else {
+                "scanned"
+            },
             t.elapsed().as_millis()
         );
         let state = MicrovmState {

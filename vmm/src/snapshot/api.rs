@@ -31,6 +31,9 @@ pub enum Command {
     Resume,
     /// Write a snapshot into this directory.
     Snapshot(PathBuf),
+    /// Write a snapshot into this directory, guest memory as a diff
+    /// against the file it is mapped from when it is (for a fork).
+    SnapshotDiff(PathBuf),
     /// Describe the vsock device's queues.
     Queues,
 }
@@ -46,8 +49,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ("queues", "") => Ok(Command::Queues),
         ("snapshot", dir) if !dir.is_empty() => Ok(Command::Snapshot(PathBuf::from(dir))),
         ("snapshot", _) => Err("usage: snapshot <dir>".into()),
+        ("snapshot-diff", dir) if !dir.is_empty() => Ok(Command::SnapshotDiff(PathBuf::from(dir))),
+        ("snapshot-diff", _) => Err("usage: snapshot-diff <dir>".into()),
         _ => Err(format!(
-            "unknown command {line:?} (pause, resume, snapshot <dir>, queues)"
+            "unknown command {line:?} (pause, resume, snapshot <dir>, snapshot-diff <dir>, queues)"
         )),
     }
 }

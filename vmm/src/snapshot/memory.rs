@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegionBuilder;
+
+use super::diff::{self, BaseMemory, MappedFrom};
 use vm_memory::{
     Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
     GuestMemoryRegion, GuestRegionMmap,
@@ -56,6 +58,12 @@ pub enum MemoryFileError {
         /// vm-memory's message.
         reason: String,
     },
+    /// A diff snapshot's base memory file is gone or was replaced.
+    #[error("the base memory file {path} of this snapshot is gone or was replaced")]
+    BaseChanged {
+        /// The base file.
+        path: PathBuf,
+    },
 }
 
 /// One RAM region and where it lies in the memory file.
@@ -74,6 +82,10 @@ pub struct RegionState {
 pub struct MemoryState {
     /// Regions in address order.
     pub regions: Vec<RegionState>,
+    /// A diff snapshot: the file holds only these pages; the others are
+    /// this base file's (see [`super::diff`]).
+    #[serde(default)]
+    pub base: Option<BaseMemory>,
 }
 
 impl MemoryState {
@@ -114,14 +126,12 @@ const CHUNK: usize = 2 << 20;
 /// with one call.
 pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFileError> {
     let file = File::create(path).map_err(io("create", path))?;
-    let mut regions = Vec::new();
-    let mut offset = 0u64;
+    let regions = layout(mem);
     let mut chunk = vec![0u8; CHUNK];
-    for r in mem.iter() {
-        let len = r.len();
+    for (r, l) in mem.iter().zip(&regions) {
         let mut done = 0u64;
-        while done < len {
-            let n = usize::try_from((len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+        while done < l.len {
+            let n = usize::try_from((l.len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
             let buf = chunk.get_mut(..n).unwrap_or_default();
             let addr = r.start_addr().unchecked_add(done);
             mem.read_slice(buf, addr)
@@ -130,24 +140,63 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFil
                     path: path.to_path_buf(),
                     reason: e.to_string(),
                 })?;
-            write_nonzero_runs(&file, buf, offset + done).map_err(io("write", path))?;
+            write_nonzero_runs(&file, buf, l.file_offset + done).map_err(io("write", path))?;
             done += n as u64;
         }
-        regions.push(RegionState {
-            guest_addr: r.start_addr().raw_value(),
-            len,
-            file_offset: offset,
-        });
-        offset += len;
     }
-    file.set_len(offset).map_err(io("size", path))?;
+    let state = MemoryState {
+        regions,
+        base: None,
+    };
+    finish(&file, path, state)
+}
+
+/// Writes only the pages of `mem` that differ from the file it is mapped
+/// `from` (a diff snapshot against it, see [`super::diff`]).
+pub fn save_diff(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    from: &MappedFrom,
+) -> Result<MemoryState, MemoryFileError> {
+    let file = File::create(path).map_err(io("create", path))?;
+    let regions = layout(mem);
+    let dirty = from
+        .dirty_runs(mem, &regions)
+        .map_err(io("read the page map for", path))?;
+    diff::write_runs(mem, &regions, &dirty, (&file, path))?;
+    let state = MemoryState {
+        regions,
+        base: Some(from.base(dirty)),
+    };
+    finish(&file, path, state)
+}
+
+/// Where each region goes in the memory file: back to back.
+fn layout(mem: &GuestMemoryMmap) -> Vec<RegionState> {
+    let mut offset = 0u64;
+    mem.iter()
+        .map(|r| {
+            let l = RegionState {
+                guest_addr: r.start_addr().raw_value(),
+                len: r.len(),
+                file_offset: offset,
+            };
+            offset += r.len();
+            l
+        })
+        .collect()
+}
+
+/// Sizes and syncs a written memory file.
+fn finish(file: &File, path: &Path, state: MemoryState) -> Result<MemoryState, MemoryFileError> {
+    file.set_len(state.total()).map_err(io("size", path))?;
     file.sync_all().map_err(io("sync", path))?;
-    Ok(MemoryState { regions })
+    Ok(state)
 }
 
 /// Writes the runs of non-zero pages of `buf` at `at` in `file` (zero
 /// pages stay holes).
-fn write_nonzero_runs(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+pub(super) fn write_nonzero_runs(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let write_run = |from: usize, to: usize| match buf.get(from..to) {
         Some(run) => file.write_all_at(run, at + from as u64),
@@ -174,18 +223,18 @@ fn write_nonzero_runs(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
 
 /// Maps `path` copy-on-write as guest memory laid out as `state` says.
 pub fn restore(state: &MemoryState, path: &Path) -> Result<GuestMemoryMmap, MemoryFileError> {
-    let file = File::open(path).map_err(io("open", path))?;
-    let have = file.metadata().map_err(io("stat", path))?.len();
-    if have != state.total() {
-        return Err(MemoryFileError::Size {
-            path: path.to_path_buf(),
-            have,
-            want: state.total(),
-        });
+    let mapped = mapped_path(state, path);
+    if let Some(b) = &state.base {
+        if diff::FileId::of(&b.path).ok() != Some(b.id) {
+            return Err(MemoryFileError::BaseChanged {
+                path: b.path.clone(),
+            });
+        }
     }
+    let file = open_sized(mapped, state.total())?;
     let file = Arc::new(file);
     let map_err = |reason: String| MemoryFileError::Map {
-        path: path.to_path_buf(),
+        path: mapped.to_path_buf(),
         reason,
     };
     let mut regions = Vec::with_capacity(state.regions.len());
@@ -201,7 +250,32 @@ pub fn restore(state: &MemoryState, path: &Path) -> Result<GuestMemoryMmap, Memo
             .ok_or_else(|| map_err(format!("region at {:#x} wraps", r.guest_addr)))?;
         regions.push(region);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))?;
+    if let Some(b) = &state.base {
+        let changed = open_sized(path, state.total())?;
+        diff::apply_runs(&mem, &state.regions, &b.dirty, (&changed, path))?;
+    }
+    Ok(mem)
+}
+
+/// The file a restored guest's memory is mapped from: a diff snapshot's
+/// base, else the snapshot's own memory file `path`.
+pub fn mapped_path<'a>(state: &'a MemoryState, path: &'a Path) -> &'a Path {
+    state.base.as_ref().map_or(path, |b| b.path.as_path())
+}
+
+/// Opens memory file `path`, which must hold `want` bytes.
+fn open_sized(path: &Path, want: u64) -> Result<File, MemoryFileError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    let have = file.metadata().map_err(io("stat", path))?.len();
+    if have != want {
+        return Err(MemoryFileError::Size {
+            path: path.to_path_buf(),
+            have,
+            want,
+        });
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -282,6 +356,75 @@ mod tests {
             back.read_obj::<u8>(GuestAddress(len as u64 - 1)).unwrap(),
             7
         );
+    }
+
+    #[test]
+    fn a_diff_against_the_mapped_file_restores_the_same_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (full, changed) = (dir.path().join("full"), dir.path().join("diff"));
+        let len = 64 * PAGE;
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), len),
+            (GuestAddress(0x100000), 4 * PAGE),
+        ])
+        .unwrap();
+        for page in 0..64u64 {
+            mem.write_obj(page as u8 + 1, GuestAddress(page * 4096))
+                .unwrap();
+        }
+        let state = save(&mem, &full).unwrap();
+        let restored = restore(&state, &full).unwrap();
+        let from = MappedFrom::open(&full).unwrap();
+        assert!(from.still_there());
+        // Every page read (present, still the file's), three changed: one
+        // rewritten, one zeroed, one in the second region.
+        for page in 0..64u64 {
+            assert_eq!(
+                restored.read_obj::<u8>(GuestAddress(page * 4096)).unwrap(),
+                page as u8 + 1
+            );
+        }
+        restored
+            .write_obj(0xaau8, GuestAddress(5 * 4096 + 7))
+            .unwrap();
+        restored
+            .write_slice(&[0u8; PAGE], GuestAddress(9 * 4096))
+            .unwrap();
+        restored
+            .write_obj(0x55u8, GuestAddress(0x100000 + 4096))
+            .unwrap();
+        let d = save_diff(&restored, &changed, &from).unwrap();
+        let base = d.base.as_ref().unwrap();
+        assert_eq!(base.path, full);
+        let pages: u64 = base.dirty.iter().map(|r| r.len).sum::<u64>() / PAGE as u64;
+        assert_eq!(pages, 3, "{:?}", base.dirty);
+        let back = restore(&d, &changed).unwrap();
+        for page in 0..64u64 {
+            let want = match page {
+                9 => 0,
+                _ => page as u8 + 1,
+            };
+            assert_eq!(
+                back.read_obj::<u8>(GuestAddress(page * 4096)).unwrap(),
+                want,
+                "page {page}"
+            );
+        }
+        assert_eq!(
+            back.read_obj::<u8>(GuestAddress(5 * 4096 + 7)).unwrap(),
+            0xaa
+        );
+        assert_eq!(
+            back.read_obj::<u8>(GuestAddress(0x100000 + 4096)).unwrap(),
+            0x55
+        );
+        // A base that was replaced refuses the restore, and is no base
+        // for another diff.
+        std::fs::remove_file(&full).unwrap();
+        assert!(!from.still_there());
+        save(&mem, &full).unwrap();
+        let e = restore(&d, &changed).unwrap_err().to_string();
+        assert!(e.contains("is gone or was replaced"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! socket) are not in it: the restoring husk-vmm is given them again.
 
 pub mod api;
+pub mod diff;
 pub mod file;
 pub mod memory;
 pub mod vcpu;

@@ -178,7 +178,16 @@ impl Sup {
     ) -> Result<(), StartError> {
         let t = Instant::now();
         let staging = Checkpoints::of(&self.handle).staging();
-        let command = format!("snapshot {}", staging.display());
+        // A fork is restored at once: its memory may be a diff against the
+        // file this VM's is mapped from (a template's or a checkpoint's),
+        // whose unchanged pages every VM restored from it then shares. A
+        // checkpoint is kept: whole.
+        let verb = if fork_of.is_some() {
+            "snapshot-diff"
+        } else {
+            "snapshot"
+        };
+        let command = format!("{verb} {}", staging.display());
         vmm::api_command(&self.vm.api_sock, &command)?;
         let meta = Meta {
             created: now_rfc3339(),
