@@ -132,8 +132,10 @@ impl MappedFrom {
             let mut page = 0u64;
             let mut run: Option<u64> = None;
             while page < pages {
-                let n = (pages - page).min(ENTRIES as u64);
-                let buf = entries.get_mut(..(n as usize) * 8).unwrap_or_default();
+                let n = usize::try_from(pages - page)
+                    .unwrap_or(ENTRIES)
+                    .min(ENTRIES);
+                let buf = entries.get_mut(..n * 8).unwrap_or_default();
                 self.pagemap.read_exact_at(buf, (host / PAGE + page) * 8)?;
                 for (i, e) in buf.chunks_exact(8).enumerate() {
                     let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
@@ -148,7 +150,7 @@ impl MappedFrom {
                         _ => {}
                     }
                 }
-                page += n;
+                page += n as u64;
             }
             if let Some(from) = run {
                 runs.push(layout_run(layout, from, pages));

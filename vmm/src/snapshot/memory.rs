@@ -360,6 +360,7 @@ mod tests {
 
     #[test]
     fn a_diff_against_the_mapped_file_restores_the_same_memory() {
+        let mark = |page: u64| u8::try_from(page % 200).unwrap() + 1;
         let dir = tempfile::tempdir().unwrap();
         let (full, changed) = (dir.path().join("full"), dir.path().join("diff"));
         let len = 64 * PAGE;
@@ -369,7 +370,7 @@ mod tests {
         ])
         .unwrap();
         for page in 0..64u64 {
-            mem.write_obj(page as u8 + 1, GuestAddress(page * 4096))
+            mem.write_obj(mark(page), GuestAddress(page * 4096))
                 .unwrap();
         }
         let state = save(&mem, &full).unwrap();
@@ -381,7 +382,7 @@ mod tests {
         for page in 0..64u64 {
             assert_eq!(
                 restored.read_obj::<u8>(GuestAddress(page * 4096)).unwrap(),
-                page as u8 + 1
+                mark(page)
             );
         }
         restored
@@ -396,13 +397,13 @@ mod tests {
         let d = save_diff(&restored, &changed, &from).unwrap();
         let base = d.base.as_ref().unwrap();
         assert_eq!(base.path, full);
-        let pages: u64 = base.dirty.iter().map(|r| r.len).sum::<u64>() / PAGE as u64;
+        let pages = base.dirty.iter().map(|r| r.len).sum::<u64>() / 4096;
         assert_eq!(pages, 3, "{:?}", base.dirty);
         let back = restore(&d, &changed).unwrap();
         for page in 0..64u64 {
             let want = match page {
                 9 => 0,
-                _ => page as u8 + 1,
+                _ => mark(page),
             };
             assert_eq!(
                 back.read_obj::<u8>(GuestAddress(page * 4096)).unwrap(),
