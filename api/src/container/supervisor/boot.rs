@@ -99,7 +99,8 @@ pub(super) fn boot(
     let vmm_pid = i32::try_from(vmm.child.id()).unwrap_or(0);
     timings.vmm_ms = ms(spawned.duration_since(t0));
     let booted = spawning.elapsed();
-    if restored_template {
+    // A restored guest writes no boot marker: none is waited for.
+    if restored_template || restore.is_some() {
         timings.restore_ms = ms(booted);
     } else {
         timings.kernel_ms = vmm

@@ -256,6 +256,10 @@ pub fn supervise(data_dir: &Path, id: &str, checkpoint: Option<&str>, mut ready:
     let (tx, rx) = mpsc::channel();
     match boot(data_dir, &h, t0, tx, checkpoint) {
         Ok((sup, held, vmm)) => {
+            log::info!(
+                "ready {:.0} ms after the supervisor started",
+                ms(t0.elapsed())
+            );
             report_ready(&mut ready, Ok(()));
             drop(ready);
             let restart_in = run(data_dir, &containers, sup, held, vmm, rx);
@@ -450,6 +454,7 @@ fn run(
         },
         Err(_) => (137, Some("supervisor lost its threads".into()), false),
     };
+    let ended = Instant::now();
     // Let the output drain (the streams close when the process is gone).
     lock(&sup.io.go).clear();
     let relays: Vec<_> = lock(&sup.io.relays).drain(..).collect();
@@ -479,6 +484,7 @@ fn run(
     if let Some(me) = sup.member() {
         super::membership::left(data_dir, containers, &me);
     }
+    log::info!("state written {:.0} ms after the end", ms(ended.elapsed()));
     // Power the VM off, or kill it.
     if vm_ok {
         let _ = lock(&sup.agent).call_within(AgentRequest::Shutdown, Some(Duration::from_secs(5)));
@@ -492,9 +498,14 @@ fn run(
     }
     let _ = reaper.join();
     let _ = reader.join();
+    log::info!(
+        "the microVM ended {:.0} ms after the end",
+        ms(ended.elapsed())
+    );
     drop(cgroup);
     // Ports, address lease, volume locks, the rootfs disk hold.
     drop(held);
+    log::info!("cleaned up {:.0} ms after the end", ms(ended.elapsed()));
     let _ = fs::remove_dir_all(&sup.handle.run_dir);
     if sup.config.auto_remove {
         let _ = containers.remove(&sup.handle);

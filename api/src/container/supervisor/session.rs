@@ -113,6 +113,10 @@ impl Sup {
         self: &Arc<Self>,
         console_size: Option<ConsoleSize>,
     ) -> Result<(), StartError> {
+        log::info!(
+            "start asked {:.0} ms after the supervisor started",
+            ms(self.vm.start_clock.elapsed())
+        );
         let mut started = lock(&self.started);
         if *started {
             return fail("container already started");
