@@ -183,8 +183,9 @@ struct InitIo {
     clients: Arc<Mutex<Vec<UnixStream>>>,
     /// The init's stdin stream, once the agent connected it.
     stdin: Arc<Mutex<Option<UnixStream>>>,
-    /// The output relay threads.
-    relays: Mutex<Vec<JoinHandle<()>>>,
+    /// The output relay threads, and whether each has its connection
+    /// (a restored init's comes only when it next writes on that stream).
+    relays: Mutex<Vec<(JoinHandle<()>, Arc<AtomicBool>)>>,
     /// Dropped once the starting client is attached: the output relays
     /// wait for it, so no output precedes the `ok` reply.
     go: Mutex<Vec<Sender<()>>>,
@@ -459,7 +460,11 @@ fn run(
     lock(&sup.io.go).clear();
     let relays: Vec<_> = lock(&sup.io.relays).drain(..).collect();
     let drain_deadline = Instant::now() + Duration::from_secs(5);
-    for r in relays {
+    for (r, connected) in relays {
+        // A stream the init never wrote on has nothing to drain.
+        if !connected.load(Ordering::SeqCst) {
+            continue;
+        }
         while !r.is_finished() && Instant::now() < drain_deadline {
             thread::sleep(Duration::from_millis(10));
         }

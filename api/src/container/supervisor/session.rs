@@ -150,12 +150,16 @@ impl Sup {
             let (log, clients) = (log.clone(), self.io.clients.clone());
             let (go_tx, go_rx) = mpsc::channel::<()>();
             lock(&self.io.go).push(go_tx);
-            relays.push(thread::spawn(move || {
+            let connected = Arc::new(AtomicBool::new(false));
+            let accepted = connected.clone();
+            let relay = thread::spawn(move || {
                 if let Ok(s) = accept_stdio(&l, accept_limit) {
+                    accepted.store(true, Ordering::SeqCst);
                     let _ = go_rx.recv();
                     relay_output(s, stream, Some(log), clients);
                 }
-            }));
+            });
+            relays.push((relay, connected));
         }
         let stdin_slot = self.io.stdin.clone();
         let stdin_t = stdin_l.map(|l| {
