@@ -141,7 +141,7 @@ const SNAPSHOT: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_ftruncate,
-    // Guest memory is written page by page, skipping zero pages.
+    // Guest memory is written in runs of non-zero pages (zero pages stay holes).
     libc::SYS_pwrite64,
     libc::SYS_rename,
     libc::SYS_renameat2,

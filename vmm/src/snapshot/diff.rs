@@ -22,7 +22,7 @@ use vm_memory::{
     MemoryRegionAddress,
 };
 
-use super::memory::{MemoryFileError, RegionState};
+use super::memory::{true_runs, write_nonzero_runs, MemoryFileError, RegionState};
 
 /// Guest page size.
 const PAGE: u64 = 4096;
@@ -35,7 +35,7 @@ const PM_FILE: u64 = 1 << 61;
 /// pagemap entries read at a time.
 const ENTRIES: usize = 64 << 10;
 /// Most bytes copied at a time.
-const COPY: u64 = 2 << 20;
+pub(super) const COPY: u64 = 2 << 20;
 
 /// Identifies a file: a replaced or rewritten one differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,36 +127,34 @@ impl MappedFrom {
             let host = r
                 .get_host_address(MemoryRegionAddress(0))
                 .map_err(|e| std::io::Error::other(e.to_string()))? as u64;
-            let pages = layout.len / PAGE;
-            let mut entries = vec![0u8; ENTRIES * 8];
-            let mut page = 0u64;
-            let mut run: Option<u64> = None;
-            while page < pages {
-                let n = usize::try_from(pages - page)
-                    .unwrap_or(ENTRIES)
-                    .min(ENTRIES);
-                let buf = entries.get_mut(..n * 8).unwrap_or_default();
-                self.pagemap.read_exact_at(buf, (host / PAGE + page) * 8)?;
-                for (i, e) in buf.chunks_exact(8).enumerate() {
-                    let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
-                    let changed = e & PM_PRESENT != 0 && e & PM_FILE == 0 || e & PM_SWAPPED != 0;
-                    let at = page + i as u64;
-                    match (changed, run) {
-                        (true, None) => run = Some(at),
-                        (false, Some(from)) => {
-                            runs.push(layout_run(layout, from, at));
-                            run = None;
-                        }
-                        _ => {}
-                    }
-                }
-                page += n as u64;
-            }
-            if let Some(from) = run {
-                runs.push(layout_run(layout, from, pages));
-            }
+            let changed = self.changed_pages(host, layout.len / PAGE)?;
+            runs.extend(true_runs(changed).into_iter().map(|pages| PageRun {
+                offset: layout.file_offset + pages.start as u64 * PAGE,
+                len: pages.len() as u64 * PAGE,
+            }));
         }
         Ok(runs)
+    }
+
+    /// Whether each of the `pages` pages mapped at `host` differs from the
+    /// file, from the page map.
+    fn changed_pages(&self, host: u64, pages: u64) -> std::io::Result<Vec<bool>> {
+        let mut changed = Vec::with_capacity(usize::try_from(pages).unwrap_or(0));
+        let mut entries = vec![0u8; ENTRIES * 8];
+        let mut page = 0u64;
+        while page < pages {
+            let n = usize::try_from(pages - page)
+                .unwrap_or(ENTRIES)
+                .min(ENTRIES);
+            let buf = entries.get_mut(..n * 8).unwrap_or_default();
+            self.pagemap.read_exact_at(buf, (host / PAGE + page) * 8)?;
+            changed.extend(buf.chunks_exact(8).map(|e| {
+                let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
+                e & PM_PRESENT != 0 && e & PM_FILE == 0 || e & PM_SWAPPED != 0
+            }));
+            page += n as u64;
+        }
+        Ok(changed)
     }
 
     /// The base a diff taken now refers to, with its `dirty` runs.
@@ -166,13 +164,6 @@ impl MappedFrom {
             id: self.id,
             dirty,
         }
-    }
-}
-
-fn layout_run(layout: &RegionState, from: u64, to: u64) -> PageRun {
-    PageRun {
-        offset: layout.file_offset + from * PAGE,
-        len: (to - from) * PAGE,
     }
 }
 
@@ -193,28 +184,15 @@ pub fn write_runs(
     runs: &[PageRun],
     (file, path): (&File, &Path),
 ) -> Result<(), MemoryFileError> {
-    let mut buf = Vec::new();
-    for run in runs {
-        let mut done = 0;
-        while done < run.len {
-            let n = (run.len - done).min(COPY);
-            let at = run.offset + done;
-            let addr = guest_addr(regions, at, n)
-                .ok_or_else(|| copy_err(at, path, "outside guest memory"))?;
-            buf.resize(usize::try_from(n).unwrap_or(0), 0);
-            mem.read_slice(&mut buf, addr)
-                .map_err(|e| copy_err(addr.raw_value(), path, &e.to_string()))?;
-            super::memory::write_nonzero_runs(file, &buf, at).map_err(|source| {
-                MemoryFileError::Io {
-                    op: "write",
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
-            done += n;
-        }
-    }
-    Ok(())
+    each_piece(regions, runs, path, |at, addr, buf| {
+        mem.read_slice(buf, addr)
+            .map_err(|e| copy_err(addr.raw_value(), path, &e.to_string()))?;
+        write_nonzero_runs(file, buf, at).map_err(|source| MemoryFileError::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 /// Copies a diff file's `runs` (read from `file`) over guest memory.
@@ -224,15 +202,39 @@ pub fn apply_runs(
     runs: &[PageRun],
     (file, path): (&File, &Path),
 ) -> Result<(), MemoryFileError> {
+    if let Some(run) = runs
+        .iter()
+        .find(|r| r.offset % PAGE != 0 || r.len % PAGE != 0)
+    {
+        return Err(copy_err(
+            run.offset,
+            path,
+            "a changed-page run is not page aligned",
+        ));
+    }
+    each_piece(regions, runs, path, |at, addr, buf| {
+        file.read_exact_at(buf, at)
+            .map_err(|source| MemoryFileError::Io {
+                op: "read",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        mem.write_slice(buf, addr)
+            .map_err(|e| copy_err(addr.raw_value(), path, &e.to_string()))
+    })
+}
+
+/// Calls `f` with each piece of `runs` (at most [`COPY`] bytes, inside one
+/// region): its offset in the memory file, its guest address, and a buffer
+/// of its length.
+fn each_piece(
+    regions: &[RegionState],
+    runs: &[PageRun],
+    path: &Path,
+    mut f: impl FnMut(u64, GuestAddress, &mut [u8]) -> Result<(), MemoryFileError>,
+) -> Result<(), MemoryFileError> {
     let mut buf = Vec::new();
     for run in runs {
-        if run.offset % PAGE != 0 || run.len % PAGE != 0 {
-            return Err(copy_err(
-                run.offset,
-                path,
-                "a changed-page run is not page aligned",
-            ));
-        }
         let mut done = 0;
         while done < run.len {
             let n = (run.len - done).min(COPY);
@@ -240,14 +242,7 @@ pub fn apply_runs(
             let addr = guest_addr(regions, at, n)
                 .ok_or_else(|| copy_err(at, path, "outside guest memory"))?;
             buf.resize(usize::try_from(n).unwrap_or(0), 0);
-            file.read_exact_at(&mut buf, at)
-                .map_err(|source| MemoryFileError::Io {
-                    op: "read",
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            mem.write_slice(&buf, addr)
-                .map_err(|e| copy_err(addr.raw_value(), path, &e.to_string()))?;
+            f(at, addr, &mut buf)?;
             done += n;
         }
     }

@@ -12,8 +12,8 @@ use vm_memory::mmap::MmapRegionBuilder;
 
 use super::diff::{self, BaseMemory, MappedFrom};
 use vm_memory::{
-    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap,
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 /// Memory errors.
@@ -116,34 +116,22 @@ fn is_zero(page: &[u8]) -> bool {
             .all(|w| w == 0)
 }
 
-/// How much guest memory is copied out at a time.
-const CHUNK: usize = 2 << 20;
-
 /// Writes every region of `mem` to `path` and returns the layout. Zero
 /// pages are left as holes: the file is sparse (an idle guest's memory
 /// is mostly pages it never touched) and reads back the same. Memory is
-/// copied out [`CHUNK`] at a time and each run of non-zero pages written
-/// with one call.
+/// copied out a few MiB at a time and each run of non-zero pages written
+/// with one call ([`diff::write_runs`] over the whole regions).
 pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFileError> {
     let file = File::create(path).map_err(io("create", path))?;
     let regions = layout(mem);
-    let mut chunk = vec![0u8; CHUNK];
-    for (r, l) in mem.iter().zip(&regions) {
-        let mut done = 0u64;
-        while done < l.len {
-            let n = usize::try_from((l.len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let buf = chunk.get_mut(..n).unwrap_or_default();
-            let addr = r.start_addr().unchecked_add(done);
-            mem.read_slice(buf, addr)
-                .map_err(|e| MemoryFileError::Copy {
-                    addr: addr.raw_value(),
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-            write_nonzero_runs(&file, buf, l.file_offset + done).map_err(io("write", path))?;
-            done += n as u64;
-        }
-    }
+    let whole: Vec<diff::PageRun> = regions
+        .iter()
+        .map(|r| diff::PageRun {
+            offset: r.file_offset,
+            len: r.len,
+        })
+        .collect();
+    diff::write_runs(mem, &regions, &whole, (&file, path))?;
     let state = MemoryState {
         regions,
         base: None,
@@ -198,27 +186,35 @@ fn finish(file: &File, path: &Path, state: MemoryState) -> Result<MemoryState, M
 /// pages stay holes).
 pub(super) fn write_nonzero_runs(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let write_run = |from: usize, to: usize| match buf.get(from..to) {
-        Some(run) => file.write_all_at(run, at + from as u64),
-        None => Ok(()),
-    };
-    let mut run_start = None;
-    let mut pos = 0;
-    for page in buf.chunks(PAGE) {
-        match (is_zero(page), run_start) {
-            (false, None) => run_start = Some(pos),
-            (true, Some(from)) => {
-                write_run(from, pos)?;
-                run_start = None;
+    for pages in true_runs(buf.chunks(PAGE).map(|p| !is_zero(p))) {
+        let (from, to) = (pages.start * PAGE, (pages.end * PAGE).min(buf.len()));
+        if let Some(run) = buf.get(from..to) {
+            file.write_all_at(run, at + from as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// The runs of consecutive `true` in `flags`, as index ranges.
+pub(super) fn true_runs(flags: impl IntoIterator<Item = bool>) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    let mut end = 0;
+    for (i, on) in flags.into_iter().enumerate() {
+        match (on, start) {
+            (true, None) => start = Some(i),
+            (false, Some(from)) => {
+                runs.push(from..i);
+                start = None;
             }
             _ => {}
         }
-        pos += page.len();
+        end = i + 1;
     }
-    match run_start {
-        Some(from) => write_run(from, pos),
-        None => Ok(()),
+    if let Some(from) = start {
+        runs.push(from..end);
     }
+    runs
 }
 
 /// Maps `path` copy-on-write as guest memory laid out as `state` says.
@@ -281,6 +277,7 @@ fn open_sized(path: &Path, want: u64) -> Result<File, MemoryFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
     #[test]
     fn round_trip_is_copy_on_write() {
@@ -320,9 +317,11 @@ mod tests {
 
     #[test]
     fn runs_of_pages_are_written_whole_and_zero_pages_stay_holes() {
+        // How much `save` copies at a time.
+        let chunk = usize::try_from(diff::COPY).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
-        let len = CHUNK + 3 * PAGE;
+        let len = chunk + 3 * PAGE;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).unwrap();
         // A run of three pages, one page alone, a run across the chunk's
         // end, and the last page.
@@ -331,8 +330,8 @@ mod tests {
             (0x2fff, 2),
             (0x3000, 3),
             (0x6000, 4),
-            (CHUNK as u64 - 1, 5),
-            (CHUNK as u64, 6),
+            (chunk as u64 - 1, 5),
+            (chunk as u64, 6),
             (len as u64 - 1, 7),
         ] {
             mem.write_obj(v, GuestAddress(addr)).unwrap();
@@ -344,8 +343,8 @@ mod tests {
         for (addr, v) in [(0x1000usize, 1u8), (0x2fff, 2), (0x3000, 3), (0x6000, 4)] {
             want[addr] = v;
         }
-        want[CHUNK - 1] = 5;
-        want[CHUNK] = 6;
+        want[chunk - 1] = 5;
+        want[chunk] = 6;
         want[len - 1] = 7;
         assert!(file == want, "the memory file differs from guest memory");
         use std::os::unix::fs::MetadataExt;
@@ -426,6 +425,15 @@ mod tests {
         save(&mem, &full).unwrap();
         let e = restore(&d, &changed).unwrap_err().to_string();
         assert!(e.contains("is gone or was replaced"), "{e}");
+    }
+
+    #[test]
+    fn runs_of_true_flags() {
+        let runs = |f: &[u8]| true_runs(f.iter().map(|b| *b == 1));
+        assert_eq!(runs(&[]), []);
+        assert_eq!(runs(&[0, 0]), []);
+        assert_eq!(runs(&[1, 1, 0, 1, 0, 0, 1]), [0..2, 3..4, 6..7]);
+        assert_eq!(runs(&[0, 1, 1, 0, 1]), [1..3, 4..5]);
     }
 
     #[test]
