@@ -152,36 +152,27 @@ pub fn ensure_rules_with(
         .flatten()
         .map(|(chain, args)| verified::key(chain, args))
         .collect();
-    let before = verified::listing()?;
-    let known = verified::load(lock_dir).filter(|k| k.listing == before);
-    let unverified = |r: &Rule| {
-        !known
+    let known = verified::load(lock_dir, &verified::listing()?);
+    let is_known = |r: &Rule| {
+        known
             .as_ref()
             .is_some_and(|k| k.rules.contains(&verified::key(r.0, &r.1)))
     };
-    if [&spoof, &base, &dns, &jumps]
-        .into_iter()
-        .flatten()
-        .all(|r| !unverified(r))
-    {
-        return Ok(());
-    }
-    // Unchanged but for another slot: only that slot's spoof rules (their
-    // order does not matter: each drops).
-    if known.is_some()
-        && [&base, &dns, &jumps]
-            .into_iter()
-            .flatten()
-            .all(|r| !unverified(r))
-    {
-        for (chain, args) in spoof.iter().filter(|r| unverified(r)) {
+    let new_spoof: Vec<&Rule> = spoof.iter().filter(|r| !is_known(r)).collect();
+    // With the listing unchanged, all but this slot's spoof rules known:
+    // only those (their order does not matter: each drops).
+    if [&base, &dns, &jumps].into_iter().flatten().all(is_known) {
+        if new_spoof.is_empty() {
+            return Ok(());
+        }
+        for (chain, args) in new_spoof {
             ensure("filter", chain, "-A", &strs(args))?;
         }
     } else {
         ensure_each(&spoof, &base, &dns, &jumps)?;
     }
     let v = verified::Verified {
-        rules: verified::Verified::extended(known, &before, &wanted),
+        rules: verified::Verified::extended(known, &wanted),
         listing: verified::listing()?,
     };
     verified::store(lock_dir, &v)

@@ -32,13 +32,10 @@ pub struct Verified {
 }
 
 impl Verified {
-    /// The rules still known after `wanted` were ensured: the old ones too
-    /// when the listing had not changed before (ensuring only adds).
-    pub fn extended(known: Option<Self>, before: &[String], wanted: &[String]) -> BTreeSet<String> {
-        let mut rules = match known {
-            Some(k) if k.listing == before => k.rules,
-            _ => BTreeSet::new(),
-        };
+    /// The rules known after `wanted` were ensured: those of `known` (seen
+    /// with the listing unchanged: ensuring only adds) and `wanted`.
+    pub fn extended(known: Option<Self>, wanted: &[String]) -> BTreeSet<String> {
+        let mut rules = known.map(|k| k.rules).unwrap_or_default();
         rules.extend(wanted.iter().cloned());
         rules
     }
@@ -80,11 +77,13 @@ pub fn husk_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// What `dir` holds (nothing when absent or unreadable: every rule is
-/// checked then).
-pub fn load(dir: &Path) -> Option<Verified> {
+/// What `dir` holds, if it was seen with `listing` (nothing when absent,
+/// unreadable or seen with another listing: every rule is checked then).
+pub fn load(dir: &Path, listing: &[String]) -> Option<Verified> {
     let text = fs::read(dir.join(FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+    serde_json::from_slice::<Verified>(&text)
+        .ok()
+        .filter(|v| v.listing == listing)
 }
 
 /// Keeps `v` in `dir` (written whole, then renamed).
@@ -119,35 +118,38 @@ mod tests {
 
     #[test]
     fn known_rules_are_kept_only_while_nothing_changed() {
+        let dir = tempfile::tempdir().unwrap();
         let wanted = vec![key("HUSK-INPUT", &["-j".into(), "DROP".into()])];
         let listing = husk_lines(LISTING);
         let v = Verified {
-            rules: Verified::extended(None, &listing, &wanted),
+            rules: Verified::extended(None, &wanted),
             listing: listing.clone(),
         };
+        store(dir.path(), &v).unwrap();
         let more = vec!["HUSK-SPOOF -i husk1 -j DROP".to_string()];
         // After ensuring `more` with the listing unchanged, both are known;
         // with it changed, only `more`.
-        assert_eq!(
-            Verified::extended(Some(v.clone()), &listing, &more).len(),
-            2
-        );
+        let known = load(dir.path(), &listing);
+        assert_eq!(Verified::extended(known, &more).len(), 2);
         let mut changed = listing.clone();
         changed.pop();
-        assert_eq!(Verified::extended(Some(v), &changed, &more).len(), 1);
+        let known = load(dir.path(), &changed);
+        assert_eq!(Verified::extended(known, &more).len(), 1);
     }
 
     #[test]
     fn stored_and_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load(dir.path()), None);
+        let listing = vec!["-N HUSK-X".to_string()];
+        assert_eq!(load(dir.path(), &listing), None);
         let v = Verified {
             rules: ["A -j B".to_string()].into(),
-            listing: vec!["-N HUSK-X".into()],
+            listing: listing.clone(),
         };
         store(dir.path(), &v).unwrap();
-        assert_eq!(load(dir.path()), Some(v));
+        assert_eq!(load(dir.path(), &listing), Some(v));
+        assert_eq!(load(dir.path(), &[]), None);
         fs::write(dir.path().join(FILE), b"{not json").unwrap();
-        assert_eq!(load(dir.path()), None);
+        assert_eq!(load(dir.path(), &listing), None);
     }
 }
