@@ -13,9 +13,8 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use husk_proto::boot::DiskMount;
-
 pub use husk_agent::netconf::{add_default_route, configure_interface, write_resolv_conf};
+pub use husk_agent::provision::mount_disk;
 pub use husk_proto::guest::{DEBUG_PORT, DEBUG_PORT_BOOT_MARKER, DEBUG_PORT_POWER_OFF};
 
 /// Boot errors.
@@ -271,11 +270,6 @@ pub fn has_vsock_device(sys: &Path) -> bool {
     devices
         .flatten()
         .any(|d| fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == "0x0013"))
-}
-
-/// Mounts one requested disk.
-pub fn mount_disk(d: &DiskMount) -> std::result::Result<(), husk_agent::provision::ProvisionError> {
-    husk_agent::provision::mount_disk(d)
 }
 
 #[cfg(test)]
