@@ -8,8 +8,8 @@ use super::vmm::{self, VmmEvents, VmmProcess};
 use super::*;
 use crate::container::checkpoint::{Checkpoints, DiskId};
 use husk_proto::boot::{BootParams, DiskMount, GuestNet};
-use husk_proto::guest::{container_dir, volume_mount, GUEST_CID, IMAGE_MOUNT};
-use husk_proto::vm::{BlockConfig, Console, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use husk_proto::guest::{container_dir, volume_mount, IMAGE_MOUNT};
+use husk_proto::vm::{BlockConfig, NetConfig, VmConfig};
 
 /// The container's disks: what husk-vmm attaches, where the agent mounts
 /// them, and the holds that keep them ours while the VM lives.
@@ -470,14 +470,9 @@ fn vm_config(
         net: network.guest.clone(),
         ..BootParams::default()
     };
+    let shape = (vm_vcpus(config.cpu_millis), vm_mem_mib(config.memory_bytes));
+    let files = (h.dir.join("console.log"), h.vsock_socket());
     Ok(VmConfig {
-        kernel: Some(assets.kernel.clone()),
-        initrd: Some(assets.initrd.clone()),
-        cmdline: format!("{DEFAULT_CMDLINE} {}", params.render()?),
-        vcpus: vm_vcpus(config.cpu_millis),
-        mem_mib: vm_mem_mib(config.memory_bytes),
-        console: Console::File(h.dir.join("console.log")),
-        pvh: true,
         disks: disks.devices.clone(),
         nets: network
             .lease
@@ -487,10 +482,7 @@ fn vm_config(
                 mac: Some(l.mac),
             })
             .collect(),
-        vsock: Some(VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: h.vsock_socket(),
-        }),
+        ..vmm::guest_vm(assets, &params.render()?, shape, files)
     })
 }
 

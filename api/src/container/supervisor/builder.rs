@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use husk_proto::agent::{Request, Response};
 use husk_proto::boot::{BootParams, BuildDisks};
-use husk_proto::guest::GUEST_CID;
-use husk_proto::vm::{BlockConfig, Console, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use husk_proto::vm::{BlockConfig, VmConfig};
 
 use super::boot::{connect_agent, stop_vmm, worth_another_boot, BOOT_ATTEMPTS};
 use super::vmm::{self, describe_exit, VmmProcess};
@@ -225,20 +224,11 @@ fn vm_config(
         read_only,
         serial: None,
     };
+    let files = (dir.join("console.log"), dir.join("vsock.sock"));
+    let shape = (BUILDER_VCPUS, BUILDER_MEM_MIB);
     Ok(VmConfig {
-        kernel: Some(assets.kernel.clone()),
-        initrd: Some(assets.initrd.clone()),
-        cmdline: format!("{DEFAULT_CMDLINE} {}", params.render()?),
-        vcpus: BUILDER_VCPUS,
-        mem_mib: BUILDER_MEM_MIB,
-        console: Console::File(dir.join("console.log")),
-        pvh: true,
         disks: vec![disk(job.blobs, true), disk(job.target, false)],
-        nets: Vec::new(),
-        vsock: Some(VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: dir.join("vsock.sock"),
-        }),
+        ..vmm::guest_vm(assets, &params.render()?, shape, files)
     })
 }
 

@@ -10,9 +10,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use husk_proto::agent::{Request as AgentRequest, Response};
 use husk_proto::boot::DiskMount;
-use husk_proto::guest::GUEST_CID;
 use husk_proto::provision::{Provision, ProvisionNet};
-use husk_proto::vm::{BlockConfig, Console, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use husk_proto::vm::{BlockConfig, NetConfig, VmConfig};
 
 use super::boot::{connect_agent, ms, stop_vmm};
 use super::vmm;
@@ -119,20 +118,11 @@ fn template_vm(
             mac: None,
         })
         .collect();
+    let files = (work.join("console.log"), work.join("vsock.sock"));
     Ok(VmConfig {
-        kernel: Some(assets.kernel.clone()),
-        initrd: Some(assets.initrd.clone()),
-        cmdline: DEFAULT_CMDLINE.to_string(),
-        vcpus: key.vcpus,
-        mem_mib: key.mem_mib,
-        console: Console::File(work.join("console.log")),
-        pvh: true,
         disks,
         nets,
-        vsock: Some(VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: work.join("vsock.sock"),
-        }),
+        ..vmm::guest_vm(assets, "", (key.vcpus, key.mem_mib), files)
     })
 }
 

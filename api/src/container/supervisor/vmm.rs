@@ -16,7 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use husk_proto::vm::{VmConfig, VmmEvent, MAX_EVENT_LINE};
+use husk_proto::guest::GUEST_CID;
+use husk_proto::vm::{Console, VmConfig, VmmEvent, VsockConfig, DEFAULT_CMDLINE, MAX_EVENT_LINE};
 
 use super::jail::{self, Cgroup, Limits};
 
@@ -179,6 +180,37 @@ pub fn describe_exit(st: &std::process::ExitStatus) -> String {
         return "was killed by its seccomp filter (SIGSYS)".into();
     }
     st.to_string()
+}
+
+/// A husk guest: husk's kernel and initramfs, the boot parameters
+/// `params` after the default command line, `vcpus` and `mem_mib`, its
+/// console log and vsock socket at these paths; no disks or interfaces.
+pub fn guest_vm(
+    assets: &crate::assets::Assets,
+    params: &str,
+    (vcpus, mem_mib): (u32, u32),
+    (console, uds_path): (PathBuf, PathBuf),
+) -> VmConfig {
+    let cmdline = if params.is_empty() {
+        DEFAULT_CMDLINE.to_string()
+    } else {
+        format!("{DEFAULT_CMDLINE} {params}")
+    };
+    VmConfig {
+        kernel: Some(assets.kernel.clone()),
+        initrd: Some(assets.initrd.clone()),
+        cmdline,
+        vcpus,
+        mem_mib,
+        console: Console::File(console),
+        pvh: true,
+        disks: Vec::new(),
+        nets: Vec::new(),
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path,
+        }),
+    }
 }
 
 /// Writes `vm.json` in `dir` and starts `vmm` with it, its stderr going to
