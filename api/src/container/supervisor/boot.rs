@@ -173,9 +173,12 @@ fn start_vm_or_template(
     start: &VmStart<'_>,
     template: Option<template::Template>,
 ) -> Result<(Started, bool), StartError> {
-    let readdress_fork = |agent: &mut AgentClient| match start.fork {
-        true => readdress(agent, start.network),
-        false => Ok(()),
+    let readdress_fork = |agent: &mut AgentClient| {
+        if start.fork {
+            readdress(agent, start.network)
+        } else {
+            Ok(())
+        }
     };
     let Some(t) = template else {
         let started = start_vm(h, vmm_bin, start, start.control, &readdress_fork)?;
