@@ -54,14 +54,15 @@ pub(super) fn prepare(
     let (dir, built) = store.ensure(&key, super::jail::jail_id(), |staging| {
         build(assets, &key, staging).map_err(|e| e.message.into())
     })?;
-    if built {
-        log::info!("template {} built in {:.0} ms", key.name(), ms(t.elapsed()));
+    let built_ms = built.then(|| ms(t.elapsed()));
+    if let Some(took) = built_ms {
+        log::info!("template {} built in {took:.0} ms", key.name());
     }
     Ok(Template {
         store,
         key,
         dir,
-        built_ms: built.then(|| ms(t.elapsed())),
+        built_ms,
     })
 }
 
