@@ -11,6 +11,7 @@ use super::{attach, CliError, CliResult};
 use crate::container::control::Attach;
 use crate::container::create::{self, CreateError, CreateOptions};
 use crate::container::env::{env_entry, read_env_file};
+use crate::container::logs::LogConfig;
 use crate::container::restart::RestartPolicy;
 use crate::container::spec::{parse_cpus, parse_memory, VolumeMount};
 use crate::container::state::Timings;
@@ -83,6 +84,14 @@ pub struct RunArgs {
     /// Another name the container has on its user-defined network.
     #[arg(long = "network-alias", value_name = "ALIAS")]
     pub network_alias: Vec<String>,
+    /// Logging driver: local or json-file (the same here: husk keeps the
+    /// log itself, rotated as Docker's local driver).
+    #[arg(long = "log-driver", value_name = "DRIVER")]
+    pub log_driver: Option<String>,
+    /// Log option: max-size=SIZE (e.g. 10m), max-file=N (1 to 100),
+    /// compress=false.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     /// Print where start-up time went (on stderr) when the command returns.
     #[arg(long)]
     pub timings: bool,
@@ -140,6 +149,7 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
     };
     let (network, networks) = create::resolve_network(data_dir, &args.network, &args.network_alias)
         .map_err(create_error)?;
+    let log = log_config(args)?;
     Ok(CreateOptions {
         name: args.name.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| {
@@ -175,7 +185,14 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
         labels: Default::default(),
         restart: args.restart,
         cold_boot: args.no_snapshot,
+        log,
     })
+}
+
+/// The log limits of `--log-driver` and `--log-opt`; refusals are 125s.
+fn log_config(args: &RunArgs) -> Result<LogConfig, CliError> {
+    LogConfig::parse(args.log_driver.as_deref().unwrap_or(""), &args.log_opt)
+        .map_err(|e| usage(e.to_string()))
 }
 
 /// Prints the start-up breakdown on stderr: a restored template's
@@ -292,6 +309,38 @@ pub fn run(data_dir: &Path, args: RunArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        #[derive(clap::Parser)]
+        #[command(disable_help_flag = true)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let argv = ["husk"].iter().chain(extra).chain(&["busybox"]).copied();
+        <Cli as clap::Parser>::parse_from(argv).run
+    }
+
+    #[test]
+    fn log_options() {
+        let a = args(&["--log-opt", "max-size=10m", "--log-opt", "max-file=3"]);
+        let c = log_config(&a).unwrap();
+        assert_eq!((c.max_size, c.max_file), (10 << 20, 3));
+        let a = args(&["--log-driver", "json-file", "--log-opt=max-file=2"]);
+        assert_eq!(log_config(&a).unwrap().max_file, 2);
+        assert_eq!(log_config(&args(&[])).unwrap(), LogConfig::default());
+        for bad in [
+            &["--log-opt", "max-size=abc"][..],
+            &["--log-opt", "max-file"],
+            &["--log-opt", "compress=true"],
+            &["--log-driver", "none"],
+            &["--log-driver", "syslog"],
+        ] {
+            let e = log_config(&args(bad)).unwrap_err();
+            assert_eq!(e.status, 125, "{bad:?}");
+            assert!(!e.message.contains('\n'), "{}", e.message);
+        }
+    }
 
     #[test]
     fn a_bad_volume_is_a_125() {

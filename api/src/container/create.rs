@@ -11,6 +11,7 @@ use std::time::Duration;
 use husk_proto::agent::{ConsoleSize, ProcessSpec};
 
 use super::control::{Attach, Request};
+use super::logs::LogConfig;
 use super::restart::RestartPolicy;
 use super::spec::{ContainerConfig, NetworkAttachment, NetworkMode, VolumeMount};
 use super::{ipc, names, new_id, short_id, ContainerError, Containers, Handle};
@@ -120,6 +121,8 @@ pub struct CreateOptions {
     pub restart: RestartPolicy,
     /// Boot its guest, never restore a template snapshot.
     pub cold_boot: bool,
+    /// How much log it keeps.
+    pub log: LogConfig,
 }
 
 /// Parses a network name: `default` (Docker's `bridge` too) or `none`.
@@ -314,6 +317,7 @@ pub fn build_config(
         networks: opts.networks.clone(),
         restart: opts.restart,
         cold_boot: opts.cold_boot || !crate::container::template::enabled_by_env(),
+        log: opts.log,
     })
 }
 
@@ -425,9 +429,14 @@ mod tests {
             cmd: vec!["echo".into(), "hi".into()],
             env: vec!["A=1".into()],
             labels: BTreeMap::from([("app".into(), "web".into())]),
+            log: LogConfig {
+                max_size: 1 << 20,
+                max_file: 2,
+            },
             ..CreateOptions::default()
         };
         let c = build_config(&opts, &img, &ic, &id).unwrap();
+        assert_eq!(c.log, opts.log);
         assert_eq!(c.process.cmd, ["echo", "hi"]);
         assert_eq!(c.process.env, ["PATH=/bin", "A=1"]);
         assert_eq!(c.process.workdir, "/srv");

@@ -19,6 +19,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 /// Stream number of stdout.
 pub const STDOUT: u8 = 1;
 /// Stream number of stderr.
@@ -38,8 +40,10 @@ pub struct Record {
     pub data: Vec<u8>,
 }
 
-/// How much log a container keeps (Docker's `local` driver defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much log a container keeps (Docker's `local` driver defaults;
+/// `log_opts.rs` parses Docker's options into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Largest size of one file, in bytes (a file may pass it by one frame).
     pub max_size: u64,
@@ -53,6 +57,13 @@ impl Default for LogConfig {
             max_size: 20 << 20,
             max_file: 5,
         }
+    }
+}
+
+impl LogConfig {
+    /// Whether these are the default limits (left out of `config.json`).
+    pub fn is_default(&self) -> bool {
+        *self == LogConfig::default()
     }
 }
 

@@ -26,6 +26,7 @@ pub mod create;
 pub mod env;
 pub mod hostcopy;
 pub mod ipc;
+pub mod log_opts;
 pub mod logs;
 pub mod membership;
 pub mod names;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::logs::LogConfig;
 use super::restart::RestartPolicy;
 use husk_proto::agent::ProcessSpec;
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,10 @@ pub struct ContainerConfig {
     /// `HUSK_SNAPSHOT=0`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cold_boot: bool,
+    /// How much log it keeps (`--log-opt max-size=…`, `max-file=…`); the
+    /// defaults in configs written before it existed.
+    #[serde(default, skip_serializing_if = "LogConfig::is_default")]
+    pub log: LogConfig,
 }
 
 /// Guest memory for a container: its limit plus room for the guest kernel
@@ -192,5 +197,29 @@ mod tests {
         let back: ContainerConfig =
             serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back.labels["app"], "web");
+        assert_eq!(back.log, LogConfig::default());
+    }
+
+    #[test]
+    fn log_limits_are_kept() {
+        let c = ContainerConfig {
+            log: LogConfig {
+                max_size: 10 << 20,
+                max_file: 3,
+            },
+            ..ContainerConfig::default()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains(r#""log":{"max_size":10485760,"max_file":3}"#),
+            "{json}"
+        );
+        let back: ContainerConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.log, c.log);
+        let default = serde_json::to_string(&ContainerConfig::default()).unwrap();
+        assert!(!default.contains("\"log\""), "{default}");
+        let half = r#"{"id":"ab","name":"web","log":{"max_file":2}}"#;
+        let c: ContainerConfig = serde_json::from_str(half).unwrap();
+        assert_eq!((c.log.max_size, c.log.max_file), (20 << 20, 2));
     }
 }

@@ -140,6 +140,9 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
         "--cpus",
         "--network",
         "--network-alias",
+        "--log-driver",
+        "--log-opt",
+        "--restart",
     ];
     let mut out = Vec::new();
     let mut it = argv.into_iter();

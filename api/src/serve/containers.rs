@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{blocking, create_body, empty, json, read_json, ApiError, Ctx, Query, Reply};
 use crate::container::control::Request;
+use crate::container::log_opts;
 use crate::container::state::{PortBinding, State};
 use crate::container::{create, ipc, ContainerConfig, Containers, Handle, Status};
 use crate::image::store::Store;
@@ -168,7 +169,7 @@ pub fn inspect_json(
             "PortBindings": port_bindings(&c.ports),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "AutoRemove": c.auto_remove,
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": {"Type": log_opts::DRIVER, "Config": c.log.docker_config()},
             "Memory": c.memory_bytes.unwrap_or(0),
             "NanoCpus": c.cpu_millis.unwrap_or(0) * 1_000_000,
             "Privileged": false,
@@ -537,7 +538,18 @@ mod tests {
             i["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"],
             "8081"
         );
-        assert_eq!(i["HostConfig"]["LogConfig"]["Type"], "json-file");
+        assert_eq!(
+            i["HostConfig"]["LogConfig"],
+            json!({"Type": "local", "Config": {"max-size": "20m", "max-file": "5"}})
+        );
+        let mut c = cfg();
+        c.log = crate::container::logs::LogConfig {
+            max_size: 10 << 20,
+            max_file: 3,
+        };
+        let i = inspect_json(&c, &s, false, &h, Path::new("/d"));
+        assert_eq!(i["HostConfig"]["LogConfig"]["Config"]["max-size"], "10m");
+        assert_eq!(i["HostConfig"]["LogConfig"]["Config"]["max-file"], "3");
         assert_eq!(i["State"]["StartedAt"], "0001-01-01T00:00:00Z");
         assert_eq!(i["Config"]["Labels"]["app"], "shop");
     }

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use super::ApiError;
 use crate::container::create::{self, CreateOptions};
+use crate::container::log_opts::LogOptError;
+use crate::container::logs;
 use crate::container::restart::RestartPolicy as Policy;
 
 /// A string or a list of strings (Docker's `strslice`).
@@ -83,6 +85,17 @@ pub struct HostConfig {
     pub privileged: Option<bool>,
     pub devices: Option<Vec<serde_json::Value>>,
     pub restart_policy: Option<RestartPolicy>,
+    pub log_config: Option<LogConfig>,
+}
+
+/// `HostConfig.LogConfig`: a driver and its options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[allow(missing_docs)]
+pub struct LogConfig {
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    pub config: Option<BTreeMap<String, String>>,
 }
 
 /// One `HostConfig.Mounts` entry.
@@ -187,6 +200,7 @@ pub fn parse(
         labels: body.labels.unwrap_or_default(),
         restart: restart_policy(hc.restart_policy.as_ref())?,
         cold_boot: false,
+        log: log_config(hc.log_config)?,
     };
     Ok((image, opts))
 }
@@ -222,6 +236,22 @@ fn restart_policy(p: Option<&RestartPolicy>) -> Result<Policy, ApiError> {
         p.maximum_retry_count.filter(|n| *n > 0),
     )
     .map_err(|e| ApiError::BadParameter(e.to_string()))
+}
+
+/// `HostConfig.LogConfig` as husk's log limits: Docker's default driver
+/// (`json-file`, or none named) and `local` mean husk's own rotated log.
+fn log_config(c: Option<LogConfig>) -> Result<logs::LogConfig, ApiError> {
+    let c = c.unwrap_or_default();
+    let opts: Vec<String> = c
+        .config
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    logs::LogConfig::parse(c.kind.as_deref().unwrap_or(""), &opts).map_err(|e| match e {
+        LogOptError::UnsupportedDriver(_) => ApiError::Unsupported(e.to_string()),
+        e => ApiError::BadParameter(e.to_string()),
+    })
 }
 
 fn mount(m: Mount) -> Result<crate::container::spec::VolumeMount, ApiError> {
@@ -395,6 +425,47 @@ mod tests {
                 "network mynet not found".into()
             )
         );
+    }
+
+    #[test]
+    fn log_configs_as_clients_send_them() {
+        let default = crate::container::logs::LogConfig::default();
+        for body in [
+            r#"{"Image":"b"}"#,
+            r#"{"Image":"b","HostConfig":{"LogConfig":null}}"#,
+            r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"","Config":{}}}}"#,
+            r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"","Config":null}}}"#,
+            r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"json-file","Config":{}}}}"#,
+            r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"json-file"}}}"#,
+        ] {
+            assert_eq!(parse_str(body).unwrap().1.log, default, "{body}");
+        }
+        let body = r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"local",
+            "Config":{"max-size":"10m","max-file":"3","compress":"false"}}}}"#;
+        let log = parse_str(body).unwrap().1.log;
+        assert_eq!((log.max_size, log.max_file), (10 << 20, 3));
+        for (body, status) in [
+            (
+                r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"syslog","Config":{}}}}"#,
+                "unsupported log driver",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"none"}}}"#,
+                "unsupported log driver",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"LogConfig":{"Type":"local","Config":{"max-size":"abc"}}}}"#,
+                "invalid --log-opt max-size=abc",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"LogConfig":{"Config":{"labels":"a"}}}}"#,
+                "unknown option",
+            ),
+        ] {
+            let e = parse_str(body).unwrap_err();
+            assert_eq!(e.status(), hyper::StatusCode::BAD_REQUEST, "{body}");
+            assert!(e.to_string().contains(status), "{e}");
+        }
     }
 
     #[test]

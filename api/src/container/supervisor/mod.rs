@@ -53,6 +53,7 @@ mod checkpoint;
 pub use checkpoint::FORK_CHECKPOINT;
 mod jail;
 mod session;
+mod stdio;
 mod template;
 mod vmm;
 

@@ -3,6 +3,7 @@
 //! clients send (stdin, resize, signals).
 
 use super::*;
+use stdio::StdioListener;
 
 /// How long a signal may take to reach the guest agent.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,44 +19,12 @@ fn wait_until(limit: Duration, done: impl Fn() -> bool) {
     }
 }
 
-/// Listens on `<uds>_<port>` for the agent's stdio connection. The socket
-/// is writable by all, so the jailed husk-vmm can connect: only root and
-/// husk-vmm's group may enter the run directory (`jail.rs`).
-pub(super) fn stdio_listener(uds: &Path, port: u32) -> io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let p = PathBuf::from(format!("{}_{port}", uds.display()));
-    let _ = fs::remove_file(&p);
-    let l = UnixListener::bind(&p)?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o666))?;
-    Ok(l)
-}
-
-/// Accepts one agent stdio connection (with a deadline; `None`: without
-/// one) and reads its hello.
-pub(super) fn accept_stdio(l: &UnixListener, limit: Option<Duration>) -> io::Result<UnixStream> {
-    let mut s = match limit {
-        None => l.accept()?.0,
-        Some(limit) => accept_within(l, limit)?,
-    };
-    let _hello: husk_proto::agent::StreamHello = read_frame(&mut s).map_err(io::Error::other)?;
-    Ok(s)
-}
-
-/// Accepts one connection within `limit`; the stream blocks.
-fn accept_within(l: &UnixListener, limit: Duration) -> io::Result<UnixStream> {
-    l.set_nonblocking(true)?;
-    let start = Instant::now();
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false)?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < limit => {
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
+/// The hello name of output stream `stream` ([`STDOUT`] or [`STDERR`]).
+fn stream_name(stream: u8) -> &'static str {
+    if stream == STDERR {
+        "stderr"
+    } else {
+        "stdout"
     }
 }
 
@@ -123,7 +92,7 @@ impl Sup {
         }
         let p = &self.config.process;
         let log = Arc::new(Mutex::new(
-            LogWriter::open(&self.handle.log_path())
+            LogWriter::with_config(&self.handle.log_path(), self.config.log)
                 .map_err(io_ctx(self.handle.log_path().display()))?,
         ));
         let [stdin_port, stdout_port, stderr_port] = INIT_STDIO_PORTS;
@@ -133,11 +102,20 @@ impl Sup {
         }
         let listeners = outs
             .iter()
-            .map(|(port, stream)| Ok((stdio_listener(&self.vm.uds, *port)?, *stream)))
+            .map(|(port, stream)| {
+                let name = stream_name(*stream);
+                Ok((
+                    StdioListener::bind(&self.vm.uds, *port, None, name)?,
+                    *stream,
+                ))
+            })
             .collect::<io::Result<Vec<_>>>()
             .map_err(io_ctx("stdio socket"))?;
         let stdin_l = if p.open_stdin {
-            Some(stdio_listener(&self.vm.uds, stdin_port).map_err(io_ctx("stdio socket"))?)
+            Some(
+                StdioListener::bind(&self.vm.uds, stdin_port, None, "stdin")
+                    .map_err(io_ctx("stdio socket"))?,
+            )
         } else {
             None
         };
@@ -153,7 +131,7 @@ impl Sup {
             let connected = Arc::new(AtomicBool::new(false));
             let accepted = connected.clone();
             let relay = thread::spawn(move || {
-                if let Ok(s) = accept_stdio(&l, accept_limit) {
+                if let Ok(s) = l.accept(accept_limit) {
                     accepted.store(true, Ordering::SeqCst);
                     let _ = go_rx.recv();
                     relay_output(s, stream, Some(log), clients);
@@ -164,7 +142,7 @@ impl Sup {
         let stdin_slot = self.io.stdin.clone();
         let stdin_t = stdin_l.map(|l| {
             thread::spawn(move || {
-                if let Ok(s) = accept_stdio(&l, accept_limit) {
+                if let Ok(s) = l.accept(accept_limit) {
                     *lock(&stdin_slot) = Some(s);
                 }
             })
@@ -341,14 +319,19 @@ impl Sup {
             let mut listeners = Vec::new();
             for (port, stream) in [(ports.stdout, STDOUT), (ports.stderr, STDERR)] {
                 if let Some(port) = port {
+                    let name = stream_name(stream);
                     listeners.push((
-                        stdio_listener(&self.vm.uds, port).map_err(io_ctx("stdio"))?,
+                        StdioListener::bind(&self.vm.uds, port, Some(&exec_id), name)
+                            .map_err(io_ctx("stdio"))?,
                         stream,
                     ));
                 }
             }
             let stdin_l = match ports.stdin {
-                Some(p) => Some(stdio_listener(&self.vm.uds, p).map_err(io_ctx("stdio"))?),
+                Some(p) => Some(
+                    StdioListener::bind(&self.vm.uds, p, Some(&exec_id), "stdin")
+                        .map_err(io_ctx("stdio"))?,
+                ),
                 None => None,
             };
             let client = Arc::new(Mutex::new(vec![c
@@ -361,14 +344,14 @@ impl Sup {
                 let (go_tx, go_rx) = mpsc::channel::<()>();
                 go.push(go_tx);
                 relays.push(thread::spawn(move || {
-                    if let Ok(s) = accept_stdio(&l, Some(Duration::from_secs(30))) {
+                    if let Ok(s) = l.accept(Some(Duration::from_secs(30))) {
                         let _ = go_rx.recv();
                         relay_output(s, stream, None, client);
                     }
                 }));
             }
-            let stdin_t = stdin_l
-                .map(|l| thread::spawn(move || accept_stdio(&l, Some(Duration::from_secs(30)))));
+            let stdin_t =
+                stdin_l.map(|l| thread::spawn(move || l.accept(Some(Duration::from_secs(30)))));
             let p = &self.config.process;
             let mut env = p.env.clone();
             env.extend(spec.env.iter().cloned());
