@@ -13,7 +13,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
 cargo build -p husk
 HUSK=$CARGO_TARGET_DIR/debug/husk tests/api.sh
-tests/e2e.sh boot devices container run foundation guest api
+tests/e2e.sh boot devices container run foundation guest hostile api
 build_all
 # A husk machine that wedges (nested SVM under TCG, see tests/machine.sh)
 # ends machine.sh with status 75: it runs once more, saying so.

@@ -22,7 +22,7 @@ failed=0
 host_pid=
 # A scenario's host-side server never outlives e2e.sh, even when it is
 # interrupted.
-trap '[ -z "$host_pid" ] || kill "$host_pid" 2>/dev/null' EXIT
+trap '[ -z "$host_pid" ] || kill "$host_pid" 2>/dev/null || true' EXIT
 trap 'exit 130' INT TERM
 for s in "$@"; do
   start=$(date +%s)
@@ -62,6 +62,7 @@ for s in "$@"; do
     set -e
   fi
   [ -z "$host_pid" ] || { kill "$host_pid" 2>/dev/null; wait "$host_pid" 2>/dev/null || true; }
+  host_pid=
   rm -rf "$DATA_DIR"
   took=$(( $(date +%s) - start ))
   if [ "$rc" = 0 ]; then say "scenario $s: PASS (${took}s)"; else say "scenario $s: FAIL, status $rc (${took}s)"; failed=$((failed + 1)); fi

@@ -37,6 +37,7 @@ build_all() {
   HUSK_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent
   HUSK_VSOCK=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-vsock
   HUSK_AGENT_CLIENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent-client
+  HUSK_HOSTILE=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-hostile
   mkdir -p "$HUSK_CACHE_DIR/initramfs"
   GUEST_INITRD=$HUSK_CACHE_DIR/initramfs/husk-initramfs.cpio.gz
   "$HUSK_ROOT/guest-kernel/mkinitramfs.sh" "$HUSK_AGENT" "$GUEST_INITRD" >/dev/null
@@ -53,7 +54,7 @@ build_all() {
   # husk finds the guest kernel and initramfs next to its binary (api/src/assets.rs).
   install_if_changed "$GUEST_KERNEL" "$CARGO_TARGET_DIR/release/vmlinux"
   install_if_changed "$GUEST_INITRD" "$CARGO_TARGET_DIR/release/initramfs.cpio.gz"
-  export HUSK_BIN HUSK_PTY HUSK_VMM HUSK_AGENT HUSK_VSOCK HUSK_AGENT_CLIENT GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
+  export HUSK_BIN HUSK_PTY HUSK_VMM HUSK_AGENT HUSK_VSOCK HUSK_AGENT_CLIENT HUSK_HOSTILE GUEST_KERNEL GUEST_INITRD GUEST_TEST_INITRD
 }
 
 # install_if_changed SRC DST: copies when the content differs (keeps mtimes

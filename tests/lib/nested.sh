@@ -70,6 +70,7 @@ nested_run() {
   cp "$GUEST_TEST_INITRD" "$l1/husk/guest/test-initramfs.cpio.gz"
   cp "$HUSK_VSOCK" "$l1/husk/bin/husk-vsock"
   cp "$HUSK_AGENT_CLIENT" "$l1/husk/bin/husk-agent-client"
+  cp "$HUSK_HOSTILE" "$l1/husk/bin/husk-hostile"
   mkdir -p "$l1/husk/data"
   [ -z "${DATA_DIR:-}" ] || cp -a "$DATA_DIR"/. "$l1/husk/data/"
   cp -a "$HUSK_ROOT/tests/scenarios" "$HUSK_ROOT/tests/lib" "$l1/husk/"
