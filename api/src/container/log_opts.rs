@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 
 use super::logs::LogConfig;
 
-/// The driver husk reports (`inspect`'s `HostConfig.LogConfig.Type`).
-pub const DRIVER: &str = "local";
+/// The driver husk reports (`inspect`'s `HostConfig.LogConfig.Type`):
+/// Docker's default, whichever was asked for. Clients decide on it whether a
+/// container's logs can be read (docker-py's `containers.run` returns its
+/// output only for `json-file` or `journald`); husk's log serves `logs` for
+/// either.
+pub const DRIVER: &str = "json-file";
 /// The most files a log may keep (`max-file`).
 pub const MAX_FILES: u32 = 100;
 /// The most fraction digits a size may have (`1.5m`).

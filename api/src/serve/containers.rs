@@ -540,7 +540,7 @@ mod tests {
         );
         assert_eq!(
             i["HostConfig"]["LogConfig"],
-            json!({"Type": "local", "Config": {"max-size": "20m", "max-file": "5"}})
+            json!({"Type": "json-file", "Config": {"max-size": "20m", "max-file": "5"}})
         );
         let mut c = cfg();
         c.log = crate::container::logs::LogConfig {
