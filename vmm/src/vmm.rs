@@ -338,6 +338,12 @@ impl Vmm {
     }
 }
 
+/// A vCPU thread's stack. Rust's default, 2 MiB, is the size of a
+/// transparent huge page: with THP `always` (Debian's kernels) the kernel
+/// backs the whole stack with one on its first touch, 2 MiB of memory per
+/// vCPU for the few KiB a vCPU thread uses. Half a MiB cannot hold one.
+const VCPU_STACK: usize = 512 << 10;
+
 impl Vmm {
     fn spawn_vcpu(
         &self,
@@ -358,6 +364,7 @@ impl Vmm {
         let filter = self.filters.vcpu.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
+            .stack_size(VCPU_STACK)
             .spawn(move || {
                 let filtered = seccomp::install(ThreadKind::Vcpu, filter.as_ref());
                 go.wait();
