@@ -436,7 +436,7 @@ HUSK_MACHINE=1 h rm -f dweb >/dev/null
 # husk bench measures in the machine; the table and the PNG come out here.
 t0=$(date +%s.%N)
 set +e
-HUSK_MACHINE=1 h bench --runs 1 --density 1 --plot "$data/bench.png" >"$data/bench" 2>"$data/bench.err"
+HUSK_MACHINE=1 h bench --runs 1 --density 1 --forks 2 --plot "$data/bench.png" >"$data/bench" 2>"$data/bench.err"
 rc=$?
 set -e
 say "husk bench --runs 1 --density 1 in the machine: $(echo "$(date +%s.%N) - $t0" | bc) s"
@@ -448,6 +448,7 @@ for row in husk husk-snapshot husk-fork namespace; do
   grep -Eq "^$row +$num +$num +$num  " "$data/bench" && ok || fail "husk bench: no figures for $row"
 done
 grep -Eq "^density: 1 sandbox \(husk run -d\) .*: $num MiB" "$data/bench" && ok || fail "husk bench: no density figures"
+grep -Eq "^fork density: 2 forks \(husk fork\) .*: $num MiB, ${num}x the first alone" "$data/bench" && ok || fail "husk bench: no fork density figures"
 [ "$(head -c 8 "$data/bench.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] && ok ||
   fail "husk bench wrote no PNG on this host"
 [ -z "$(HUSK_MACHINE=1 h ps -aq)" ] && ok || fail "husk bench left containers in the machine"

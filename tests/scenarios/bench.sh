@@ -12,7 +12,7 @@ command -v qemu-system-x86_64 > /dev/null || fail "qemu-system-x86_64 is not in 
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
 
 # Progress (stderr) shows on the console as it goes.
-{ husk bench --runs 2 --density 2 --plot "$WORK/bench.png" 2>&1 > "$WORK/table"; echo $? > "$WORK/rc"; } | tee "$WORK/err"
+{ husk bench --runs 2 --density 2 --forks 2 --plot "$WORK/bench.png" 2>&1 > "$WORK/table"; echo $? > "$WORK/rc"; } | tee "$WORK/err"
 rc=$(cat "$WORK/rc")
 cat "$WORK/table"
 [ "$rc" = 0 ] || fail "husk bench: status $rc"
@@ -24,9 +24,11 @@ done
 grep -Eq "^namespace +$num +$num +1\.00  .*\(container baseline\)$" "$WORK/table" || fail "the namespace row is not the baseline"
 grep -Eq "^density: 2 sandboxes \(husk run -d\) started at once in $num s \($num starts/s\); PSS of their husk-vmm at 2: $num MiB" "$WORK/table" \
   || fail "no density figures"
+grep -Eq "^fork density: 2 forks \(husk fork\) of one idle container in $num s; PSS of their husk-vmm: $num MiB, ${num}x the first alone \($num MiB\), parent $num MiB" "$WORK/table" \
+  || fail "no fork density figures"
 grep -q '^unavailable: runc: runc is not installed$' "$WORK/table" || fail "runc is not listed as unavailable"
 grep -q '^round 2/2: husk .* ms husk-snapshot .* ms husk-fork .* ms namespace .* ms crun .* ms qemu-microvm .* ms$' "$WORK/err" || fail "the rows did not take turns"
-pass "husk bench: husk, husk-snapshot, husk-fork, namespace, crun and qemu-microvm rows with p50/p90/ratios, density, unavailable rows"
+pass "husk bench: husk, husk-snapshot, husk-fork, namespace, crun and qemu-microvm rows with p50/p90/ratios, density, fork density, unavailable rows"
 
 check_png() { # check_png FILE: a PNG of 1000x600 with more than a blank picture in it
   [ "$(od -An -tx1 -N8 "$1" | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "$1 is not a PNG"
@@ -42,7 +44,7 @@ pass "no container or husk-vmm left"
 
 # A failing row: husk's kernel missing. The other rows are still measured,
 # the table says why husk failed, the status is 1.
-HUSK_KERNEL=/nonexistent/vmlinux husk bench --runs 1 --density 0 > "$WORK/table" 2> "$WORK/err"
+HUSK_KERNEL=/nonexistent/vmlinux husk bench --runs 1 --density 0 --forks 0 > "$WORK/table" 2> "$WORK/err"
 rc=$?
 cat "$WORK/table"
 [ "$rc" = 1 ] || fail "a failing row gave status $rc"

@@ -31,13 +31,31 @@ pub fn measure(opts: &Options, log: &mut dyn std::io::Write) -> Density {
 }
 
 /// Removes the named containers when dropped.
-struct Sandboxes<'a> {
+pub(super) struct Sandboxes<'a> {
     opts: &'a Options,
     names: Vec<String>,
 }
 
+impl<'a> Sandboxes<'a> {
+    /// None yet.
+    pub(super) fn new(opts: &'a Options) -> Self {
+        Sandboxes {
+            opts,
+            names: Vec::new(),
+        }
+    }
+
+    /// Removes container `name` too when dropped.
+    pub(super) fn push(&mut self, name: String) {
+        self.names.push(name);
+    }
+}
+
 impl Drop for Sandboxes<'_> {
     fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
         let mut rm = husk_command(&self.opts.husk, &self.opts.data_dir);
         rm.args(["rm", "-f"]).args(&self.names);
         if let Err(e) = run_checked(&mut rm, "husk rm -f") {
@@ -47,12 +65,10 @@ impl Drop for Sandboxes<'_> {
 }
 
 fn start_all(opts: &Options) -> Result<DensityFigures> {
-    let sandboxes = Sandboxes {
-        opts,
-        names: (0..opts.density)
-            .map(|i| format!("husk-bench-{}-{i}", std::process::id()))
-            .collect(),
-    };
+    let mut sandboxes = Sandboxes::new(opts);
+    for i in 0..opts.density {
+        sandboxes.push(format!("husk-bench-{}-{i}", std::process::id()));
+    }
     let t = Instant::now();
     let mut children = Vec::new();
     for name in &sandboxes.names {
@@ -88,7 +104,7 @@ fn start_all(opts: &Options) -> Result<DensityFigures> {
     }
     let mut pss = 0;
     for name in &sandboxes.names {
-        pss += vmm_pss(opts, name)?;
+        pss += vmm_pss_of(opts, name)?;
     }
     Ok(DensityFigures {
         seconds,
@@ -110,7 +126,7 @@ fn reap(children: Vec<Child>) -> Vec<Result<std::process::Output>> {
 }
 
 /// PSS in bytes of the husk-vmm of container `name`.
-fn vmm_pss(opts: &Options, name: &str) -> Result<u64> {
+pub(super) fn vmm_pss_of(opts: &Options, name: &str) -> Result<u64> {
     let mut inspect = husk_command(&opts.husk, &opts.data_dir);
     inspect.args(["inspect", name]);
     let out = run_checked(&mut inspect, "husk inspect")?;

@@ -12,10 +12,11 @@
 //! Files: [`stats`] (percentiles, ratios), [`report`] (what was measured, as
 //! JSON between the machine and the host), [`table`] and [`plot`] (how it is
 //! shown), [`rootfs`] (the image unpacked for the container rows), one file
-//! per starter ([`husk`], [`namespace`], [`oci`], [`qemu`]) and
-//! [`density`].
+//! per starter ([`husk`], [`namespace`], [`oci`], [`qemu`]), [`density`]
+//! and [`fork_density`] (K forks of one idle container: the PSS they share).
 
 pub mod density;
+pub mod fork_density;
 pub mod husk;
 pub mod namespace;
 pub mod oci;
@@ -126,6 +127,8 @@ pub struct Options {
     pub runs: usize,
     /// Sandboxes of the density row (0: no density row).
     pub density: usize,
+    /// Forks of the fork density row (0: no fork density row).
+    pub forks: usize,
 }
 
 /// Measures every starter available here and the density row; progress
@@ -164,6 +167,7 @@ pub fn measure(opts: &Options, log: &mut dyn Write) -> Result<Report> {
     push(qemu::QemuBoot::new().map(|s| Box::new(s) as Box<dyn Starter>));
     let rows = alternate(&mut starters, opts.runs, log);
     let density = (opts.density > 0).then(|| density::measure(opts, log));
+    let forks = (opts.forks > 0).then(|| fork_density::measure(opts, log));
     Ok(Report {
         image: opts.image.clone(),
         runs: opts.runs,
@@ -171,6 +175,7 @@ pub fn measure(opts: &Options, log: &mut dyn Write) -> Result<Report> {
         rows,
         unavailable,
         density,
+        forks,
     })
 }
 

@@ -165,13 +165,15 @@ fn draw(report: &Report, path: &Path) -> std::result::Result<(), String> {
     root.present().map_err(|x| e(&x))
 }
 
-/// Lines under the chart: the density row, unavailable and failed rows.
+/// Lines under the chart: the density rows, unavailable and failed rows.
 fn notes(report: &Report) -> Vec<String> {
     let text = table::render(report);
     let mut lines: Vec<String> = text
         .lines()
         .filter(|l| {
-            l.starts_with("density:") || l.starts_with("unavailable:") || l.starts_with("error:")
+            ["density:", "fork density:", "unavailable:", "error:"]
+                .iter()
+                .any(|p| l.starts_with(p))
         })
         .map(str::to_string)
         .collect();
@@ -223,7 +225,7 @@ mod tests {
     #[test]
     fn notes_hold_baseline_density_and_unavailable_rows() {
         let n = notes(&sample());
-        assert_eq!(n.len(), 3);
+        assert_eq!(n.len(), 4);
         assert!(n[0].starts_with("bars: p50, whiskers: p90"));
         assert!(
             n[0].ends_with("; container baseline (namespace) p50 11.0 ms"),
@@ -231,6 +233,7 @@ mod tests {
             n[0]
         );
         assert!(n[1].starts_with("density: 2 sandboxes"));
-        assert_eq!(n[2], "unavailable: crun: crun is not installed");
+        assert!(n[2].starts_with("fork density: 4 forks"));
+        assert_eq!(n[3], "unavailable: crun: crun is not installed");
     }
 }

@@ -23,6 +23,9 @@ pub struct Report {
     pub unavailable: Vec<Unavailable>,
     /// Concurrent starts, when asked for (`--density K`, K > 0).
     pub density: Option<Density>,
+    /// Forks of one container, when asked for (`--forks K`, K > 0).
+    #[serde(default)]
+    pub forks: Option<ForkDensity>,
 }
 
 /// One starter's samples.
@@ -67,6 +70,28 @@ pub struct DensityFigures {
     pub pss_bytes: u64,
 }
 
+/// K forks of one idle container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkDensity {
+    /// How many forks.
+    pub k: usize,
+    /// The figures, or why they could not be had.
+    pub outcome: Result<ForkFigures, String>,
+}
+
+/// What the fork density row measured (PSS of husk-vmm processes, bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkFigures {
+    /// From the first `husk fork` to the last one returning.
+    pub seconds: f64,
+    /// The parent's, before any fork.
+    pub parent_pss_bytes: u64,
+    /// The first fork's, while it was the only one.
+    pub one_fork_pss_bytes: u64,
+    /// All K forks' together, while all run.
+    pub forks_pss_bytes: u64,
+}
+
 impl Row {
     /// p50 and p90 of the samples.
     pub fn summary(&self) -> Option<Summary> {
@@ -90,6 +115,7 @@ impl Report {
             .iter()
             .any(|r| r.error.is_some() || r.samples_ms.is_empty())
             || self.density.as_ref().is_some_and(|d| d.outcome.is_err())
+            || self.forks.as_ref().is_some_and(|f| f.outcome.is_err())
     }
 }
 
@@ -130,6 +156,15 @@ pub(crate) mod tests {
                     pss_bytes: 100 << 20,
                 }),
             }),
+            forks: Some(ForkDensity {
+                k: 4,
+                outcome: Ok(ForkFigures {
+                    seconds: 3.0,
+                    parent_pss_bytes: 12 << 20,
+                    one_fork_pss_bytes: 10 << 20,
+                    forks_pss_bytes: 28 << 20,
+                }),
+            }),
         }
     }
 
@@ -149,6 +184,9 @@ pub(crate) mod tests {
         assert!(r.failed());
         let mut r = sample();
         r.density.as_mut().unwrap().outcome = Err("no".into());
+        assert!(r.failed());
+        let mut r = sample();
+        r.forks.as_mut().unwrap().outcome = Err("husk fork: status 1".into());
         assert!(r.failed());
         let mut r = sample();
         r.rows[1].samples_ms.clear();

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::report::{Density, Report, Row};
+use super::report::{Density, ForkDensity, Report, Row};
 use super::stats;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -50,6 +50,9 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(d) = &report.density {
         let _ = writeln!(out, "{}", density_line(d));
+    }
+    if let Some(f) = &report.forks {
+        let _ = writeln!(out, "{}", fork_density_line(f));
     }
     for u in &report.unavailable {
         let _ = writeln!(out, "unavailable: {}: {}", u.name, u.reason);
@@ -101,6 +104,31 @@ pub fn density_line(d: &Density) -> String {
     }
 }
 
+/// The fork density row on one line: the K forks' PSS against the first
+/// fork's alone (K: nothing shared, 1: everything).
+pub fn fork_density_line(f: &ForkDensity) -> String {
+    match &f.outcome {
+        Ok(x) => {
+            let all = x.forks_pss_bytes as f64 / MIB;
+            let one = x.one_fork_pss_bytes as f64 / MIB;
+            let ratio = if one > 0.0 {
+                format!("{:.1}x", all / one)
+            } else {
+                "-".into()
+            };
+            format!(
+                "fork density: {k} forks (husk fork) of one idle container in {s:.2} s; \
+                 PSS of their husk-vmm: {all:.1} MiB, {ratio} the first alone ({one:.1} MiB), \
+                 parent {parent:.1} MiB",
+                k = f.k,
+                s = x.seconds,
+                parent = x.parent_pss_bytes as f64 / MIB,
+            )
+        }
+        Err(e) => format!("error: fork density ({} forks): {e}", f.k),
+    }
+}
+
 fn sandboxes(k: usize) -> String {
     format!("{k} sandbox{}", if k == 1 { "" } else { "es" })
 }
@@ -119,6 +147,7 @@ row        p50 ms  p90 ms  x container  what
 husk       3100.0  3180.0       281.82  husk run --rm busybox true
 namespace    11.0    11.8         1.00  unshare + chroot, true (container baseline)
 density: 2 sandboxes (husk run -d) started at once in 4.00 s (0.50 starts/s); PSS of their husk-vmm at 2: 100.0 MiB (50.0 MiB each)
+fork density: 4 forks (husk fork) of one idle container in 3.00 s; PSS of their husk-vmm: 28.0 MiB, 2.8x the first alone (10.0 MiB), parent 12.0 MiB
 unavailable: crun: crun is not installed
 ";
         assert_eq!(text, want);
@@ -130,6 +159,7 @@ unavailable: crun: crun is not installed
         r.rows[1].samples_ms.clear();
         r.rows[1].error = Some("unshare: Operation not permitted".into());
         r.density.as_mut().unwrap().outcome = Err("husk run -d: status 125".into());
+        r.forks.as_mut().unwrap().outcome = Err("husk fork: status 1".into());
         let text = render(&r);
         assert!(
             text.contains("\nhusk       3100.0  3180.0            -  husk run"),
@@ -140,6 +170,7 @@ unavailable: crun: crun is not installed
             "{text}"
         );
         assert!(text.contains("\nerror: density (2 sandboxes): husk run -d: status 125\n"));
+        assert!(text.contains("\nerror: fork density (4 forks): husk fork: status 1\n"));
         assert!(text.ends_with("error: namespace: unshare: Operation not permitted\n"));
     }
 }

@@ -1,4 +1,4 @@
-//! `husk bench [--runs N] [--image IMG] [--plot FILE.png] [--density K]`:
+//! `husk bench [--runs N] [--image IMG] [--plot FILE.png] [--density K] [--forks K]`:
 //! VM against container start-up, measured here ([`crate::bench`]), or in
 //! the husk machine on a host without hardware virtualization: the image
 //! is synced there as for `run`, the machine measures and sends the
@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Sandboxes the density row starts at once (0: no density row).
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub density: u16,
+    /// Forks of one idle container the fork density row makes (0: no fork
+    /// density row).
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    pub forks: u16,
     /// Print the measurements as JSON instead (what the husk machine sends
     /// back to the host).
     #[arg(long, hide = true)]
@@ -47,6 +51,7 @@ pub fn run(data_dir: &Path, args: BenchArgs) -> CliResult {
         image: args.image.clone(),
         runs: usize::from(args.runs),
         density: usize::from(args.density),
+        forks: usize::from(args.forks),
     };
     let report = bench::measure(&opts, &mut std::io::stderr())?;
     if args.json {
@@ -96,6 +101,8 @@ pub fn machine_argv(args: &BenchArgs, image: &str) -> Vec<String> {
         image.into(),
         "--density".into(),
         args.density.to_string(),
+        "--forks".into(),
+        args.forks.to_string(),
     ]
 }
 
@@ -144,8 +151,8 @@ mod tests {
     fn defaults_and_the_machine_command_line() {
         let t = T::try_parse_from(["bench", "--plot", "/tmp/x.png"]).unwrap();
         assert_eq!(
-            (t.a.runs, t.a.density, t.a.image.as_str()),
-            (5, 4, "busybox")
+            (t.a.runs, t.a.density, t.a.forks, t.a.image.as_str()),
+            (5, 4, 4, "busybox")
         );
         let t = T::try_parse_from([
             "bench",
@@ -155,6 +162,8 @@ mod tests {
             "0",
             "--image",
             "alpine",
+            "--forks",
+            "10",
         ])
         .unwrap();
         assert_eq!(
@@ -167,7 +176,9 @@ mod tests {
                 "--image",
                 "alpine:latest",
                 "--density",
-                "0"
+                "0",
+                "--forks",
+                "10"
             ]
         );
         assert!(T::try_parse_from(["bench", "--runs", "0"]).is_err());
