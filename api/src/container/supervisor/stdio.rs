@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_proto::agent::StreamHello;
+use husk_proto::agent::{read_frame, StreamHello};
 use husk_proto::guest::CONTAINER_ID;
 
 /// How long a connection may take to send its whole hello.
 pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest hello read (the agent's are under 100 bytes).
-const MAX_HELLO: usize = 1024;
+const MAX_HELLO: u64 = 1024;
 
 /// A listener for one stdio stream of the init (`exec_id` none) or of an
 /// exec.
@@ -88,40 +88,29 @@ fn accept_by(l: &UnixListener, deadline: Instant) -> io::Result<UnixStream> {
     }
 }
 
-/// Reads `buf` whole by `deadline`.
-fn read_by(s: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        let left = deadline
+/// A stream read by a deadline: each read waits at most until it.
+struct ByDeadline<'a> {
+    stream: &'a mut UnixStream,
+    deadline: Instant,
+}
+
+impl Read for ByDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
-        s.set_read_timeout(Some(left))?;
-        let rest = buf.get_mut(got..).unwrap_or_default();
-        match s.read(rest) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
-    Ok(())
 }
 
-/// Reads one hello frame (u32 BE length, JSON) by `deadline`.
-fn read_hello(s: &mut UnixStream, deadline: Instant) -> io::Result<StreamHello> {
-    let mut head = [0u8; 4];
-    read_by(s, &mut head, deadline)?;
-    let len = u32::from_be_bytes(head) as usize;
-    if len > MAX_HELLO {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a {len}-byte hello"),
-        ));
-    }
-    let mut body = vec![0u8; len];
-    read_by(s, &mut body, deadline)?;
-    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Reads one hello frame by `deadline`, at most [`MAX_HELLO`] bytes of it
+/// (a longer one ends short and is refused).
+fn read_hello(stream: &mut UnixStream, deadline: Instant) -> io::Result<StreamHello> {
+    let mut r = ByDeadline { stream, deadline }.take(4 + MAX_HELLO);
+    read_frame(&mut r).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
