@@ -70,7 +70,7 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
                 crate::container::spec::NetworkMode::None => "none",
             },
             "PortBindings": c.ports,
-            "LogConfig": {"Type": crate::container::log_opts::DRIVER, "Config": c.log.docker_config()},
+            "LogConfig": c.log.docker_json(),
             "Binds": c.volumes.iter().map(|v| format!("{}:{}{}", v.name, v.destination, if v.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
         },
         "NetworkSettings": {

@@ -94,6 +94,12 @@ impl LogConfig {
             ("max-file", self.max_file.to_string()),
         ])
     }
+
+    /// `HostConfig.LogConfig` as both inspects show it: [`DRIVER`] and
+    /// [`LogConfig::docker_config`].
+    pub fn docker_json(&self) -> serde_json::Value {
+        serde_json::json!({"Type": DRIVER, "Config": self.docker_config()})
+    }
 }
 
 /// Whether `v` is false as Go's `strconv.ParseBool` reads it.

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::{blocking, create_body, empty, json, read_json, ApiError, Ctx, Query, Reply};
 use crate::container::control::Request;
-use crate::container::log_opts;
 use crate::container::state::{PortBinding, State};
 use crate::container::{create, ipc, ContainerConfig, Containers, Handle, Status};
 use crate::image::store::Store;
@@ -169,7 +168,7 @@ pub fn inspect_json(
             "PortBindings": port_bindings(&c.ports),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "AutoRemove": c.auto_remove,
-            "LogConfig": {"Type": log_opts::DRIVER, "Config": c.log.docker_config()},
+            "LogConfig": c.log.docker_json(),
             "Memory": c.memory_bytes.unwrap_or(0),
             "NanoCpus": c.cpu_millis.unwrap_or(0) * 1_000_000,
             "Privileged": false,
