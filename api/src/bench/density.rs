@@ -5,7 +5,7 @@
 //! also when something failed.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use super::husk::husk_command;
@@ -64,6 +64,14 @@ impl Drop for Sandboxes<'_> {
     }
 }
 
+/// `husk run -d` of an idle sandbox named `name` (the image's `sleep`).
+pub(super) fn idle_sandbox(opts: &Options, name: &str) -> Command {
+    let mut c = husk_command(&opts.husk, &opts.data_dir);
+    c.args(["run", "-d", "-q", "--name", name, &opts.image])
+        .args(["sleep", "3600"]);
+    c
+}
+
 fn start_all(opts: &Options) -> Result<DensityFigures> {
     let mut sandboxes = Sandboxes::new(opts);
     for i in 0..opts.density {
@@ -72,20 +80,10 @@ fn start_all(opts: &Options) -> Result<DensityFigures> {
     let t = Instant::now();
     let mut children = Vec::new();
     for name in &sandboxes.names {
-        let mut c = husk_command(&opts.husk, &opts.data_dir);
-        c.args([
-            "run",
-            "-d",
-            "-q",
-            "--name",
-            name,
-            &opts.image,
-            "sleep",
-            "3600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut c = idle_sandbox(opts, name);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         match c.spawn() {
             Ok(child) => children.push(child),
             Err(source) => {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::density::{vmm_pss_of, Sandboxes};
+use super::density::{idle_sandbox, vmm_pss_of, Sandboxes};
 use super::husk::husk_command;
 use super::report::{ForkDensity, ForkFigures};
 use super::{run_checked, Options, Result};
@@ -34,9 +34,7 @@ fn fork_all(opts: &Options) -> Result<ForkFigures> {
     let prefix = format!("husk-bench-{}-fork", std::process::id());
     let parent = format!("{prefix}-parent");
     let mut sandboxes = Sandboxes::new(opts);
-    let mut run = husk_command(&opts.husk, &opts.data_dir);
-    run.args(["run", "-d", "-q", "--name", &parent, &opts.image])
-        .args(["sleep", "3600"]);
+    let mut run = idle_sandbox(opts, &parent);
     sandboxes.push(parent.clone());
     run_checked(&mut run, "husk run -d")?;
     let parent_pss_bytes = vmm_pss_of(opts, &parent)?;
