@@ -20,3 +20,12 @@ run_vmm() {
   # SIGTERM from the guard: husk-vmm exits 143; SIGKILL: 137.
   if [ "$RC" = 143 ] || [ "$RC" = 137 ]; then RC=124; fi
 }
+# check DESCRIPTION WANT GOT: fails with the scenario's show_diag unless
+# GOT is WANT.
+check() {
+  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
+}
+# now_cs: uptime in centiseconds (busybox date has no %N).
+now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
+# vmm_pid CONTAINER: its husk-vmm's pid (State.VmmPid), run with $husk.
+vmm_pid() { $husk inspect "$1" | sed -n 's/.*"VmmPid": \([0-9]*\).*/\1/p' | head -1; }

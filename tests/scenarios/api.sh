@@ -20,9 +20,6 @@ show_diag() {
     [ -f "$f" ] && show_tail "$f"
   done
 }
-check() { # check DESCRIPTION WANT GOT
-  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
-}
 start_server() {
   $husk serve --socket "$sock" >> "$WORK/serve.log" 2>&1 &
   server=$!

@@ -10,7 +10,6 @@ CMDLINE="console=ttyS0 reboot=k panic=-1 quiet"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is not in the test host"
 
 # Centiseconds since the test host booted (busybox has no nanosecond date).
-now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 
 husk_once() {
   : > "$WORK/h.log"

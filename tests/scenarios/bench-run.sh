@@ -10,7 +10,6 @@ export HUSK_DATA_DIR=$WORK/husk-data HUSK_RUN_DIR=$WORK/husk-run PATH="$PATH:/hu
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is not in the test host"
 command -v crun >/dev/null || fail "crun is not in the test host"
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
-now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # First run: nothing cached (the rootfs disk is built from the layers).

@@ -19,9 +19,6 @@ show_diag() {
     [ -f "$f" ] && show_tail "$f"
   done
 }
-check() { # check DESCRIPTION WANT GOT
-  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
-}
 
 # 1. A data directory with ',', ' ' and ':' in its path (husk-vmm reads a
 # vm.json, never comma-joined flags).

@@ -16,10 +16,6 @@ show_diag() {
     [ -f "$f" ] && show_tail "$f"
   done
 }
-check() { # check DESCRIPTION WANT GOT
-  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
-}
-vmm_pid() { $husk inspect "$1" | sed -n 's/.*"VmmPid": \([0-9]*\).*/\1/p' | head -1; }
 counter() { $husk exec "$1" cat /tmp/count 2>/dev/null; }
 
 # 1. pause / unpause.

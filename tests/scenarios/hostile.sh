@@ -23,13 +23,8 @@ show_diag() {
     [ -f "$f" ] && show_tail "$f"
   done
 }
-check() { # check DESCRIPTION WANT GOT
-  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
-}
 ip_of() { $husk inspect "$1" | sed -n 's/.*"IPAddress": "\([0-9.]*\)".*/\1/p' | head -1; }
-vmm_pid() { $husk inspect "$1" | sed -n 's/.*"VmmPid": \([0-9]*\).*/\1/p' | head -1; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 # spoof_drops IP KIND: packets the HUSK-SPOOF rule of the slot holding IP
 # dropped; KIND is ip (another source address) or mac (another MAC).
 spoof_drops() {

@@ -19,11 +19,7 @@ show_diag() {
     [ -f "$f" ] && show_tail "$f"
   done
 }
-check() { # check DESCRIPTION WANT GOT
-  [ "$2" = "$3" ] || { show_diag; fail "$1: want [$2], got [$3]"; }
-}
 vmm_count() { ps -o comm 2>/dev/null | grep -c '^husk-vmm' ; }
-now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 
 # 0. Measurement only: with a husk built from before the builder microVM
 # (tests/e2e.sh run with HUSK_E2E_EXTRA_FILES=/var/tmp/husk-before/husk),
