@@ -24,7 +24,7 @@ done
 grep -Eq "^namespace +$num +$num +1\.00  .*\(container baseline\)$" "$WORK/table" || fail "the namespace row is not the baseline"
 grep -Eq "^density: 2 sandboxes \(husk run -d\) started at once in $num s \($num starts/s\); PSS of their husk-vmm at 2: $num MiB" "$WORK/table" \
   || fail "no density figures"
-grep -Eq "^fork density: 2 forks \(husk fork\) of one idle container in $num s; PSS of their husk-vmm: $num MiB, ${num}x the first alone \($num MiB\), parent $num MiB" "$WORK/table" \
+grep -Eq "^fork density: 2 forks \(husk fork\) of one idle container in $num s; PSS of their husk-vmm: $num MiB, ${num}x the container.s \($num MiB\), ${num}x the first fork.s alone \($num MiB\)" "$WORK/table" \
   || fail "no fork density figures"
 grep -q '^unavailable: runc: runc is not installed$' "$WORK/table" || fail "runc is not listed as unavailable"
 grep -q '^round 2/2: husk .* ms husk-snapshot .* ms husk-fork .* ms namespace .* ms crun .* ms qemu-microvm .* ms$' "$WORK/err" || fail "the rows did not take turns"

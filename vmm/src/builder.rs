@@ -508,10 +508,9 @@ pub fn restore_microvm(dir: &Path, config: &VmConfig, start: Instant) -> Result<
     let kvm = open_kvm()?;
     let vm = create_vm(&kvm)?;
     let memory_file = snapshot::memory_path(dir);
-    let mem =
+    let (mem, opened) =
         snapshot::memory::restore(&state.memory, &memory_file).map_err(SnapshotError::from)?;
-    let mapped = snapshot::memory::mapped_path(&state.memory, &memory_file);
-    let mapped_from = snapshot::diff::MappedFrom::open(mapped)
+    let mapped_from = snapshot::layers::MappedFrom::new(opened)
         .inspect_err(|e| log::warn!("forks of this VM will write whole snapshots: {e}"))
         .ok();
     register_memory(&vm, &mem)?;

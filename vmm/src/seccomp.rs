@@ -145,6 +145,8 @@ const SNAPSHOT: &[i64] = &[
     libc::SYS_pwrite64,
     libc::SYS_rename,
     libc::SYS_renameat2,
+    // Dropped memory layers are removed.
+    libc::SYS_unlink,
     libc::SYS_unlinkat,
 ];
 

@@ -93,7 +93,7 @@ pub struct Vmm {
     forbidden_test: bool,
     /// The file guest memory is mapped from (a restored VM): snapshots
     /// for a fork are written as a diff against it.
-    mapped_from: Option<snapshot::diff::MappedFrom>,
+    mapped_from: Option<snapshot::layers::MappedFrom>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -209,7 +209,7 @@ impl Vmm {
     }
 
     /// Guest memory is mapped from this file (a restored VM).
-    pub fn set_mapped_from(&mut self, from: snapshot::diff::MappedFrom) {
+    pub fn set_mapped_from(&mut self, from: snapshot::layers::MappedFrom) {
         self.mapped_from = Some(from);
     }
 
@@ -431,7 +431,7 @@ impl Vmm {
     /// Writes a snapshot of the paused VM into `dir`; with `diff`, guest
     /// memory mapped from a file still there is written as a diff against
     /// it (a snapshot to be restored at once, as a fork's), else whole.
-    pub fn snapshot(&self, dir: &Path, diff: bool) -> Result<(), SnapshotError> {
+    pub fn snapshot(&mut self, dir: &Path, diff: bool) -> Result<(), SnapshotError> {
         if !self.paused {
             return Err(SnapshotError::NotPaused);
         }
@@ -458,25 +458,25 @@ impl Vmm {
         let path = snapshot::memory_path(dir);
         let base = self
             .mapped_from
-            .as_ref()
+            .as_mut()
             .filter(|m| diff && m.still_there());
-        let memory = match base {
-            Some(from) => snapshot::memory::save_diff(&self.mem, &path, from)?,
-            None => snapshot::memory::save(&self.mem, &path)?,
+        let (memory, written) = match base {
+            Some(from) => {
+                let (memory, bytes) = from.save_layer(&self.mem, dir)?;
+                let layers = memory.base.as_ref().map_or(0, |b| b.layers.len());
+                (
+                    memory,
+                    format!("a diff of {} KiB, {layers} layers", bytes >> 10),
+                )
+            }
+            None => {
+                let memory = snapshot::memory::save(&self.mem, &path)?;
+                (memory, "whole".to_string())
+            }
         };
-        let changed: u64 = memory
-            .base
-            .as_ref()
-            .map_or(memory.total(), |b| b.dirty.iter().map(|r| r.len).sum());
         log::info!(
-            "guest memory ({} MiB, {} MiB of it {}) written in {} ms",
+            "guest memory ({} MiB, {written}) written in {} ms",
             memory.total() >> 20,
-            changed >> 20,
-            if memory.base.is_some() {
-                "changed since restored"
-            } else {
-                "scanned"
-            },
             t.elapsed().as_millis()
         );
         let state = MicrovmState {

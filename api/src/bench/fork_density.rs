@@ -17,10 +17,11 @@ pub fn measure(opts: &Options, log: &mut dyn std::io::Write) -> ForkDensity {
     if let Ok(f) = &outcome {
         let _ = writeln!(
             log,
-            "fork density: {} forks in {:.1} s, husk-vmm PSS {} KiB (the first alone {} KiB)",
+            "fork density: {} forks in {:.1} s, husk-vmm PSS {} KiB (the container {} KiB, the first fork alone {} KiB)",
             opts.forks,
             f.seconds,
             f.forks_pss_bytes / 1024,
+            f.parent_pss_bytes / 1024,
             f.one_fork_pss_bytes / 1024
         );
     }

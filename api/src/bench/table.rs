@@ -104,25 +104,30 @@ pub fn density_line(d: &Density) -> String {
     }
 }
 
-/// The fork density row on one line: the K forks' PSS against the first
-/// fork's alone (K: nothing shared, 1: everything).
+/// The fork density row on one line: the K forks' PSS against the idle
+/// container's before it was forked and against the first fork's alone
+/// (K: nothing shared, 1: everything).
 pub fn fork_density_line(f: &ForkDensity) -> String {
     match &f.outcome {
         Ok(x) => {
             let all = x.forks_pss_bytes as f64 / MIB;
             let one = x.one_fork_pss_bytes as f64 / MIB;
-            let ratio = if one > 0.0 {
-                format!("{:.1}x", all / one)
-            } else {
-                "-".into()
+            let parent = x.parent_pss_bytes as f64 / MIB;
+            let times = |of: f64| {
+                if of > 0.0 {
+                    format!("{:.1}x", all / of)
+                } else {
+                    "-".into()
+                }
             };
             format!(
                 "fork density: {k} forks (husk fork) of one idle container in {s:.2} s; \
-                 PSS of their husk-vmm: {all:.1} MiB, {ratio} the first alone ({one:.1} MiB), \
-                 parent {parent:.1} MiB",
+                 PSS of their husk-vmm: {all:.1} MiB, {by_parent} the container's \
+                 ({parent:.1} MiB), {by_one} the first fork's alone ({one:.1} MiB)",
                 k = f.k,
                 s = x.seconds,
-                parent = x.parent_pss_bytes as f64 / MIB,
+                by_parent = times(parent),
+                by_one = times(one),
             )
         }
         Err(e) => format!("error: fork density ({} forks): {e}", f.k),
@@ -147,7 +152,7 @@ row        p50 ms  p90 ms  x container  what
 husk       3100.0  3180.0       281.82  husk run --rm busybox true
 namespace    11.0    11.8         1.00  unshare + chroot, true (container baseline)
 density: 2 sandboxes (husk run -d) started at once in 4.00 s (0.50 starts/s); PSS of their husk-vmm at 2: 100.0 MiB (50.0 MiB each)
-fork density: 4 forks (husk fork) of one idle container in 3.00 s; PSS of their husk-vmm: 28.0 MiB, 2.8x the first alone (10.0 MiB), parent 12.0 MiB
+fork density: 4 forks (husk fork) of one idle container in 3.00 s; PSS of their husk-vmm: 28.0 MiB, 2.3x the container's (12.0 MiB), 2.8x the first fork's alone (10.0 MiB)
 unavailable: crun: crun is not installed
 ";
         assert_eq!(text, want);

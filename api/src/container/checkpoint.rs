@@ -26,6 +26,10 @@ pub const META_FILE: &str = "checkpoint.json";
 pub const DISK_FILE: &str = "rw.ext4";
 /// Where husk-vmm writes a checkpoint being made.
 const STAGING: &str = ".staging";
+/// Where husk-vmm writes the memory layers of forks, in its staging
+/// directory: each fork's state refers to them by path, so they stay
+/// there (not moved with the checkpoint) until the VM stops.
+const LAYERS_DIR: &str = "layers";
 /// Longest checkpoint name.
 const MAX_NAME: usize = 128;
 
@@ -274,6 +278,10 @@ impl Checkpoints {
         fs::create_dir(partial).map_err(io_err("cannot create", partial))?;
         let entries = fs::read_dir(staging).map_err(io_err("cannot read", staging))?;
         for e in entries.flatten() {
+            if e.file_name() == LAYERS_DIR {
+                // Memory layers of forks stay with the VM that wrote them.
+                continue;
+            }
             let to = partial.join(e.file_name());
             fs::rename(e.path(), &to).map_err(io_err("cannot move the snapshot to", &to))?;
             if nix::unistd::geteuid().is_root() {
@@ -358,6 +366,8 @@ mod tests {
         let cps = Checkpoints::of(&h);
         let staging = cps.prepare_staging(None).unwrap();
         fs::write(staging.join("state"), b"s").unwrap();
+        fs::create_dir(staging.join(LAYERS_DIR)).unwrap();
+        fs::write(staging.join(LAYERS_DIR).join("1-1.mem"), b"m").unwrap();
         let meta = Meta {
             created: "2026-12-04T00:00:00Z".into(),
             lease_index: Some(3),
@@ -370,11 +380,12 @@ mod tests {
         assert_eq!(fs::read(dir.join(DISK_FILE)).unwrap(), b"disk");
         assert_eq!(Checkpoints::meta(&dir).unwrap(), meta);
         assert!(dir.join("state").exists(), "the snapshot moved into place");
-        assert_eq!(
-            fs::read_dir(&staging).unwrap().count(),
-            0,
-            "staging emptied"
-        );
+        let left: Vec<_> = fs::read_dir(&staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [LAYERS_DIR], "staging emptied but for the layers");
+        assert!(!dir.join(LAYERS_DIR).exists());
         assert!(matches!(
             cps.commit("one", &rw, &meta),
             Err(CheckpointError::Exists { .. })

@@ -1,31 +1,24 @@
-//! Diff snapshots of guest memory that is mapped from a file (a VM
-//! restored from a template or a checkpoint maps its memory file
-//! `MAP_PRIVATE`): only the pages that differ from that file are written,
-//! and a restore maps the same base file and copies those pages over it.
-//! Every microVM restored from one base then shares its unchanged pages
-//! in the host's page cache (how `husk fork` children share memory with
-//! each other and with every start from the same template), and the
-//! snapshot reads only the changed pages instead of all guest memory.
+//! The pieces of diff snapshots (see [`super::layers`]): which pages of
+//! guest memory mapped from a file differ from it, identities of files,
+//! and runs of pages copied between guest memory and a file laid out like
+//! it.
 //!
 //! Which pages differ comes from `/proc/self/pagemap` (opened before the
 //! jail): a page of a private file mapping that is present but no longer a
 //! file page was copied on write; a swapped-out page was too. Pages that
-//! are absent or still the file's are the base's.
+//! are absent or still the file's are the file's.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::memory::{true_runs, write_nonzero_runs, MemoryFileError, RegionState};
+use super::memory::{write_nonzero_runs, MemoryFileError, RegionState};
 
 /// Guest page size.
-const PAGE: u64 = 4096;
+pub(super) const PAGE: u64 = 4096;
 /// pagemap: the page is present.
 const PM_PRESENT: u64 = 1 << 63;
 /// pagemap: the page is swapped out.
@@ -35,7 +28,7 @@ const PM_FILE: u64 = 1 << 61;
 /// pagemap entries read at a time.
 const ENTRIES: usize = 64 << 10;
 /// Most bytes copied at a time.
-pub(super) const COPY: u64 = 2 << 20;
+pub(super) const COPY: u64 = 256 << 10;
 
 /// Identifies a file: a replaced or rewritten one differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,10 +44,11 @@ pub struct FileId {
 impl FileId {
     /// The identity of `path`.
     pub fn of(path: &Path) -> std::io::Result<Self> {
-        Ok(Self::from(&std::fs::metadata(path)?))
+        Ok(Self::from_metadata(&std::fs::metadata(path)?))
     }
 
-    fn from(m: &std::fs::Metadata) -> Self {
+    /// The identity of the file `m` describes.
+    pub fn from_metadata(m: &std::fs::Metadata) -> Self {
         FileId {
             ino: m.ino(),
             len: m.len(),
@@ -72,103 +66,31 @@ pub struct PageRun {
     pub len: u64,
 }
 
-/// The base a diff snapshot's memory file is applied to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaseMemory {
-    /// The base memory file.
-    pub path: PathBuf,
-    /// Its identity when the snapshot was taken.
-    pub id: FileId,
-    /// The pages the diff file holds; all others are the base's.
-    pub dirty: Vec<PageRun>,
-}
-
-/// The file guest memory is mapped from (held open), and this process's
-/// pagemap.
-#[derive(Debug)]
-pub struct MappedFrom {
-    path: PathBuf,
-    id: FileId,
-    file: File,
-    pagemap: File,
-}
-
-impl MappedFrom {
-    /// Guest memory mapped from `path`; opens it and `/proc/self/pagemap`
-    /// now (the jail has neither).
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = File::open(path)?;
-        Ok(MappedFrom {
-            path: path.to_path_buf(),
-            id: FileId::from(&file.metadata()?),
-            file,
-            pagemap: File::open("/proc/self/pagemap")?,
-        })
+/// Which of the `pages` pages of guest memory mapped at `host` differ from
+/// the file they are mapped from, by `/proc/self/pagemap` (opened as
+/// `pagemap`): present but no longer a file page (copied on write), or
+/// swapped out.
+pub fn changed_pages(pagemap: &File, host: u64, pages: u64) -> std::io::Result<Vec<bool>> {
+    let mut changed = Vec::with_capacity(usize::try_from(pages).unwrap_or(0));
+    let mut entries = vec![0u8; ENTRIES * 8];
+    let mut page = 0u64;
+    while page < pages {
+        let n = usize::try_from(pages - page)
+            .unwrap_or(ENTRIES)
+            .min(ENTRIES);
+        let buf = entries.get_mut(..n * 8).unwrap_or_default();
+        pagemap.read_exact_at(buf, (host / PAGE + page) * 8)?;
+        changed.extend(buf.chunks_exact(8).map(|e| {
+            let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
+            e & PM_PRESENT != 0 && e & PM_FILE == 0 || e & PM_SWAPPED != 0
+        }));
+        page += n as u64;
     }
-
-    /// Whether the mapped file is still linked and unchanged, so a restore
-    /// (which opens it by its path) finds it: one removed (a discarded
-    /// template, a deleted checkpoint) has no links left.
-    pub fn still_there(&self) -> bool {
-        self.file
-            .metadata()
-            .is_ok_and(|m| m.nlink() > 0 && FileId::from(&m) == self.id)
-    }
-
-    /// The runs of pages of `mem` (laid out as `regions`) that differ from
-    /// the file.
-    pub fn dirty_runs(
-        &self,
-        mem: &GuestMemoryMmap,
-        regions: &[RegionState],
-    ) -> std::io::Result<Vec<PageRun>> {
-        let mut runs = Vec::new();
-        for (r, layout) in mem.iter().zip(regions) {
-            let host = r
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| std::io::Error::other(e.to_string()))? as u64;
-            let changed = self.changed_pages(host, layout.len / PAGE)?;
-            runs.extend(true_runs(changed).into_iter().map(|pages| PageRun {
-                offset: layout.file_offset + pages.start as u64 * PAGE,
-                len: pages.len() as u64 * PAGE,
-            }));
-        }
-        Ok(runs)
-    }
-
-    /// Whether each of the `pages` pages mapped at `host` differs from the
-    /// file, from the page map.
-    fn changed_pages(&self, host: u64, pages: u64) -> std::io::Result<Vec<bool>> {
-        let mut changed = Vec::with_capacity(usize::try_from(pages).unwrap_or(0));
-        let mut entries = vec![0u8; ENTRIES * 8];
-        let mut page = 0u64;
-        while page < pages {
-            let n = usize::try_from(pages - page)
-                .unwrap_or(ENTRIES)
-                .min(ENTRIES);
-            let buf = entries.get_mut(..n * 8).unwrap_or_default();
-            self.pagemap.read_exact_at(buf, (host / PAGE + page) * 8)?;
-            changed.extend(buf.chunks_exact(8).map(|e| {
-                let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
-                e & PM_PRESENT != 0 && e & PM_FILE == 0 || e & PM_SWAPPED != 0
-            }));
-            page += n as u64;
-        }
-        Ok(changed)
-    }
-
-    /// The base a diff taken now refers to, with its `dirty` runs.
-    pub fn base(&self, dirty: Vec<PageRun>) -> BaseMemory {
-        BaseMemory {
-            path: self.path.clone(),
-            id: self.id,
-            dirty,
-        }
-    }
+    Ok(changed)
 }
 
 /// The guest address of byte `offset` of the memory file.
-fn guest_addr(regions: &[RegionState], offset: u64, len: u64) -> Option<GuestAddress> {
+pub(super) fn guest_addr(regions: &[RegionState], offset: u64, len: u64) -> Option<GuestAddress> {
     let end = offset.checked_add(len)?;
     let r = regions.iter().find(|r| {
         offset >= r.file_offset && r.file_offset.checked_add(r.len).is_some_and(|e| end <= e)

@@ -25,7 +25,7 @@ use serde::Serialize;
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HUSKSNAP";
 /// Version of the layout and of the state types; bumped on any change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The husk-vmm version that writes snapshots (and the only one it loads).
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegionBuilder;
 
-use super::diff::{self, BaseMemory, MappedFrom};
+use super::diff;
+use super::layers::{self, BaseMemory, Opened};
 use vm_memory::{
     Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap,
@@ -119,7 +120,7 @@ fn is_zero(page: &[u8]) -> bool {
 /// Writes every region of `mem` to `path` and returns the layout. Zero
 /// pages are left as holes: the file is sparse (an idle guest's memory
 /// is mostly pages it never touched) and reads back the same. Memory is
-/// copied out a few MiB at a time and each run of non-zero pages written
+/// copied out 256 KiB at a time and each run of non-zero pages written
 /// with one call ([`diff::write_runs`] over the whole regions).
 pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFileError> {
     let file = File::create(path).map_err(io("create", path))?;
@@ -139,28 +140,8 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemoryState, MemoryFil
     finish(&file, path, state)
 }
 
-/// Writes only the pages of `mem` that differ from the file it is mapped
-/// `from` (a diff snapshot against it, see [`super::diff`]).
-pub fn save_diff(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    from: &MappedFrom,
-) -> Result<MemoryState, MemoryFileError> {
-    let file = File::create(path).map_err(io("create", path))?;
-    let regions = layout(mem);
-    let dirty = from
-        .dirty_runs(mem, &regions)
-        .map_err(io("read the page map for", path))?;
-    diff::write_runs(mem, &regions, &dirty, (&file, path))?;
-    let state = MemoryState {
-        regions,
-        base: Some(from.base(dirty)),
-    };
-    finish(&file, path, state)
-}
-
 /// Where each region goes in the memory file: back to back.
-fn layout(mem: &GuestMemoryMmap) -> Vec<RegionState> {
+pub(super) fn layout(mem: &GuestMemoryMmap) -> Vec<RegionState> {
     let mut offset = 0u64;
     mem.iter()
         .map(|r| {
@@ -217,20 +198,18 @@ pub(super) fn true_runs(flags: impl IntoIterator<Item = bool>) -> Vec<std::ops::
     runs
 }
 
-/// Maps `path` copy-on-write as guest memory laid out as `state` says.
-pub fn restore(state: &MemoryState, path: &Path) -> Result<GuestMemoryMmap, MemoryFileError> {
-    let mapped = mapped_path(state, path);
-    if let Some(b) = &state.base {
-        if diff::FileId::of(&b.path).ok() != Some(b.id) {
-            return Err(MemoryFileError::BaseChanged {
-                path: b.path.clone(),
-            });
-        }
-    }
-    let file = open_sized(mapped, state.total())?;
+/// Maps guest memory laid out as `state` says copy-on-write: from memory
+/// file `path`, or for a diff snapshot from its base with its layers over
+/// it (see [`layers`]). Returns it and the files it comes from, open.
+pub fn restore(
+    state: &MemoryState,
+    path: &Path,
+) -> Result<(GuestMemoryMmap, Opened), MemoryFileError> {
+    let (mapped, file) = layers::open_base(state, path)?;
+    let held = file.try_clone().map_err(io("duplicate", &mapped))?;
     let file = Arc::new(file);
     let map_err = |reason: String| MemoryFileError::Map {
-        path: mapped.to_path_buf(),
+        path: mapped.clone(),
         reason,
     };
     let mut regions = Vec::with_capacity(state.regions.len());
@@ -247,31 +226,8 @@ pub fn restore(state: &MemoryState, path: &Path) -> Result<GuestMemoryMmap, Memo
         regions.push(region);
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))?;
-    if let Some(b) = &state.base {
-        let changed = open_sized(path, state.total())?;
-        diff::apply_runs(&mem, &state.regions, &b.dirty, (&changed, path))?;
-    }
-    Ok(mem)
-}
-
-/// The file a restored guest's memory is mapped from: a diff snapshot's
-/// base, else the snapshot's own memory file `path`.
-pub fn mapped_path<'a>(state: &'a MemoryState, path: &'a Path) -> &'a Path {
-    state.base.as_ref().map_or(path, |b| b.path.as_path())
-}
-
-/// Opens memory file `path`, which must hold `want` bytes.
-fn open_sized(path: &Path, want: u64) -> Result<File, MemoryFileError> {
-    let file = File::open(path).map_err(io("open", path))?;
-    let have = file.metadata().map_err(io("stat", path))?.len();
-    if have != want {
-        return Err(MemoryFileError::Size {
-            path: path.to_path_buf(),
-            have,
-            want,
-        });
-    }
-    Ok(file)
+    let opened = layers::apply(&mem, state, (mapped.clone(), held))?;
+    Ok((mem, opened))
 }
 
 #[cfg(test)]
@@ -300,7 +256,7 @@ mod tests {
         assert_eq!(meta.len(), 0x12000);
         assert!(meta.blocks() * 512 < 0x12000, "{} blocks", meta.blocks());
 
-        let back = restore(&state, &path).unwrap();
+        let back = restore(&state, &path).unwrap().0;
         assert_eq!(
             back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xdead_beef
@@ -308,7 +264,7 @@ mod tests {
         assert_eq!(back.read_obj::<u8>(GuestAddress(0x101fff)).unwrap(), 0x55);
         // Writes to the restored guest never reach the file.
         back.write_obj(1u32, GuestAddress(0x1000)).unwrap();
-        let again = restore(&state, &path).unwrap();
+        let again = restore(&state, &path).unwrap().0;
         assert_eq!(
             again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xdead_beef
@@ -350,81 +306,11 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(blocks < 16 * PAGE as u64, "{blocks} bytes allocated");
-        let back = restore(&state, &path).unwrap();
+        let back = restore(&state, &path).unwrap().0;
         assert_eq!(
             back.read_obj::<u8>(GuestAddress(len as u64 - 1)).unwrap(),
             7
         );
-    }
-
-    #[test]
-    fn a_diff_against_the_mapped_file_restores_the_same_memory() {
-        let mark = |page: u64| u8::try_from(page % 200).unwrap() + 1;
-        let dir = tempfile::tempdir().unwrap();
-        let (full, changed) = (dir.path().join("full"), dir.path().join("diff"));
-        let len = 64 * PAGE;
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), len),
-            (GuestAddress(0x100000), 4 * PAGE),
-        ])
-        .unwrap();
-        for page in 0..64u64 {
-            mem.write_obj(mark(page), GuestAddress(page * 4096))
-                .unwrap();
-        }
-        let state = save(&mem, &full).unwrap();
-        let restored = restore(&state, &full).unwrap();
-        let from = MappedFrom::open(&full).unwrap();
-        assert!(from.still_there());
-        // Every page read (present, still the file's), three changed: one
-        // rewritten, one zeroed, one in the second region.
-        for page in 0..64u64 {
-            assert_eq!(
-                restored.read_obj::<u8>(GuestAddress(page * 4096)).unwrap(),
-                mark(page)
-            );
-        }
-        restored
-            .write_obj(0xaau8, GuestAddress(5 * 4096 + 7))
-            .unwrap();
-        restored
-            .write_slice(&[0u8; PAGE], GuestAddress(9 * 4096))
-            .unwrap();
-        restored
-            .write_obj(0x55u8, GuestAddress(0x100000 + 4096))
-            .unwrap();
-        let d = save_diff(&restored, &changed, &from).unwrap();
-        let base = d.base.as_ref().unwrap();
-        assert_eq!(base.path, full);
-        let pages = base.dirty.iter().map(|r| r.len).sum::<u64>() / 4096;
-        assert_eq!(pages, 3, "{:?}", base.dirty);
-        let back = restore(&d, &changed).unwrap();
-        for page in 0..64u64 {
-            let want = match page {
-                9 => 0,
-                _ => mark(page),
-            };
-            assert_eq!(
-                back.read_obj::<u8>(GuestAddress(page * 4096)).unwrap(),
-                want,
-                "page {page}"
-            );
-        }
-        assert_eq!(
-            back.read_obj::<u8>(GuestAddress(5 * 4096 + 7)).unwrap(),
-            0xaa
-        );
-        assert_eq!(
-            back.read_obj::<u8>(GuestAddress(0x100000 + 4096)).unwrap(),
-            0x55
-        );
-        // A base that was replaced refuses the restore, and is no base
-        // for another diff.
-        std::fs::remove_file(&full).unwrap();
-        assert!(!from.still_there());
-        save(&mem, &full).unwrap();
-        let e = restore(&d, &changed).unwrap_err().to_string();
-        assert!(e.contains("is gone or was replaced"), "{e}");
     }
 
     #[test]

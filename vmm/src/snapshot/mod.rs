@@ -11,6 +11,7 @@
 pub mod api;
 pub mod diff;
 pub mod file;
+pub mod layers;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
