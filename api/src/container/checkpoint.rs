@@ -29,7 +29,7 @@ const STAGING: &str = ".staging";
 /// Where husk-vmm writes the memory layers of forks, in its staging
 /// directory: each fork's state refers to them by path, so they stay
 /// there (not moved with the checkpoint) until the VM stops.
-const LAYERS_DIR: &str = "layers";
+pub const LAYERS_DIR: &str = "layers";
 /// Longest checkpoint name.
 const MAX_NAME: usize = 128;
 

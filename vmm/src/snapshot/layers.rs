@@ -249,6 +249,10 @@ impl MappedFrom {
         diff::write_runs(mem, regions, runs, (&file, &path))?;
         file.set_len(total).map_err(io("size", &path))?;
         file.sync_all().map_err(io("sync", &path))?;
+        // Forks map the layer: no writable descriptor of it stays here
+        // (the supervisor checks before it hands the layer to root).
+        drop(file);
+        let file = File::open(&path).map_err(io("open", &path))?;
         let meta = file.metadata().map_err(io("stat", &path))?;
         Ok(Held {
             layer: Layer {

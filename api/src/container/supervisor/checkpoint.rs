@@ -16,7 +16,9 @@
 //! only listens for them and waits for the init, as after a start.
 
 use super::*;
-use crate::container::checkpoint::{CheckpointError, Checkpoints, DiskId, Meta, DISK_FILE};
+use crate::container::checkpoint::{
+    CheckpointError, Checkpoints, DiskId, Meta, DISK_FILE, LAYERS_DIR,
+};
 
 /// The checkpoint a fork starts from, in the fork's own directory.
 pub const FORK_CHECKPOINT: &str = "fork";
@@ -189,6 +191,9 @@ impl Sup {
         };
         let command = format!("{verb} {}", staging.display());
         vmm::api_command(&self.vm.api_sock, &command)?;
+        if fork_of.is_some() {
+            super::layers::seal(&staging.join(LAYERS_DIR), self.vm.pid)?;
+        }
         let meta = Meta {
             created: now_rfc3339(),
             lease_index: self.vm.snapshot.lease_index,

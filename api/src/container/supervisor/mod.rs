@@ -52,6 +52,7 @@ mod checkpoint;
 
 pub use checkpoint::FORK_CHECKPOINT;
 mod jail;
+mod layers;
 mod session;
 mod stdio;
 mod template;
