@@ -2,8 +2,9 @@
 # Runs every cargo-fuzz target for SECONDS each (default 60) and prints a
 # table of runs per target: the device models (devices/fuzz) and the
 # parsers of hostile input (fuzz/: agent messages, image manifests, the
-# layer unpacker). Installs cargo-fuzz when missing. A crash fails the run
-# and leaves its input under the workspace's artifacts/.
+# layer unpacker, snapshot state files). Installs cargo-fuzz when missing.
+# A crash fails the run and leaves its input under the workspace's
+# artifacts/.
 # Usage: tests/fuzz.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -434,7 +434,6 @@ pub fn apply(
     let mut mapped = 0usize;
     for layer in state.base.iter().flat_map(|b| &b.layers) {
         let file = open_checked(&layer.path, Some(layer.id), state.total())?;
-        check_runs(&layer.runs, &state.regions, &layer.path)?;
         mapped += layer.runs.len();
         if mapped <= MAX_MAPPED_RUNS {
             map_runs(mem, &state.regions, &layer.runs, (&file, &layer.path))?;
@@ -450,28 +449,7 @@ pub fn apply(
     Ok(Opened { base, layers })
 }
 
-/// Refuses runs that are not whole pages inside one region.
-fn check_runs(
-    runs: &[PageRun],
-    regions: &[RegionState],
-    path: &Path,
-) -> Result<(), MemoryFileError> {
-    for run in runs {
-        if run.offset % PAGE != 0 || run.len % PAGE != 0 || run.len == 0 {
-            return Err(copy_err(
-                run.offset,
-                path,
-                "a changed-page run is not page aligned",
-            ));
-        }
-        if diff::guest_addr(regions, run.offset, run.len).is_none() {
-            return Err(copy_err(run.offset, path, "outside guest memory"));
-        }
-    }
-    Ok(())
-}
-
-/// Maps each of `runs` (checked) of `file` over the same pages of `mem`,
+/// Maps each of `runs` (checked by [`MemoryState::check`]) of `file` over the same pages of `mem`,
 /// privately.
 fn map_runs(
     mem: &GuestMemoryMmap,
@@ -724,38 +702,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is gone or was replaced"), "{e}");
-    }
-
-    #[test]
-    fn runs_that_are_not_whole_pages_in_one_region_are_refused() {
-        let regions = [
-            RegionState {
-                guest_addr: 0,
-                len: 8 * P,
-                file_offset: 0,
-            },
-            RegionState {
-                guest_addr: 0x100000,
-                len: 4 * P,
-                file_offset: 8 * P,
-            },
-        ];
-        let p = Path::new("layer");
-        let run = |offset, len| [PageRun { offset, len }];
-        assert!(check_runs(&run(P, 2 * P), &regions, p).is_ok());
-        for (offset, len) in [
-            (1, P),
-            (P, 100),
-            (P, 0),
-            (7 * P, 2 * P),
-            (12 * P, P),
-            (u64::MAX - P + 1, P),
-        ] {
-            assert!(
-                check_runs(&run(offset, len), &regions, p).is_err(),
-                "{offset} {len}"
-            );
-        }
     }
 
     #[test]

@@ -59,8 +59,11 @@ pub enum MemoryFileError {
         /// vm-memory's message.
         reason: String,
     },
-    /// A diff snapshot's base memory file is gone or was replaced.
-    #[error("the base memory file {path} of this snapshot is gone or was replaced")]
+    /// The layout in the state is not one husk-vmm writes.
+    #[error("the snapshot's memory layout is invalid: {0}")]
+    Layout(String),
+    /// A memory file a diff snapshot builds on is gone or was replaced.
+    #[error("the memory file {path} this snapshot builds on is gone or was replaced")]
     BaseChanged {
         /// The base file.
         path: PathBuf,
@@ -83,8 +86,8 @@ pub struct RegionState {
 pub struct MemoryState {
     /// Regions in address order.
     pub regions: Vec<RegionState>,
-    /// A diff snapshot: the file holds only these pages; the others are
-    /// this base file's (see [`super::diff`]).
+    /// A diff snapshot: memory is this base file's with its layers over
+    /// it (see [`super::layers`]).
     #[serde(default)]
     pub base: Option<BaseMemory>,
 }
@@ -92,9 +95,52 @@ pub struct MemoryState {
 impl MemoryState {
     /// Bytes the memory file holds.
     pub fn total(&self) -> u64 {
-        self.regions.iter().map(|r| r.len).sum()
+        self.regions
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.len))
+    }
+
+    /// Refuses a layout husk-vmm does not write (the state file comes from
+    /// a jailed husk-vmm): at most [`MAX_REGIONS`] regions of whole pages,
+    /// in address order without overlap, back to back in the file; at most
+    /// [`layers::MAX_LAYERS`] layers, each with runs of whole pages inside
+    /// one region, in order without overlap.
+    pub fn check(&self) -> Result<(), MemoryFileError> {
+        let bad = |why: String| Err(MemoryFileError::Layout(why));
+        if self.regions.is_empty() || self.regions.len() > MAX_REGIONS {
+            return bad(format!("{} regions", self.regions.len()));
+        }
+        let (mut offset, mut next_addr) = (0u64, 0u64);
+        for r in &self.regions {
+            let end = r.guest_addr.checked_add(r.len);
+            let whole = r.len > 0 && (r.guest_addr | r.len) % PAGE as u64 == 0;
+            if !whole || end.is_none() || r.guest_addr < next_addr || r.file_offset != offset {
+                return bad(format!("region {r:?}"));
+            }
+            next_addr = end.unwrap_or(u64::MAX);
+            offset = offset.saturating_add(r.len);
+        }
+        let layers = self.base.iter().flat_map(|b| &b.layers);
+        if layers.clone().count() > layers::MAX_LAYERS {
+            return bad(format!("more than {} layers", layers::MAX_LAYERS));
+        }
+        for layer in layers {
+            let mut after = 0u64;
+            for run in &layer.runs {
+                let whole = run.len > 0 && (run.offset | run.len) % PAGE as u64 == 0;
+                let inside = diff::guest_addr(&self.regions, run.offset, run.len).is_some();
+                if !whole || !inside || run.offset < after {
+                    return bad(format!("run {run:?} of layer {}", layer.path.display()));
+                }
+                after = run.offset + run.len;
+            }
+        }
+        Ok(())
     }
 }
+
+/// The most RAM regions a layout has.
+pub const MAX_REGIONS: usize = 16;
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MemoryFileError + 'a {
     move |source| MemoryFileError::Io {
@@ -205,6 +251,7 @@ pub fn restore(
     state: &MemoryState,
     path: &Path,
 ) -> Result<(GuestMemoryMmap, Opened), MemoryFileError> {
+    state.check()?;
     let (mapped, file) = layers::open_base(state, path)?;
     let held = file.try_clone().map_err(io("duplicate", &mapped))?;
     let file = Arc::new(file);
@@ -342,5 +389,91 @@ mod tests {
                 path.display()
             )
         );
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use crate::snapshot::diff::{FileId, PageRun};
+    use crate::snapshot::layers::Layer;
+
+    const P: u64 = 4096;
+
+    fn state(regions: &[(u64, u64, u64)], runs: &[(u64, u64)]) -> MemoryState {
+        let layer = Layer {
+            path: "layer".into(),
+            id: FileId {
+                ino: 1,
+                len: 0,
+                mtime: (0, 0),
+            },
+            runs: runs
+                .iter()
+                .map(|&(offset, len)| PageRun { offset, len })
+                .collect(),
+        };
+        MemoryState {
+            regions: regions
+                .iter()
+                .map(|&(guest_addr, len, file_offset)| RegionState {
+                    guest_addr,
+                    len,
+                    file_offset,
+                })
+                .collect(),
+            base: Some(BaseMemory {
+                path: "base".into(),
+                id: FileId {
+                    ino: 2,
+                    len: 0,
+                    mtime: (0, 0),
+                },
+                layers: vec![layer],
+            }),
+        }
+    }
+
+    #[test]
+    fn layouts_husk_vmm_writes_pass() {
+        let two = [(0, 8 * P, 0), (0x100000, 4 * P, 8 * P)];
+        state(&two, &[(P, 2 * P), (3 * P, P), (8 * P, 4 * P)])
+            .check()
+            .unwrap();
+        state(&two, &[]).check().unwrap();
+    }
+
+    #[test]
+    fn hostile_layouts_are_refused() {
+        let two = [(0, 8 * P, 0), (0x100000, 4 * P, 8 * P)];
+        let bad_regions: [&[(u64, u64, u64)]; 6] = [
+            &[],
+            &[(0, 0, 0)],
+            &[(1, P, 0)],
+            &[(0, 2 * P, 0), (P, P, 2 * P)],
+            &[(0, P, 0), (0x10000, P, 0)],
+            &[(u64::MAX - P + 1, 2 * P, 0)],
+        ];
+        for regions in bad_regions {
+            let e = state(regions, &[]).check().unwrap_err().to_string();
+            assert!(e.contains("memory layout is invalid"), "{regions:?}: {e}");
+        }
+        let bad_runs: [&[(u64, u64)]; 6] = [
+            &[(1, P)],
+            &[(P, 100)],
+            &[(P, 0)],
+            &[(7 * P, 2 * P)],
+            &[(12 * P, P)],
+            &[(2 * P, P), (P, P)],
+        ];
+        for runs in bad_runs {
+            assert!(state(&two, runs).check().is_err(), "{runs:?}");
+        }
+        let mut many = state(&two, &[]);
+        let layer = many.base.as_ref().unwrap().layers[0].clone();
+        many.base.as_mut().unwrap().layers = vec![layer; crate::snapshot::layers::MAX_LAYERS + 1];
+        assert!(many.check().is_err());
+        let huge = state(&[(0, !(P - 1), 0), (!(P - 1), P, 0)], &[]);
+        assert_eq!(huge.total(), u64::MAX);
     }
 }
