@@ -304,6 +304,19 @@ HUSK_MACHINE=1 h rm -f fk >/dev/null
 HUSK_MACHINE=1 h fork --name fk5 fk3 >/dev/null && [ "$(HUSK_MACHINE=1 h exec fk5 cat /w/who 2>&1)" = parent ] && ok || fail "a fork of a fork whose parent is gone"
 HUSK_MACHINE=1 h rm -f fk2 fk3 fk4 fk5 >/dev/null
 
+# ps --format (Docker's templates, table, json) and run --label.
+HUSK_MACHINE=1 h run -d --name fmt1 -l tier=front -l solo busybox sleep 300 >/dev/null
+HUSK_MACHINE=1 h create --name fmt2 busybox true >/dev/null
+got=$(HUSK_MACHINE=1 h ps --format '{{.Names}} {{.State}} {{.Labels}}' 2>&1)
+echo "$got" | grep -qx 'fmt1 running solo=,tier=front' && ! echo "$got" | grep -q fmt2 && ok || fail "ps --format: '$got'"
+got=$(HUSK_MACHINE=1 h ps -a --format 'table {{.Names}}\t{{.Status}}' 2>&1)
+echo "$got" | head -1 | grep -q '^NAMES  *STATUS$' && echo "$got" | grep -q '^fmt2  *Created$' && ok || fail "ps --format table: '$got'"
+got=$(HUSK_MACHINE=1 h ps --format json 2>&1 | grep '"Names":"fmt1"')
+echo "$got" | grep -q '"State":"running"' && echo "$got" | grep -q '"Labels":"solo=,tier=front"' && ok || fail "ps --format json: '$got'"
+HUSK_MACHINE=1 h inspect fmt1 | grep -q '"tier": "front"' && ok || fail "inspect shows no labels"
+err=$(HUSK_MACHINE=1 h ps --format '{{.Size}}' 2>&1) && fail "ps --format {{.Size}} worked" || { [ "$(echo "$err" | wc -l)" = 1 ] && echo "$err" | grep -q 'not supported' && ok || fail "ps --format {{.Size}}: '$err'"; }
+HUSK_MACHINE=1 h rm -f fmt1 fmt2 >/dev/null
+
 # Images come from this host's store: one loaded here under a new name
 # runs in the machine (copied in once), with --env-file read here.
 h save -o "$data/layout" busybox >/dev/null

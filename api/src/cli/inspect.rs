@@ -59,6 +59,7 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
             "Tty": c.process.tty,
             "OpenStdin": c.process.open_stdin,
             "Image": c.image,
+            "Labels": c.labels,
         },
         "HostConfig": {
             "AutoRemove": c.auto_remove,

@@ -15,6 +15,7 @@ pub mod machine;
 pub mod network;
 pub mod pause;
 pub mod ps;
+pub mod ps_format;
 pub mod run;
 pub mod serve;
 pub mod top;

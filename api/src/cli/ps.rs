@@ -1,10 +1,12 @@
-//! `husk ps [-a] [-q]`.
+//! `husk ps [-a] [-q] [--no-trunc] [--format FORMAT]`.
 
 use std::path::Path;
 
 use clap::Args;
 
-use super::CliResult;
+use super::ps_format::{self, Format};
+use super::{CliError, CliResult};
+use crate::container::spec::NetworkMode;
 use crate::container::state::{human_duration, secs_since, PortBinding, State, Status};
 use crate::container::{short_id, ContainerConfig};
 
@@ -20,6 +22,11 @@ pub struct PsArgs {
     /// Don't truncate output.
     #[arg(long)]
     pub no_trunc: bool,
+    /// Docker's formats: `table`, `table TEMPLATE`, `json`, or a TEMPLATE of
+    /// `{{.Field}}` (ID, Image, Command, CreatedAt, RunningFor, Ports, State,
+    /// Status, Names, Labels, Mounts, Networks, LocalVolumes).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 /// Docker's STATUS column.
@@ -69,6 +76,57 @@ fn command_text(c: &ContainerConfig, full: bool) -> String {
     }
 }
 
+/// Docker's STATE: `running`, `paused`, `restarting`, `created`, `exited`.
+fn state_word(s: &State) -> &'static str {
+    match s.status {
+        Status::Running if s.paused => "paused",
+        Status::Created | Status::Exited if s.restarting => "restarting",
+        status => status.as_str(),
+    }
+}
+
+/// Docker's CreatedAt (`2026-12-05 05:30:00 +0000 UTC`) of an RFC 3339 UTC
+/// time.
+fn created_at(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..19)) {
+        (Some(day), Some(time)) if rfc3339.ends_with('Z') => format!("{day} {time} +0000 UTC"),
+        _ => rfc3339.to_string(),
+    }
+}
+
+/// One container's values for `--format`, in [`ps_format::FIELDS`] order.
+fn values(c: &ContainerConfig, s: &State, full: bool) -> ps_format::Values {
+    let id = if full {
+        c.id.clone()
+    } else {
+        short_id(&c.id).to_string()
+    };
+    let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mounts: Vec<&str> = c.volumes.iter().map(|v| v.name.as_str()).collect();
+    let mut networks: Vec<&str> = vec![match c.network {
+        NetworkMode::Default => "bridge",
+        NetworkMode::None => "none",
+    }];
+    networks.extend(c.networks.iter().map(|n| n.network.as_str()));
+    let value = |field: &str| match field {
+        "ID" => id.clone(),
+        "Image" => c.image.clone(),
+        "Command" => command_text(c, full),
+        "CreatedAt" => created_at(&c.created),
+        "RunningFor" => format!("{} ago", human_duration(secs_since(&c.created))),
+        "Ports" => ports_text(&s.ports),
+        "State" => state_word(s).to_string(),
+        "Status" => status_text(s),
+        "Names" => c.name.clone(),
+        "Labels" => labels.join(","),
+        "Mounts" => mounts.join(","),
+        "Networks" => networks.join(","),
+        "LocalVolumes" => c.volumes.len().to_string(),
+        _ => String::new(),
+    };
+    ps_format::FIELDS.iter().map(|f| value(f.0)).collect()
+}
+
 /// `husk ps`.
 pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
     let cs = super::containers(data_dir)?;
@@ -76,6 +134,15 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
     rows.reverse();
     if !args.all {
         rows.retain(|(_, s)| s.status == Status::Running);
+    }
+    if args.format.is_some() && !args.quiet {
+        let format = Format::parse(args.format.as_deref()).map_err(|e| CliError::new(1, e))?;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|(c, s)| values(c, s, args.no_trunc))
+            .collect();
+        print!("{}", format.render(&values));
+        return Ok(0);
     }
     if args.quiet {
         for (c, _) in rows {

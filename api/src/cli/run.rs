@@ -92,6 +92,9 @@ pub struct RunArgs {
     /// compress=false.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     pub log_opt: Vec<String>,
+    /// Set a label on the container (KEY=VALUE, or KEY for an empty value).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
     /// Print where start-up time went (on stderr) when the command returns.
     #[arg(long)]
     pub timings: bool,
@@ -182,11 +185,25 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
         network,
         networks,
         auto_remove: args.rm,
-        labels: Default::default(),
+        labels: labels(&args.label)?,
         restart: args.restart,
         cold_boot: args.no_snapshot,
         log,
     })
+}
+
+/// The labels of `--label KEY=VALUE` (`KEY` alone: an empty value), as
+/// Docker's; an empty key is a 125.
+fn labels(args: &[String]) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    args.iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            if k.trim().is_empty() {
+                return Err(usage(format!("invalid label {l:?}: the key is empty")));
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// The log limits of `--log-driver` and `--log-opt`; refusals are 125s.
@@ -319,6 +336,19 @@ mod tests {
         }
         let argv = ["husk"].iter().chain(extra).chain(&["busybox"]).copied();
         <Cli as clap::Parser>::parse_from(argv).run
+    }
+
+    #[test]
+    fn labels_are_key_value_or_key() {
+        let got = labels(&["a=1".into(), "b".into(), "c=x=y".into()]).unwrap();
+        let want: Vec<(&str, &str)> = vec![("a", "1"), ("b", ""), ("c", "x=y")];
+        assert_eq!(
+            got.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(labels(&["=v".into()]).unwrap_err().status, 125);
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub fn rewrite_run_args(argv: Vec<String>) -> Result<Vec<String>> {
         "--log-driver",
         "--log-opt",
         "--restart",
+        "-l",
+        "--label",
     ];
     let mut out = Vec::new();
     let mut it = argv.into_iter();
