@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::memory::{write_nonzero_runs, MemoryFileError, RegionState};
+use super::memory::{io, write_nonzero_runs, MemoryFileError, RegionState};
 
 /// Guest page size.
 pub(super) const PAGE: u64 = 4096;
@@ -66,6 +66,15 @@ pub struct PageRun {
     pub len: u64,
 }
 
+impl PageRun {
+    /// The indexes of its pages in the memory file's layout.
+    pub fn pages(&self) -> std::ops::Range<usize> {
+        let first = usize::try_from(self.offset / PAGE).unwrap_or(usize::MAX);
+        let n = usize::try_from(self.len / PAGE).unwrap_or(0);
+        first..first.saturating_add(n)
+    }
+}
+
 /// Which of the `pages` pages of guest memory mapped at `host` differ from
 /// the file they are mapped from, by `/proc/self/pagemap` (opened as
 /// `pagemap`): present but no longer a file page (copied on write), or
@@ -109,38 +118,20 @@ pub fn write_runs(
     each_piece(regions, runs, path, |at, addr, buf| {
         mem.read_slice(buf, addr)
             .map_err(|e| copy_err(addr.raw_value(), path, &e.to_string()))?;
-        write_nonzero_runs(file, buf, at).map_err(|source| MemoryFileError::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            source,
-        })
+        write_nonzero_runs(file, buf, at).map_err(io("write", path))
     })
 }
 
-/// Copies a diff file's `runs` (read from `file`) over guest memory.
+/// Copies a layer's `runs` (read from `file`; checked by
+/// [`super::memory::MemoryState::check`]) over guest memory.
 pub fn apply_runs(
     mem: &GuestMemoryMmap,
     regions: &[RegionState],
     runs: &[PageRun],
     (file, path): (&File, &Path),
 ) -> Result<(), MemoryFileError> {
-    if let Some(run) = runs
-        .iter()
-        .find(|r| r.offset % PAGE != 0 || r.len % PAGE != 0)
-    {
-        return Err(copy_err(
-            run.offset,
-            path,
-            "a changed-page run is not page aligned",
-        ));
-    }
     each_piece(regions, runs, path, |at, addr, buf| {
-        file.read_exact_at(buf, at)
-            .map_err(|source| MemoryFileError::Io {
-                op: "read",
-                path: path.to_path_buf(),
-                source,
-            })?;
+        file.read_exact_at(buf, at).map_err(io("read", path))?;
         mem.write_slice(buf, addr)
             .map_err(|e| copy_err(addr.raw_value(), path, &e.to_string()))
     })
@@ -171,7 +162,8 @@ fn each_piece(
     Ok(())
 }
 
-fn copy_err(addr: u64, path: &Path, reason: &str) -> MemoryFileError {
+/// A copy between guest memory and `path` failed at `addr`.
+pub(super) fn copy_err(addr: u64, path: &Path, reason: &str) -> MemoryFileError {
     MemoryFileError::Copy {
         addr,
         path: path.to_path_buf(),

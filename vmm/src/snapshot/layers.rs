@@ -35,8 +35,8 @@ use vm_memory::{
     Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-use super::diff::{self, FileId, PageRun, PAGE};
-use super::memory::{true_runs, MemoryFileError, MemoryState, RegionState};
+use super::diff::{self, copy_err, FileId, PageRun, PAGE};
+use super::memory::{io, true_runs, MemoryFileError, MemoryState, RegionState};
 
 /// The directory of a snapshot directory that layers are written into
 /// (it stays when the snapshot is moved away).
@@ -211,11 +211,9 @@ impl MappedFrom {
                 .get_host_address(MemoryRegionAddress(0))
                 .map_err(|e| std::io::Error::other(e.to_string()))? as u64;
             let changed = diff::changed_pages(&self.pagemap, host, layout.len / PAGE)?;
-            let first = usize::try_from(layout.file_offset / PAGE).unwrap_or(usize::MAX);
-            for (i, c) in changed.into_iter().enumerate() {
-                if let Some(p) = pages.get_mut(first.saturating_add(i)) {
-                    *p = c;
-                }
+            let first = layout.pages().start;
+            for (p, c) in pages.iter_mut().skip(first).zip(changed) {
+                *p = c;
             }
         }
         Ok(pages)
@@ -269,9 +267,8 @@ impl MappedFrom {
 /// Sets the pages of `runs` in `pages`.
 fn mark(pages: &mut [bool], runs: &[PageRun]) {
     for run in runs {
-        let first = usize::try_from(run.offset / PAGE).unwrap_or(usize::MAX);
-        let n = usize::try_from(run.len / PAGE).unwrap_or(0);
-        for p in pages.iter_mut().skip(first).take(n) {
+        let r = run.pages();
+        for p in pages.iter_mut().skip(r.start).take(r.len()) {
             *p = true;
         }
     }
@@ -284,9 +281,8 @@ fn owners(layers: &[Held], pages: usize) -> Vec<u8> {
     for (i, held) in layers.iter().enumerate() {
         let tag = u8::try_from(i + 1).unwrap_or(u8::MAX);
         for run in &held.layer.runs {
-            let first = usize::try_from(run.offset / PAGE).unwrap_or(usize::MAX);
-            let n = usize::try_from(run.len / PAGE).unwrap_or(0);
-            for o in owner.iter_mut().skip(first).take(n) {
+            let r = run.pages();
+            for o in owner.iter_mut().skip(r.start).take(r.len()) {
                 *o = tag;
             }
         }
@@ -335,9 +331,9 @@ fn differing(
 fn region_runs(regions: &[RegionState], pages: &[bool]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     for r in regions {
-        let first = usize::try_from(r.file_offset / PAGE).unwrap_or(usize::MAX);
-        let n = usize::try_from(r.len / PAGE).unwrap_or(0);
-        let Some(own) = pages.get(first..first.saturating_add(n).min(pages.len())) else {
+        let own_pages = r.pages();
+        let first = own_pages.start;
+        let Some(own) = pages.get(first..own_pages.end.min(pages.len())) else {
             continue;
         };
         runs.extend(
@@ -490,22 +486,6 @@ fn map_runs(
         }
     }
     Ok(())
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MemoryFileError + 'a {
-    move |source| MemoryFileError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn copy_err(addr: u64, path: &Path, reason: &str) -> MemoryFileError {
-    MemoryFileError::Copy {
-        addr,
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
 }
 
 #[cfg(test)]

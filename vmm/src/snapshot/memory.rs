@@ -81,6 +81,17 @@ pub struct RegionState {
     pub file_offset: u64,
 }
 
+impl RegionState {
+    /// The indexes of its pages in the memory file's layout.
+    pub fn pages(&self) -> std::ops::Range<usize> {
+        diff::PageRun {
+            offset: self.file_offset,
+            len: self.len,
+        }
+        .pages()
+    }
+}
+
 /// The layout of guest memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryState {
@@ -142,7 +153,11 @@ impl MemoryState {
 /// The most RAM regions a layout has.
 pub const MAX_REGIONS: usize = 16;
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MemoryFileError + 'a {
+/// Context for an I/O error: `op` failed on `path`.
+pub(super) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> MemoryFileError + 'a {
     move |source| MemoryFileError::Io {
         op,
         path: path.to_path_buf(),
