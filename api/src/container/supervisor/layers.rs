@@ -11,7 +11,7 @@
 //! them read-only after writing; no new writable descriptor can be had
 //! once the file is root's, and husk-vmm cannot start processes).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -65,14 +65,12 @@ pub fn seal(dir: &Path, vmm_pid: i32) -> Result<(), LayerError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io("read", dir)(e)),
     };
-    let mut inodes = HashSet::new();
-    let mut names = Vec::new();
+    let mut layers = HashMap::new();
     for entry in entries {
         let path = entry.map_err(io("read", dir))?.path();
-        inodes.insert(seal_one(&path)?);
-        names.push(path);
+        layers.insert(seal_one(&path)?, path);
     }
-    check_not_writable(vmm_pid, &inodes, &names)
+    check_not_writable(vmm_pid, &layers)
 }
 
 /// Seals one layer (opened without following links); returns its inode.
@@ -103,20 +101,12 @@ fn seal_one(path: &Path) -> Result<u64, LayerError> {
     Ok(meta.ino())
 }
 
-/// Refuses when `pid` has a descriptor of one of `inodes` open for writing
-/// or maps one shared and writable.
-fn check_not_writable(
-    pid: i32,
-    inodes: &HashSet<u64>,
-    names: &[PathBuf],
-) -> Result<(), LayerError> {
+/// Refuses when `pid` has a descriptor of one of `layers` (by inode) open
+/// for writing or maps one shared and writable.
+fn check_not_writable(pid: i32, layers: &HashMap<u64, PathBuf>) -> Result<(), LayerError> {
     let writable = |ino: u64| LayerError::Writable {
         pid,
-        path: names
-            .iter()
-            .find(|p| fs::metadata(p).is_ok_and(|m| m.ino() == ino))
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from(format!("inode {ino}"))),
+        path: layers.get(&ino).cloned().unwrap_or_default(),
     };
     let fds = PathBuf::from(format!("/proc/{pid}/fd"));
     for entry in fs::read_dir(&fds).map_err(io("read", &fds))? {
@@ -125,7 +115,7 @@ fn check_not_writable(
         let Ok(meta) = fs::metadata(fds.join(&fd)) else {
             continue;
         };
-        if !inodes.contains(&meta.ino()) {
+        if !layers.contains_key(&meta.ino()) {
             continue;
         }
         let info = PathBuf::from(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()));
@@ -136,7 +126,7 @@ fn check_not_writable(
     }
     let maps = PathBuf::from(format!("/proc/{pid}/maps"));
     let text = fs::read_to_string(&maps).map_err(io("read", &maps))?;
-    let mapped = shared_writable_inodes(&text).find(|ino| inodes.contains(ino));
+    let mapped = shared_writable_inodes(&text).find(|ino| layers.contains_key(ino));
     match mapped {
         Some(ino) => Err(writable(ino)),
         None => Ok(()),
