@@ -76,15 +76,6 @@ fn command_text(c: &ContainerConfig, full: bool) -> String {
     }
 }
 
-/// Docker's STATE: `running`, `paused`, `restarting`, `created`, `exited`.
-fn state_word(s: &State) -> &'static str {
-    match s.status {
-        Status::Running if s.paused => "paused",
-        Status::Created | Status::Exited if s.restarting => "restarting",
-        status => status.as_str(),
-    }
-}
-
 /// Docker's CreatedAt (`2026-12-05 05:30:00 +0000 UTC`) of an RFC 3339 UTC
 /// time.
 fn created_at(rfc3339: &str) -> String {
@@ -115,7 +106,7 @@ fn values(c: &ContainerConfig, s: &State, full: bool) -> ps_format::Values {
         "CreatedAt" => created_at(&c.created),
         "RunningFor" => format!("{} ago", human_duration(secs_since(&c.created))),
         "Ports" => ports_text(&s.ports),
-        "State" => state_word(s).to_string(),
+        "State" => s.docker_state(s.status == Status::Running).to_string(),
         "Status" => status_text(s),
         "Names" => c.name.clone(),
         "Labels" => labels.join(","),

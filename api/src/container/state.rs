@@ -120,6 +120,23 @@ pub struct State {
 pub use crate::time::now_rfc3339;
 
 impl State {
+    /// Docker's State word: `running`, `paused`, `restarting`, `created` or
+    /// `exited`; `running` says whether it runs now (a live check, or
+    /// `status`).
+    pub fn docker_state(&self, running: bool) -> &'static str {
+        if running {
+            if self.paused {
+                "paused"
+            } else {
+                "running"
+            }
+        } else if self.restarting {
+            "restarting"
+        } else {
+            self.status.as_str()
+        }
+    }
+
     /// Marks the container ended.
     pub fn mark_exited(&mut self, code: i32, error: Option<String>) {
         self.status = Status::Exited;

@@ -77,20 +77,6 @@ fn port_bindings(specs: &[String]) -> Value {
     Value::Object(map)
 }
 
-fn state_text(s: &State, running: bool) -> &'static str {
-    if running {
-        if s.paused {
-            "paused"
-        } else {
-            "running"
-        }
-    } else if s.restarting {
-        "restarting"
-    } else {
-        s.status.as_str()
-    }
-}
-
 fn mounts(c: &ContainerConfig, data_dir: &Path) -> Value {
     c.volumes
         .iter()
@@ -113,7 +99,7 @@ pub fn summary(c: &ContainerConfig, s: &State, running: bool, data_dir: &Path) -
         "Created": unix_secs(&c.created),
         "Ports": port_list(&s.ports),
         "Labels": c.labels,
-        "State": state_text(s, running),
+        "State": s.docker_state(running),
         "Status": crate::cli::ps::status_text(s),
         "HostConfig": {"NetworkMode": super::networks::network_mode(c)},
         "NetworkSettings": {"Networks": super::networks::container_networks(c, s, data_dir)},
@@ -144,7 +130,7 @@ pub fn inspect_json(
         "Path": path,
         "Args": argv.collect::<Vec<_>>(),
         "State": {
-            "Status": state_text(s, running),
+            "Status": s.docker_state(running),
             "Running": running,
             "Paused": running && s.paused,
             "Restarting": !running && s.restarting,
@@ -285,7 +271,7 @@ pub async fn list(ctx: Arc<Ctx>, q: Query) -> Reply {
         let mut out = Vec::new();
         for (c, s) in cs.list()?.into_iter().rev() {
             let running = is_running(&cs.handle(&c.id), &s);
-            let status = state_text(&s, running);
+            let status = s.docker_state(running);
             if (all || running || filters.contains_key("status")) && matches(&filters, &c, status)?
             {
                 out.push(summary(&c, &s, running, &ctx.data_dir));
