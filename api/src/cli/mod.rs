@@ -72,6 +72,13 @@ pub fn request(h: &Handle, req: &Request) -> Result<UnixStream, CliError> {
     ipc::request(h, req).map_err(ipc_error)
 }
 
+/// A `--label` value as Docker reads it: `KEY=VALUE`, or `KEY` for an
+/// empty value.
+pub fn label_pair(label: &str) -> (String, String) {
+    let (k, v) = label.split_once('=').unwrap_or((label, ""));
+    (k.to_string(), v.to_string())
+}
+
 /// Opens the containers of `data_dir`.
 pub fn containers(data_dir: &Path) -> Result<Containers, CliError> {
     let c = Containers::open(data_dir)?;

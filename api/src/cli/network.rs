@@ -71,13 +71,8 @@ pub fn dispatch(data_dir: &Path, cmd: NetworkCmd) -> CliResult {
             driver,
             label,
         } => {
-            let labels: BTreeMap<String, String> = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
+            let labels: BTreeMap<String, String> =
+                label.iter().map(|l| super::label_pair(l)).collect();
             println!("{}", store.create(&name, &driver, labels)?.id);
             Ok(0)
         }

@@ -197,11 +197,11 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
 fn labels(args: &[String]) -> Result<std::collections::BTreeMap<String, String>, CliError> {
     args.iter()
         .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            let (k, v) = super::label_pair(l);
             if k.trim().is_empty() {
                 return Err(usage(format!("invalid label {l:?}: the key is empty")));
             }
-            Ok((k.to_string(), v.to_string()))
+            Ok((k, v))
         })
         .collect()
 }
