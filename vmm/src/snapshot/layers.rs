@@ -72,9 +72,11 @@ pub struct BaseMemory {
 
 /// An open file of the chain.
 #[derive(Debug)]
-struct Held {
-    layer: Layer,
-    file: File,
+pub(super) struct Held {
+    /// Where it is, its identity and (a layer's) runs.
+    pub(super) layer: Layer,
+    /// The file, open for reading.
+    pub(super) file: File,
     /// This VM wrote it (in its own layers directory).
     owned: bool,
 }
@@ -379,10 +381,11 @@ fn to_runs(regions: &[RegionState], pages: &[bool]) -> Vec<PageRun> {
 }
 
 /// Opens `path`, which must be the file `id` and hold `total` bytes.
-fn open_checked(path: &Path, id: Option<FileId>, total: u64) -> Result<File, MemoryFileError> {
+fn open_checked(path: &Path, id: Option<FileId>, total: u64) -> Result<Held, MemoryFileError> {
     let file = File::open(path).map_err(io("open", path))?;
     let meta = file.metadata().map_err(io("stat", path))?;
-    if id.is_some_and(|id| FileId::from_metadata(&meta) != id) {
+    let have = FileId::from_metadata(&meta);
+    if id.is_some_and(|id| have != id) {
         return Err(MemoryFileError::BaseChanged {
             path: path.to_path_buf(),
         });
@@ -394,53 +397,47 @@ fn open_checked(path: &Path, id: Option<FileId>, total: u64) -> Result<File, Mem
             want: total,
         });
     }
-    Ok(file)
+    Ok(Held {
+        layer: Layer {
+            path: path.to_path_buf(),
+            id: have,
+            runs: Vec::new(),
+        },
+        file,
+        owned: false,
+    })
 }
 
 /// Opens the file guest memory of `state` is mapped from: the base of a
 /// diff snapshot, else the snapshot's memory file `own`.
-pub fn open_base(state: &MemoryState, own: &Path) -> Result<(PathBuf, File), MemoryFileError> {
+pub(super) fn open_base(state: &MemoryState, own: &Path) -> Result<Held, MemoryFileError> {
     let (path, id) = match &state.base {
         Some(b) => (b.path.as_path(), Some(b.id)),
         None => (own, None),
     };
-    let file = open_checked(path, id, state.total())?;
-    Ok((path.to_path_buf(), file))
+    open_checked(path, id, state.total())
 }
 
-/// Puts the layers of `state` over `mem` (mapped from `base`, at `path`):
-/// each run of pages mapped from its layer, up to [`MAX_MAPPED_RUNS`],
-/// then copied. Returns the open files.
-pub fn apply(
+/// Puts the layers of `state` over `mem` (mapped from `base`): each run of
+/// pages mapped from its layer, up to [`MAX_MAPPED_RUNS`], then copied.
+/// Returns the open files.
+pub(super) fn apply(
     mem: &GuestMemoryMmap,
     state: &MemoryState,
-    (path, base): (PathBuf, File),
+    base: Held,
 ) -> Result<Opened, MemoryFileError> {
-    let meta = base.metadata().map_err(io("stat", &path))?;
-    let base = Held {
-        layer: Layer {
-            path,
-            id: FileId::from_metadata(&meta),
-            runs: Vec::new(),
-        },
-        file: base,
-        owned: false,
-    };
     let mut layers = Vec::new();
     let mut mapped = 0usize;
     for layer in state.base.iter().flat_map(|b| &b.layers) {
-        let file = open_checked(&layer.path, Some(layer.id), state.total())?;
+        let mut held = open_checked(&layer.path, Some(layer.id), state.total())?;
+        held.layer.runs = layer.runs.clone();
         mapped += layer.runs.len();
         if mapped <= MAX_MAPPED_RUNS {
-            map_runs(mem, &state.regions, &layer.runs, (&file, &layer.path))?;
+            map_runs(mem, &state.regions, &layer.runs, (&held.file, &layer.path))?;
         } else {
-            diff::apply_runs(mem, &state.regions, &layer.runs, (&file, &layer.path))?;
+            diff::apply_runs(mem, &state.regions, &layer.runs, (&held.file, &layer.path))?;
         }
-        layers.push(Held {
-            layer: layer.clone(),
-            file,
-            owned: false,
-        });
+        layers.push(held);
     }
     Ok(Opened { base, layers })
 }

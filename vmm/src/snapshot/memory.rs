@@ -267,9 +267,9 @@ pub fn restore(
     path: &Path,
 ) -> Result<(GuestMemoryMmap, Opened), MemoryFileError> {
     state.check()?;
-    let (mapped, file) = layers::open_base(state, path)?;
-    let held = file.try_clone().map_err(io("duplicate", &mapped))?;
-    let file = Arc::new(file);
+    let base = layers::open_base(state, path)?;
+    let mapped = base.layer.path.clone();
+    let file = Arc::new(base.file.try_clone().map_err(io("duplicate", &mapped))?);
     let map_err = |reason: String| MemoryFileError::Map {
         path: mapped.clone(),
         reason,
@@ -288,7 +288,7 @@ pub fn restore(
         regions.push(region);
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))?;
-    let opened = layers::apply(&mem, state, (mapped.clone(), held))?;
+    let opened = layers::apply(&mem, state, base)?;
     Ok((mem, opened))
 }
 
