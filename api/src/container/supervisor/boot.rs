@@ -3,8 +3,9 @@
 //! (from a typed `vm.json`), the agent's hello and `create`.
 
 use super::checkpoint::{Restore, SnapshotInfo};
+use super::guest_wait::{connect_agent, stop_after_failed_create, stop_vmm, worth_another_boot};
 use super::template;
-use super::vmm::{self, VmmEvents, VmmProcess};
+use super::vmm::{self, VmmProcess};
 use super::*;
 use crate::container::checkpoint::{Checkpoints, DiskId};
 use husk_proto::boot::{BootParams, DiskMount, GuestNet};
@@ -30,14 +31,52 @@ struct Network {
     guest: Option<GuestNet>,
 }
 
-/// Prepares everything, boots the VM and creates the container in it.
+/// What [`boot`] gives the supervisor: the container's state, what it
+/// holds while the VM lives, and husk-vmm.
+type Booted = (Arc<Sup>, Held, VmmProcess);
+
+/// Prepares everything, boots the VM and creates the container in it. A
+/// guest that stops by itself (a triple fault or a reset) while its
+/// container is being created, before any container process ran, is
+/// started once more from scratch and the first stop is logged, as a
+/// guest that stops while booting is (see [`start_vm`]).
 pub(super) fn boot(
     data_dir: &Path,
     h: &Handle,
     t0: Instant,
     events: Sender<Event>,
     checkpoint: Option<&str>,
-) -> Result<(Arc<Sup>, Held, VmmProcess), StartError> {
+) -> Result<Booted, StartError> {
+    let mut attempt = 1;
+    loop {
+        let mut stopped_by_itself = false;
+        match boot_once(
+            data_dir,
+            h,
+            t0,
+            events.clone(),
+            checkpoint,
+            &mut stopped_by_itself,
+        ) {
+            Err(e) if stopped_by_itself && attempt < BOOT_ATTEMPTS => {
+                log::warn!("{}; starting it once more", e.message);
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One try of [`boot`]; sets `stopped_by_itself` when it failed because the
+/// guest stopped by itself while its container was being created.
+fn boot_once(
+    data_dir: &Path,
+    h: &Handle,
+    t0: Instant,
+    events: Sender<Event>,
+    checkpoint: Option<&str>,
+    stopped_by_itself: &mut bool,
+) -> Result<Booted, StartError> {
     let config = h.config()?;
     let restore = checkpoint
         .map(|name| Restore::load(h, &config, name))
@@ -134,7 +173,8 @@ pub(super) fn boot(
         sup.next_exec.store(r.meta.next_exec, Ordering::SeqCst);
     } else {
         if let Err(e) = create_container(data_dir, &sup, disks.volume_mounts.clone()) {
-            stop_vmm(&mut vmm);
+            let (e, by_itself) = stop_after_failed_create(&mut vmm, e);
+            *stopped_by_itself = by_itself;
             return Err(e);
         }
     }
@@ -519,52 +559,6 @@ fn wait_for_tap(l: &net::Lease, gave_up: &AtomicBool) -> Result<(), StartError> 
     Ok(())
 }
 
-/// Connects to the agent (the boot timeout is `HUSK_BOOT_TIMEOUT`
-/// seconds, 120 by default) and says hello; a failure ends with the last
-/// line of the guest's `console` log.
-pub(super) fn connect_agent(
-    console: &Path,
-    uds: &Path,
-    vmm: &mut VmmProcess,
-) -> Result<AgentClient, StartError> {
-    let limit = Duration::from_secs(
-        std::env::var("HUSK_BOOT_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(120),
-    );
-    let spawned = Instant::now();
-    let (child, events) = (&mut vmm.child, &vmm.events);
-    let agent = AgentClient::connect_retry(uds, limit, || {
-        matches!(child.try_wait(), Ok(None)) && !stalled(events, spawned.elapsed())
-    });
-    agent.map_err(|e| {
-        let cause = match vmm.child.try_wait() {
-            Ok(Some(st)) => vmm_failure(vmm, &st.to_string()),
-            _ => crate::error::chain(&e),
-        };
-        StartError::new(match last_console_line(console) {
-            Some(line) => format!("{cause}; the guest's console ended with: {line}"),
-            None => cause,
-        })
-    })
-}
-
-/// The last non-empty line of the guest's console log (read from its last
-/// 4 KiB: the guest wrote it), for an error that must show its cause even
-/// when the container directory is removed after a failed `run`.
-pub(super) fn last_console_line(path: &Path) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
-    let mut tail = Vec::new();
-    f.take(4096).read_to_end(&mut tail).ok()?;
-    let text = String::from_utf8_lossy(&tail);
-    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-    Some(line.chars().filter(|c| !c.is_control()).take(200).collect())
-}
-
 /// The agent's `create` (rootfs overlay, mounts, limits, the hosts lines
 /// of its networks' members; nothing runs yet). The members' rules and
 /// hosts are brought up to date first.
@@ -589,72 +583,6 @@ fn create_container(data_dir: &Path, sup: &Sup, mounts: Vec<MountSpec>) -> Resul
         .map_err(agent_error)?;
     lock(&sup.timings).create_ms = ms(t.elapsed());
     Ok(())
-}
-
-/// How long after the agent's boot marker its vsock port may stay silent
-/// before the boot counts as stalled.
-const STALL_AFTER_MARKER: Duration = Duration::from_secs(30);
-
-/// Whether the agent reached its boot marker at least
-/// [`STALL_AFTER_MARKER`] before `elapsed` (time since husk-vmm started,
-/// roughly) without answering on vsock.
-fn stalled(events: &VmmEvents, elapsed: Duration) -> bool {
-    events
-        .boot_marker_ms(Duration::ZERO)
-        .is_some_and(|marker| ms(elapsed) > marker + ms(STALL_AFTER_MARKER))
-}
-
-/// Stops husk-vmm after its agent did not answer and says whether the boot
-/// is worth one more try: the guest stopped by itself (a triple fault or a
-/// reset, as the nested test host makes a booting guest do now and then),
-/// or its agent came up but the vsock device never carried an answer (seen
-/// about 1 boot in 30 in the husk machine; what husk-vmm's vsock queues
-/// looked like goes to the log first, for its diagnosis).
-pub(super) fn worth_another_boot(vmm: &mut VmmProcess, api_sock: &Path) -> bool {
-    let alive = matches!(vmm.child.try_wait(), Ok(None));
-    let marked = vmm.events.boot_marker_ms(Duration::ZERO).is_some();
-    if alive {
-        let up = if marked {
-            "is up"
-        } else {
-            "did not reach its boot marker"
-        };
-        match vmm::api_query(api_sock, "queues") {
-            Ok(text) => log::warn!("the agent {up} and vsock carried no answer: {text}"),
-            Err(e) => log::warn!(
-                "the agent {up} and vsock carried no answer; husk-vmm did not describe its queues: {}",
-                crate::error::chain(&e)
-            ),
-        }
-    }
-    stopped_by_itself(vmm) || (alive && marked)
-}
-
-/// Stops husk-vmm and says whether the guest had stopped by itself (a
-/// triple fault or a reset).
-pub(super) fn stopped_by_itself(vmm: &mut VmmProcess) -> bool {
-    stop_vmm(vmm);
-    vmm.events
-        .stop_reason(Duration::from_secs(2))
-        .as_deref()
-        .is_some_and(|r| r.starts_with("triple_fault") || r == "reset")
-}
-
-pub(super) fn stop_vmm(vmm: &mut VmmProcess) {
-    let _ = vmm.child.kill();
-    let _ = vmm.child.wait();
-}
-
-/// "the microVM did not start: " and husk-vmm's own reason (its `failed`
-/// event), or its exit status.
-fn vmm_failure(vmm: &VmmProcess, status: &str) -> String {
-    match vmm.events.failure(Duration::from_secs(2)) {
-        Some(why) => format!("the microVM did not start: husk-vmm: {why}"),
-        None => match vmm.events.stop_reason(Duration::ZERO) {
-            Some(why) => format!("the microVM did not start: the guest stopped: {why}"),
-            None => format!("the microVM did not start: husk-vmm exited ({status})"),
-        },
-    }
 }
 
 /// Inside the husk machine, published ports listen on every address: the
@@ -734,21 +662,5 @@ mod tests {
         assert_eq!(r.stdio.stdin, None);
         assert_eq!(r.id, CONTAINER_ID);
         r.validate().unwrap();
-    }
-
-    #[test]
-    fn the_console_tail_is_one_bounded_clean_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("console.log");
-        assert_eq!(last_console_line(&log), None);
-        let mut text = "x".repeat(10_000);
-        text.push_str("\n[ 1.0] Kernel panic - not syncing: \x1b[0mboom\r\n\n  \n");
-        fs::write(&log, &text).unwrap();
-        assert_eq!(
-            last_console_line(&log).as_deref(),
-            Some("[ 1.0] Kernel panic - not syncing: [0mboom")
-        );
-        fs::write(&log, "y".repeat(10_000)).unwrap();
-        assert_eq!(last_console_line(&log).map(|l| l.len()), Some(200));
     }
 }

@@ -22,7 +22,8 @@ use husk_proto::agent::{Request, Response};
 use husk_proto::boot::{BootParams, BuildDisks};
 use husk_proto::vm::{BlockConfig, VmConfig};
 
-use super::boot::{connect_agent, stop_vmm, worth_another_boot, BOOT_ATTEMPTS};
+use super::boot::BOOT_ATTEMPTS;
+use super::guest_wait::{connect_agent, stop_vmm, worth_another_boot};
 use super::vmm::{self, describe_exit, VmmProcess};
 use crate::container::client::AgentClient;
 use crate::container::client::ClientError;

@@ -51,6 +51,7 @@ mod builder;
 mod checkpoint;
 
 pub use checkpoint::FORK_CHECKPOINT;
+mod guest_wait;
 mod jail;
 mod layers;
 mod session;

@@ -13,7 +13,8 @@ use husk_proto::boot::DiskMount;
 use husk_proto::provision::{Provision, ProvisionNet};
 use husk_proto::vm::{BlockConfig, NetConfig, VmConfig};
 
-use super::boot::{connect_agent, ms, stop_vmm};
+use super::boot::ms;
+use super::guest_wait::{connect_agent, stop_vmm};
 use super::vmm;
 use super::StartError;
 use crate::container::client::AgentClient;
