@@ -30,20 +30,33 @@ summary() {
 data=
 watchdog_pid=
 cleanup() {
-  local rc=$? wedged=
+  local rc=$? wedged= why="the husk machine wedged"
   [ -z "$watchdog_pid" ] || kill "$watchdog_pid" 2>/dev/null || true
   if [ -n "$data" ]; then
     [ ! -e "$data/wedged" ] || wedged=1
+    # A failed run during which a container's guest triple-faulted (the
+    # same emulator faults a guest now and then) is run once more too.
+    if [ -z "$wedged" ] && [ "$failed" != 0 ] && guest_faults; then
+      wedged=1 why="a guest triple-faulted"
+    fi
     h machine stop >/dev/null 2>&1 || true
     rm -rf "$data"
   fi
   if [ -n "$wedged" ]; then
-    echo "machine: $passed passed, $failed failed; the husk machine wedged (status 75: run again)"
+    echo "machine: $passed passed, $failed failed; $why (status 75: run again)"
     exit 75
   fi
   summary "$rc" || exit 1
 }
 trap cleanup EXIT
+# Prints the machine's husk-vmm logs' triple-fault lines; false when none.
+guest_faults() {
+  local lines
+  lines=$(timeout -k 5 60 "$HUSK" --data-dir "$data" machine ssh -- sh -c \
+    'grep -h "guest stopped: triple_fault" /var/lib/husk/containers/*/vmm.log' 2>/dev/null) || true
+  [ -n "$lines" ] || return 1
+  echo "$lines" | head -n 5 | sed 's/^/machine.sh: /' >&2
+}
 
 if [ -z "${HUSK:-}" ]; then
   cargo build -q -p husk
