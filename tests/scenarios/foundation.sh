@@ -67,8 +67,9 @@ failed=0
 for p in $pids; do wait "$p" || failed=$((failed + 1)); done
 [ "$failed" = 0 ] || { cat "$WORK"/c*.out; show_diag
   fail "$failed of 8 concurrent husk run -d failed: $(grep -hv '^[0-9a-f]\{64\}$' "$WORK"/c*.out | head -3 | tr '\n' ' ')"; }
-# A guest that stopped by itself during boot is booted once more; say so.
-grep -h "booting it once more" "$HUSK_DATA_DIR"/containers/*/supervisor.log 2>/dev/null || true
+# A guest that stopped by itself while booting or while its container was
+# being created is started once more; say so.
+grep -h "once more" "$HUSK_DATA_DIR"/containers/*/supervisor.log 2>/dev/null || true
 check "8 running" 8 "$($husk ps -q | wc -l)"
 $husk rm -f c1 c2 c3 c4 c5 c6 c7 c8 > /dev/null || fail "rm -f the eight"
 check "none left" 0 "$($husk ps -aq | wc -l)"
