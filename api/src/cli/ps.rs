@@ -126,15 +126,6 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
     if !args.all {
         rows.retain(|(_, s)| s.status == Status::Running);
     }
-    if args.format.is_some() && !args.quiet {
-        let format = Format::parse(args.format.as_deref()).map_err(|e| CliError::new(1, e))?;
-        let values: Vec<_> = rows
-            .iter()
-            .map(|(c, s)| values(c, s, args.no_trunc))
-            .collect();
-        print!("{}", format.render(&values));
-        return Ok(0);
-    }
     if args.quiet {
         for (c, _) in rows {
             println!(
@@ -148,26 +139,14 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
         }
         return Ok(0);
     }
-    println!(
-        "{:<14}{:<24}{:<24}{:<18}{:<28}{:<30}NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
-    );
-    for (c, s) in rows {
-        println!(
-            "{:<14}{:<24}{:<24}{:<18}{:<28}{:<30}{}",
-            if args.no_trunc {
-                &c.id
-            } else {
-                short_id(&c.id)
-            },
-            c.image,
-            command_text(&c, args.no_trunc),
-            format!("{} ago", human_duration(secs_since(&c.created))),
-            status_text(&s),
-            ports_text(&s.ports),
-            c.name
-        );
-    }
+    // Without --format: Docker's default table, aligned as Docker's
+    // tabwriter aligns it.
+    let format = Format::parse(args.format.as_deref()).map_err(|e| CliError::new(1, e))?;
+    let values: Vec<_> = rows
+        .iter()
+        .map(|(c, s)| values(c, s, args.no_trunc))
+        .collect();
+    print!("{}", format.render(&values));
     Ok(0)
 }
 
