@@ -56,9 +56,7 @@ pub(super) fn last_console_line(path: &Path) -> Option<String> {
 /// had stopped (its agent connection then breaks: "Broken pipe"), the
 /// error names how it stopped; the flag says whether it stopped by itself.
 pub(super) fn stop_after_failed_create(vmm: &mut VmmProcess, e: StartError) -> (StartError, bool) {
-    let why = vmm.events.stop_reason(Duration::from_millis(500));
-    stop_vmm(vmm);
-    match why {
+    match stop_and_reason(vmm) {
         Some(why) => {
             let message = format!(
                 "the guest stopped while its container was being created: {why} ({})",
@@ -125,11 +123,15 @@ pub(super) fn worth_another_boot(vmm: &mut VmmProcess, api_sock: &Path) -> bool 
 /// Stops husk-vmm and says whether the guest had stopped by itself (a
 /// triple fault or a reset).
 pub(super) fn stopped_by_itself(vmm: &mut VmmProcess) -> bool {
+    stop_and_reason(vmm).as_deref().is_some_and(by_itself)
+}
+
+/// Stops husk-vmm and returns how its guest had stopped, if it had: the
+/// `stopped` event husk-vmm sends before it exits (read until its pipe
+/// closes, which a husk-vmm that was still running does once killed).
+fn stop_and_reason(vmm: &mut VmmProcess) -> Option<String> {
     stop_vmm(vmm);
-    vmm.events
-        .stop_reason(Duration::from_secs(2))
-        .as_deref()
-        .is_some_and(by_itself)
+    vmm.events.stop_reason(Duration::from_secs(2))
 }
 
 pub(super) fn stop_vmm(vmm: &mut VmmProcess) {
