@@ -30,19 +30,19 @@ summary() {
 data=
 watchdog_pid=
 cleanup() {
-  local rc=$? wedged= why="the husk machine wedged"
+  local rc=$? again= why="the husk machine wedged"
   [ -z "$watchdog_pid" ] || kill "$watchdog_pid" 2>/dev/null || true
   if [ -n "$data" ]; then
-    [ ! -e "$data/wedged" ] || wedged=1
+    [ ! -e "$data/wedged" ] || again=1
     # A failed run during which a container's guest triple-faulted (the
     # same emulator faults a guest now and then) is run once more too.
-    if [ -z "$wedged" ] && [ "$failed" != 0 ] && guest_faults; then
-      wedged=1 why="a guest triple-faulted"
+    if [ -z "$again" ] && [ "$failed" != 0 ] && guest_faults; then
+      again=1 why="a guest triple-faulted"
     fi
     h machine stop >/dev/null 2>&1 || true
     rm -rf "$data"
   fi
-  if [ -n "$wedged" ]; then
+  if [ -n "$again" ]; then
     echo "machine: $passed passed, $failed failed; $why (status 75: run again)"
     exit 75
   fi
