@@ -124,7 +124,7 @@ impl MemoryState {
         let (mut offset, mut next_addr) = (0u64, 0u64);
         for r in &self.regions {
             let end = r.guest_addr.checked_add(r.len);
-            let whole = r.len > 0 && (r.guest_addr | r.len) % PAGE as u64 == 0;
+            let whole = whole_pages(r.guest_addr, r.len);
             if !whole || end.is_none() || r.guest_addr < next_addr || r.file_offset != offset {
                 return bad(format!("region {r:?}"));
             }
@@ -138,7 +138,7 @@ impl MemoryState {
         for layer in layers {
             let mut after = 0u64;
             for run in &layer.runs {
-                let whole = run.len > 0 && (run.offset | run.len) % PAGE as u64 == 0;
+                let whole = whole_pages(run.offset, run.len);
                 let inside = diff::guest_addr(&self.regions, run.offset, run.len).is_some();
                 if !whole || !inside || run.offset < after {
                     return bad(format!("run {run:?} of layer {}", layer.path.display()));
@@ -148,6 +148,11 @@ impl MemoryState {
         }
         Ok(())
     }
+}
+
+/// Whether `len` bytes from `start` are one or more whole pages.
+fn whole_pages(start: u64, len: u64) -> bool {
+    len > 0 && (start | len).is_multiple_of(PAGE as u64)
 }
 
 /// The most RAM regions a layout has.
