@@ -85,6 +85,18 @@ fn created_at(rfc3339: &str) -> String {
     }
 }
 
+/// Docker's Networks: the user-defined networks the container is on, else
+/// `bridge` (the default network) or `none`.
+fn networks(c: &ContainerConfig) -> Vec<&str> {
+    if !c.networks.is_empty() {
+        return c.networks.iter().map(|n| n.network.as_str()).collect();
+    }
+    vec![match c.network {
+        NetworkMode::Default => "bridge",
+        NetworkMode::None => "none",
+    }]
+}
+
 /// One container's values for `--format`, in [`ps_format::FIELDS`] order.
 fn values(c: &ContainerConfig, s: &State, full: bool) -> ps_format::Values {
     let id = if full {
@@ -94,11 +106,7 @@ fn values(c: &ContainerConfig, s: &State, full: bool) -> ps_format::Values {
     };
     let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mounts: Vec<&str> = c.volumes.iter().map(|v| v.name.as_str()).collect();
-    let mut networks: Vec<&str> = vec![match c.network {
-        NetworkMode::Default => "bridge",
-        NetworkMode::None => "none",
-    }];
-    networks.extend(c.networks.iter().map(|n| n.network.as_str()));
+    let networks = networks(c);
     let value = |field: &str| match field {
         "ID" => id.clone(),
         "Image" => c.image.clone(),
@@ -153,6 +161,24 @@ pub fn run(data_dir: &Path, args: PsArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_are_the_user_networks_else_the_mode() {
+        let mut c = ContainerConfig::default();
+        assert_eq!(networks(&c), ["bridge"]);
+        c.network = NetworkMode::None;
+        assert_eq!(networks(&c), ["none"]);
+        // `--network front` is the default network's NAT plus front's
+        // members: Docker shows front alone.
+        c.network = NetworkMode::Default;
+        for name in ["front", "back"] {
+            c.networks.push(crate::container::spec::NetworkAttachment {
+                network: name.into(),
+                aliases: Vec::new(),
+            });
+        }
+        assert_eq!(networks(&c), ["front", "back"]);
+    }
 
     #[test]
     fn a_container_waiting_for_its_restart_shows_restarting() {
