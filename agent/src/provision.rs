@@ -1,8 +1,9 @@
 //! Provisioning a guest restored from a template snapshot
 //! (`husk_proto::provision`): fresh entropy first (mixed into the input
 //! pool, then the generator reseeded, before any container process can
-//! draw from it), the host's time, eth0's identity, then the disks, each
-//! once the guest has seen the capacity husk-vmm gave its slot.
+//! draw from it), the host's time, then eth0's identity while the disks
+//! are mounted, each once the guest has seen the capacity husk-vmm gave
+//! its slot.
 
 use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 
 use husk_proto::boot::DiskMount;
-use husk_proto::provision::Provision;
+use husk_proto::provision::{Provision, ProvisionNet};
 
 use crate::netconf;
 
@@ -45,6 +46,9 @@ pub enum ProvisionError {
     /// eth0 could not be configured.
     #[error("cannot address eth0")]
     Network(#[from] netconf::NetConfError),
+    /// A provisioning thread panicked.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
     /// A disk slot never showed a capacity.
     #[error("/dev/{device} still has no capacity after {secs} s")]
     Capacity {
@@ -74,15 +78,27 @@ pub fn provision(iface: &str, p: &Provision) -> Result<()> {
     p.validate()?;
     reseed(&p.entropy)?;
     set_clock(p.unix_time_ns)?;
-    if let Some(n) = &p.net {
-        netconf::readdress(iface, n.mac, (n.net.ip, n.net.prefix), n.net.gateway)?;
-        if !n.net.dns.is_empty() {
-            netconf::write_resolv_conf(Path::new("/"), &n.net.dns)?;
-        }
-    }
-    for d in &p.disks {
-        wait_for_capacity(Path::new("/sys"), &d.device, CAPACITY_WAIT)?;
-        mount_disk(d)?;
+    // eth0 is addressed while the disks are waited for and mounted: they
+    // do not depend on each other.
+    std::thread::scope(|s| {
+        let net = p.net.as_ref().map(|n| s.spawn(move || address(iface, n)));
+        let disks = p.disks.iter().try_for_each(|d| {
+            wait_for_capacity(Path::new("/sys"), &d.device, CAPACITY_WAIT)?;
+            mount_disk(d)
+        });
+        let net = net.map_or(Ok(()), |t| {
+            t.join()
+                .unwrap_or(Err(ProvisionError::Panicked("addressing eth0")))
+        });
+        disks.and(net)
+    })
+}
+
+/// Gives eth0 the identity in `n` and writes its name servers.
+fn address(iface: &str, n: &ProvisionNet) -> Result<()> {
+    netconf::readdress(iface, n.mac, (n.net.ip, n.net.prefix), n.net.gateway)?;
+    if !n.net.dns.is_empty() {
+        netconf::write_resolv_conf(Path::new("/"), &n.net.dns)?;
     }
     Ok(())
 }

@@ -184,6 +184,7 @@ fn main() -> ExitCode {
     let forbidden_test = std::env::var_os(FORBIDDEN_SYSCALL_ENV).is_some();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
     if cli.hold_kvm_keys {

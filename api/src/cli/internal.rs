@@ -16,6 +16,7 @@ pub fn container_supervise(data: &Path, id: &str, checkpoint: Option<&str>) -> C
     let _ = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .format_target(false)
+        .format_timestamp_millis()
         .try_init();
     let ready = std::fs::File::from(
         std::io::stdout()

@@ -416,7 +416,6 @@ fn run(
     vmm: vmm::VmmProcess,
     rx: Receiver<Event>,
 ) -> Option<Duration> {
-    let vmm_pid = sup.vm.pid;
     let (vtx, vrx) = mpsc::channel::<String>();
     let tx = sup.events.clone();
     // husk-vmm's end: the reaper thread owns the Child.
@@ -493,17 +492,7 @@ fn run(
         super::membership::left(data_dir, containers, &me);
     }
     log::info!("state written {:.0} ms after the end", ms(ended.elapsed()));
-    // Power the VM off, or kill it.
-    if vm_ok {
-        let _ = lock(&sup.agent).call_within(AgentRequest::Shutdown, Some(Duration::from_secs(5)));
-    }
-    if vrx.recv_timeout(Duration::from_secs(10)).is_err() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(vmm_pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = vrx.recv_timeout(Duration::from_secs(5));
-    }
+    end_vm(&sup, vm_ok, &vrx);
     let _ = reaper.join();
     let _ = reader.join();
     log::info!(
@@ -524,6 +513,30 @@ fn run(
         let _ = c.shutdown(Shutdown::Both);
     }
     restart_in
+}
+
+/// Ends the microVM once its container has ended: the agent powers the
+/// guest off (its disks flushed), or husk-vmm is killed when the guest
+/// cannot (`vm_ok` false) or does not within 10 s. A container removed at
+/// its end (`--rm`) without volumes keeps nothing of its guest, so its
+/// microVM is killed at once instead of waiting for the guest's power-off.
+fn end_vm(sup: &Sup, vm_ok: bool, ended: &Receiver<String>) {
+    let keeps_nothing = sup.config.auto_remove && sup.config.volumes.is_empty();
+    if vm_ok && !keeps_nothing {
+        let _ = lock(&sup.agent).call_within(AgentRequest::Shutdown, Some(Duration::from_secs(5)));
+    }
+    let grace = if keeps_nothing {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(10)
+    };
+    if ended.recv_timeout(grace).is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sup.vm.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = ended.recv_timeout(Duration::from_secs(5));
+    }
 }
 
 /// Starts container `h` again after `delay`, by its restart policy, unless
