@@ -140,6 +140,45 @@ pub fn readdress(
     Ok(())
 }
 
+/// Brings the loopback interface of the caller's network namespace up
+/// (a new namespace's `lo` is down, so 127.0.0.1 would not answer).
+/// Async-signal-safe: raw syscalls on the stack only, for a child between
+/// clone and execve. Returns the errno on failure.
+pub fn raise_loopback() -> std::result::Result<(), i32> {
+    let errno = || {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: an all-zero ifreq is valid (a name of NULs, no flags).
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `r` is an ifreq the kernel reads and writes in place; the
+    // flags are the union's member these two ioctls use.
+    let result = unsafe {
+        if libc::ioctl(fd, SIOCGIFFLAGS, &mut r) != 0 {
+            Err(errno())
+        } else {
+            r.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+            if libc::ioctl(fd, SIOCSIFFLAGS, &mut r) != 0 {
+                Err(errno())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    result
+}
+
 /// An AF_INET datagram socket, the handle the interface and route ioctls
 /// take.
 fn inet_socket() -> std::io::Result<std::os::fd::OwnedFd> {

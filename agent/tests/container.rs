@@ -375,6 +375,37 @@ fn sh_runs_as_pid_1_with_hostname_uid_and_exit_status() {
     assert_eq!(images.len(), 1);
 }
 
+/// Docker's `--network none`: the container's own network namespace has
+/// its loopback up, so a server on 127.0.0.1 answers inside it.
+#[test]
+fn a_new_network_namespace_has_its_loopback_up() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let (out_port, out) = h.port(None);
+    let process = Proc {
+        cmd: sh("ip -o addr show dev lo; ip -o link show dev lo; ping -c 1 -W 2 127.0.0.1 >/dev/null && echo answered"),
+        stdio: StdioPorts {
+            stdin: None,
+            stdout: Some(out_port),
+            stderr: None,
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.create("lo", &layer, process, "", Limits::default()),
+        Response::Created { .. }
+    ));
+    assert!(matches!(
+        h.call(Request::Start { id: "lo".into() }),
+        Response::Started { .. }
+    ));
+    assert_eq!(wait(&mut h.client, "lo", None), exited(0));
+    let stdout = text(out).1;
+    assert!(stdout.contains("inet 127.0.0.1/8"), "{stdout}");
+    assert!(stdout.contains(",UP"), "{stdout}");
+    assert!(stdout.ends_with("answered\n"), "{stdout}");
+}
+
 #[test]
 fn exec_stdin_signals_and_isolation() {
     let mut h = Harness::new();

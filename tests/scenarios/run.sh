@@ -250,10 +250,12 @@ pass "default deny: no container to container, no host address (gateway${host_ni
 out=$($husk run --rm busybox timeout 20 wget -q -O - "$HUSK_E2E_OUTSIDE")
 check "outbound GET $HUSK_E2E_OUTSIDE" outside-ok "$out"
 pass "outbound network access from the container"
-out=$($husk run --rm --network none busybox sh -c 'test -e /sys/class/net/lo && echo lo; test -e /sys/class/net/eth0 && echo eth0; ip route 2>/dev/null | grep -c default')
+out=$($husk run --rm --network none busybox sh -c 'test -e /sys/class/net/lo && echo lo; test -e /sys/class/net/eth0 && echo eth0; ip route 2>/dev/null | grep -c default; ip -o addr show dev lo | grep -o "inet 127.0.0.1/8"; (echo pong | nc -l -p 7777 &) ; sleep 0.5; nc 127.0.0.1 7777 </dev/null')
 check "--network none interfaces" "lo
-0" "$out"
-pass "--network none has loopback only, no eth0 and no route"
+0
+inet 127.0.0.1/8
+pong" "$out"
+pass "--network none has loopback only (up: a server on 127.0.0.1 answers), no eth0 and no route"
 
 # 7. Volumes: data written by one container is read by the next.
 $husk volume create data > /dev/null || fail "volume create"

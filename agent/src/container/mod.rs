@@ -281,6 +281,7 @@ fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<C
         hostname: None,
         setns: Vec::new(),
         unshare_cgroup: false,
+        loopback_up: false,
         identity,
         workdir: c(workdir)?,
         argv: args.iter().map(|a| c(a)).collect::<Result<_>>()?,
@@ -391,6 +392,7 @@ impl Container {
             | CloneFlags::CLONE_NEWIPC;
         if cfg.new_network {
             flags |= CloneFlags::CLONE_NEWNET;
+            plan.loopback_up = true;
         }
         let cgroup = &self.cgroup;
         let pid = process::spawn(&plan, flags, None, reaper, |pid| cgroup.add(pid))?;

@@ -36,6 +36,7 @@ const STEP_STDIO: u32 = 6;
 const STEP_IDENTITY: u32 = 7;
 const STEP_WORKDIR: u32 = 8;
 const STEP_EXEC: u32 = 9;
+const STEP_LOOPBACK: u32 = 10;
 /// Mount-plan step `i` is reported as `STEP_MOUNT + i`.
 const STEP_MOUNT: u32 = 1000;
 
@@ -51,6 +52,8 @@ pub struct ChildPlan {
     pub setns: Vec<(OwnedFd, CloneFlags)>,
     /// Unshare the cgroup namespace once in the cgroup (init).
     pub unshare_cgroup: bool,
+    /// Bring `lo` up: the init of a new network namespace.
+    pub loopback_up: bool,
     /// uid, gid, groups.
     pub identity: Identity,
     /// Working directory inside the container.
@@ -221,6 +224,7 @@ fn step_name(step: u32, plan: &ChildPlan) -> String {
         STEP_IDENTITY => "setgroups/setgid/setuid".into(),
         STEP_WORKDIR => format!("chdir {:?}", plan.workdir),
         STEP_EXEC => format!("exec {:?}", plan.argv.first()),
+        STEP_LOOPBACK => "bring the loopback interface up".into(),
         s if s >= STEP_MOUNT => match plan.mounts.get((s - STEP_MOUNT) as usize) {
             Some(op) => format!("rootfs: {op:?}"),
             None => "rootfs".into(),
@@ -288,6 +292,11 @@ fn child_main(
         for (fd, flag) in &plan.setns {
             if libc::setns(fd.as_raw_fd(), flag.bits()) != 0 {
                 fail(fds, STEP_SETNS, errno());
+            }
+        }
+        if plan.loopback_up {
+            if let Err(e) = crate::netconf::raise_loopback() {
+                fail(fds, STEP_LOOPBACK, e);
             }
         }
         if let Err((i, e)) = rootfs::execute(&RealSys, &plan.mounts) {
