@@ -234,6 +234,9 @@ impl Harness {
             limits,
             new_network: true,
             hosts: Vec::new(),
+            tmpfs: Vec::new(),
+            readonly_rootfs: false,
+            security: Default::default(),
         })))
     }
 }
@@ -850,6 +853,9 @@ fn run_once_ends_after_the_last_exit_is_reported() {
         limits: Limits::default(),
         new_network: true,
         hosts: Vec::new(),
+        tmpfs: Vec::new(),
+        readonly_rootfs: false,
+        security: Default::default(),
     };
     assert!(matches!(
         call(Request::Create(Box::new(create))),
@@ -1264,6 +1270,9 @@ fn etc_hostname_hosts_and_resolv_conf() {
             limits: Limits::default(),
             new_network,
             hosts: Vec::new(),
+            tmpfs: Vec::new(),
+            readonly_rootfs: false,
+            security: Default::default(),
         })));
         assert!(matches!(r, Response::Created { .. }), "{r:?}");
         assert!(matches!(
@@ -1295,6 +1304,83 @@ fn etc_hostname_hosts_and_resolv_conf() {
     for f in ["hostname", "hosts", "resolv.conf"] {
         assert!(!image.join("etc").join(f).exists(), "{f} in the image");
     }
+}
+
+/// `--read-only --tmpfs /tmp:size=1m --pids-limit 16 --security-opt
+/// no-new-privileges`: the root refuses writes, the tmpfs takes them
+/// (noexec, Docker's default), the container's cgroup holds the pids
+/// limit, and its processes have Docker's default capabilities only.
+#[test]
+fn read_only_root_with_a_tmpfs_and_a_pids_limit() {
+    let mut h = Harness::new();
+    let layer = busybox_layer(h.dir.path());
+    let (out_port, out) = h.port(None);
+    let p = Proc {
+        cmd: sh(
+            "touch /x 2>/dev/null && echo root-writable || echo root-read-only; \
+             echo ok > /tmp/f && cat /tmp/f; grep ' /tmp ' /proc/mounts; \
+             cp /bin/busybox /tmp/busybox; /tmp/busybox true && echo exec-ran || echo exec-refused; \
+             grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+             mount -t tmpfs none /tmp 2>/dev/null || echo mount-refused",
+        ),
+        stdio: StdioPorts {
+            stdout: Some(out_port),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (process, stdio) = p.split();
+    let r = h.call(Request::Create(Box::new(CreateRequest {
+        id: "ro".into(),
+        image: ImageSource::Layers {
+            layers: vec![layer],
+        },
+        process,
+        stdio,
+        hostname: String::new(),
+        mounts: vec![],
+        limits: Limits {
+            pids: Some(16),
+            ..Default::default()
+        },
+        new_network: true,
+        hosts: Vec::new(),
+        tmpfs: vec![husk_proto::agent::TmpfsMount {
+            destination: "/tmp".into(),
+            size_bytes: Some(1 << 20),
+            ..Default::default()
+        }],
+        readonly_rootfs: true,
+        security: husk_proto::security::Security {
+            capabilities: Some(husk_proto::security::capability_set(&[], &[]).unwrap()),
+            no_new_privileges: true,
+        },
+    })));
+    assert!(matches!(r, Response::Created { .. }), "{r:?}");
+    assert!(matches!(
+        h.call(Request::Start { id: "ro".into() }),
+        Response::Started { .. }
+    ));
+    let status = wait(&mut h.client, "ro", None);
+    let out = text(out).1;
+    assert_eq!(status, exited(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+    assert_eq!(lines[0], "root-read-only");
+    assert_eq!(lines[1], "ok");
+    assert!(
+        lines[2].starts_with("tmpfs /tmp tmpfs rw,nosuid,nodev,noexec")
+            && lines[2].contains("size=1024k"),
+        "{out}"
+    );
+    assert_eq!(lines[3], "exec-refused");
+    // Docker's default capability set, well known as a80425fb.
+    assert_eq!(lines[4], "CapEff:\t00000000a80425fb");
+    assert_eq!(lines[5], "CapBnd:\t00000000a80425fb");
+    assert_eq!(lines[6], "NoNewPrivs:\t1");
+    assert_eq!(lines[7], "mount-refused");
+    let pids_max = h.dir.path().join("cgroup/ro/pids.max");
+    assert_eq!(std::fs::read_to_string(pids_max).unwrap(), "16");
 }
 
 /// `echo hi | husk run -i busybox cat`: the host shutting down its side of

@@ -304,18 +304,7 @@ pub enum ImageSource {
     },
 }
 
-/// A bind mount into the container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MountSpec {
-    /// Guest path.
-    pub source: PathBuf,
-    /// Path inside the container (scoped to its rootfs).
-    pub destination: PathBuf,
-    /// Mount read-only.
-    #[serde(default)]
-    pub readonly: bool,
-}
+pub use crate::mounts::{MountSpec, TmpfsMount};
 
 /// cgroup v2 limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -459,6 +448,15 @@ pub struct CreateRequest {
     /// `/etc/hosts` lines for the other containers of its networks.
     #[serde(default)]
     pub hosts: Vec<HostEntry>,
+    /// tmpfs mounts, with `mounts` (the deeper destination over the other).
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// The root file system is mounted read-only (its mounts are not).
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// Capabilities and `no-new-privileges`, for the init and every exec.
+    #[serde(default)]
+    pub security: crate::security::Security,
 }
 
 impl CreateRequest {
@@ -486,6 +484,7 @@ impl CreateRequest {
             _ => {}
         }
         validate_hosts(&self.hosts)?;
+        crate::mounts::validate_tmpfs(&self.tmpfs)?;
         for m in &self.mounts {
             if !m.source.is_absolute() {
                 return invalid(format!("mount source {:?} is not absolute", m.source));
@@ -781,6 +780,9 @@ mod tests {
             limits: Limits::default(),
             new_network: true,
             hosts: Vec::new(),
+            tmpfs: Vec::new(),
+            readonly_rootfs: false,
+            security: Default::default(),
         };
         ok.validate().unwrap();
         let mut bad = ok.clone();

@@ -12,6 +12,8 @@
 //!   kernel command line.
 //! - [`provision`]: what a guest restored from a template snapshot is given
 //!   before its container is created (disks, network, clock, entropy).
+//! - [`mounts`]: a container's bind and tmpfs mounts.
+//! - [`security`]: the capabilities a container keeps, `no-new-privileges`.
 //! - [`guest`]: guest paths, vsock ports and debug-port values.
 //! - [`vm`]: the microVM configuration `husk-vmm` reads (`vm.json`) and the
 //!   typed events it reports to its supervisor.
@@ -25,6 +27,8 @@ pub mod boot;
 pub mod error;
 pub mod frame;
 pub mod guest;
+pub mod mounts;
 pub mod provision;
+pub mod security;
 pub mod stdio;
 pub mod vm;

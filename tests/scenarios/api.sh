@@ -51,6 +51,20 @@ check "docker run stdout" out "$out"
 grep -q '^err$' "$WORK/err" || { show_diag; fail "stderr did not come back: $(cat "$WORK/err")"; }
 pass "docker run: exit status 3 and stderr come back"
 
+# 3b. Hardening flags are applied, and those husk cannot apply are refused.
+out=$(D run --rm --read-only --tmpfs /tmp:size=1m --pids-limit 16 busybox sh -c \
+  'touch /x 2>/dev/null || echo root-read-only; echo ok > /tmp/f && cat /tmp/f; cat /sys/fs/cgroup/pids.max' 2> "$WORK/err")
+check "docker run --read-only --tmpfs --pids-limit" "root-read-only
+ok
+16" "$out"
+out=$(D run --rm --cap-drop ALL --cap-add NET_BIND_SERVICE --security-opt no-new-privileges busybox \
+  sh -c 'grep -E "^(CapEff|NoNewPrivs)" /proc/self/status | tr "\t" " "')
+check "docker run --cap-drop ALL --cap-add NET_BIND_SERVICE" "CapEff: 0000000000000400
+NoNewPrivs: 1" "$out"
+D run --rm --security-opt seccomp=unconfined busybox true > /dev/null 2> "$WORK/err" && fail "docker run --security-opt seccomp=unconfined was not refused"
+grep -q "husk cannot apply --security-opt" "$WORK/err" || fail "--security-opt refusal: $(cat "$WORK/err")"
+pass "docker run --read-only --tmpfs --pids-limit --cap-drop --cap-add --security-opt no-new-privileges: applied; a seccomp profile: refused in one line"
+
 # 4. stdin through the hijacked attach; its half-close keeps output flowing.
 out=$(printf 'piped\n' | D run --rm -i busybox sh -c 'cat; echo after-eof')
 check "docker run -i" "piped

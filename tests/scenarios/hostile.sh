@@ -57,8 +57,11 @@ pass "victim at $victim receives the host's datagram"
 
 # 2. The attacker: forged source addresses (the victim's, one of nobody's),
 # its own address towards what default deny forbids, and a DNS query
-# forged as the victim's (the answer would be reflected to it).
-$husk run -d --name attacker $img sleep 3600 > /dev/null || { show_diag; fail "run -d attacker"; }
+# forged as the victim's (the answer would be reflected to it). It has
+# every capability (root of its own guest, as a guest whose kernel was taken
+# over would be): the debug port below needs CAP_SYS_RAWIO, which Docker's
+# default set leaves out.
+$husk run -d --name attacker --cap-add ALL $img sleep 3600 > /dev/null || { show_diag; fail "run -d attacker"; }
 attacker=$(ip_of attacker)
 gw=$($husk exec attacker sh -c 'ip route' | sed -n 's/^default via \([0-9.]*\).*/\1/p')
 [ -n "$attacker" ] && [ -n "$gw" ] || fail "attacker address [$attacker] or gateway [$gw] unknown"

@@ -257,6 +257,29 @@ inet 127.0.0.1/8
 pong" "$out"
 pass "--network none has loopback only (up: a server on 127.0.0.1 answers), no eth0 and no route"
 
+# 6b. --read-only, --tmpfs and --pids-limit.
+out=$($husk run --rm --read-only --tmpfs /run:exec,size=2m --pids-limit 20 busybox sh -c \
+  'touch /x 2>/dev/null || echo root-read-only; cp /bin/busybox /run/busybox && /run/busybox echo exec-ok; grep " /run " /proc/mounts | cut -d" " -f4; cat /sys/fs/cgroup/pids.max')
+check "--read-only --tmpfs --pids-limit" "root-read-only
+exec-ok
+rw,nosuid,nodev,relatime,size=2048k
+20" "$out"
+pass "--read-only root, a --tmpfs with exec and a size, --pids-limit 20 as pids.max"
+
+# 6c. Capabilities: Docker's default set; --cap-add, --cap-drop ALL and
+# no-new-privileges change it as they do with Docker.
+caps() { $husk run --rm "$@" busybox sh -c 'grep -E "^(CapEff|NoNewPrivs)" /proc/self/status | tr "\t" " "; mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo mount-refused'; }
+check "default capabilities" "CapEff: 00000000a80425fb
+NoNewPrivs: 0
+mount-refused" "$(caps)"
+check "--cap-add SYS_ADMIN" "CapEff: 00000000a82425fb
+NoNewPrivs: 0
+mounted" "$(caps --cap-add SYS_ADMIN)"
+check "--cap-drop ALL --security-opt no-new-privileges" "CapEff: 0000000000000000
+NoNewPrivs: 1
+mount-refused" "$(caps --cap-drop ALL --security-opt no-new-privileges)"
+pass "capabilities: Docker's default set (a80425fb), --cap-add SYS_ADMIN mounts, --cap-drop ALL and no-new-privileges"
+
 # 7. Volumes: data written by one container is read by the next.
 $husk volume create data > /dev/null || fail "volume create"
 $husk run --rm -v data:/data busybox sh -c 'echo persisted > /data/f' || fail "writing the volume"

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod etc;
+pub mod privileges;
 pub mod process;
 pub mod relay;
 pub mod rootfs;
@@ -178,8 +179,8 @@ pub struct ContainerConfig {
     pub process: ProcessSpec,
     /// Hostname (the id when empty).
     pub hostname: String,
-    /// Bind mounts.
-    pub mounts: Vec<MountSpec>,
+    /// Volumes, tmpfs mounts, a read-only root.
+    pub mounts: rootfs::UserMounts,
     /// Limits.
     pub limits: Limits,
     /// New network namespace.
@@ -189,6 +190,8 @@ pub struct ContainerConfig {
     pub etc_files: Vec<MountSpec>,
     /// The cgroup v2 root to create the container's cgroup under.
     pub cgroup_root: PathBuf,
+    /// Capabilities and `no_new_privs` of its init and execs.
+    pub security: husk_proto::security::Security,
 }
 
 /// A process's stdio; `None` is /dev/null.
@@ -282,6 +285,7 @@ fn process_plan(rootfs: &Path, p: &ProcessSpec, stdio: [OwnedFd; 3]) -> Result<C
         setns: Vec::new(),
         unshare_cgroup: false,
         loopback_up: false,
+        security: Default::default(),
         identity,
         workdir: c(workdir)?,
         argv: args.iter().map(|a| c(a)).collect::<Result<_>>()?,
@@ -386,6 +390,7 @@ impl Container {
         };
         plan.hostname = Some(c(hostname)?);
         plan.unshare_cgroup = true;
+        plan.security = cfg.security;
         let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWUTS
@@ -445,6 +450,7 @@ impl Container {
         let root = PathBuf::from(format!("/proc/{init}/root"));
         let mut plan = process_plan(&root, p, fds)?;
         plan.setns = joins;
+        plan.security = self.config.security;
         let cgroup = &self.cgroup;
         let pid = process::spawn(&plan, CloneFlags::empty(), Some(&pidns), reaper, |pid| {
             cgroup.add(pid)

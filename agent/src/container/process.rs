@@ -37,6 +37,7 @@ const STEP_IDENTITY: u32 = 7;
 const STEP_WORKDIR: u32 = 8;
 const STEP_EXEC: u32 = 9;
 const STEP_LOOPBACK: u32 = 10;
+const STEP_PRIVILEGES: u32 = 11;
 /// Mount-plan step `i` is reported as `STEP_MOUNT + i`.
 const STEP_MOUNT: u32 = 1000;
 
@@ -54,6 +55,8 @@ pub struct ChildPlan {
     pub unshare_cgroup: bool,
     /// Bring `lo` up: the init of a new network namespace.
     pub loopback_up: bool,
+    /// Capabilities kept and `no_new_privs`.
+    pub security: husk_proto::security::Security,
     /// uid, gid, groups.
     pub identity: Identity,
     /// Working directory inside the container.
@@ -225,6 +228,7 @@ fn step_name(step: u32, plan: &ChildPlan) -> String {
         STEP_WORKDIR => format!("chdir {:?}", plan.workdir),
         STEP_EXEC => format!("exec {:?}", plan.argv.first()),
         STEP_LOOPBACK => "bring the loopback interface up".into(),
+        STEP_PRIVILEGES => "drop capabilities".into(),
         s if s >= STEP_MOUNT => match plan.mounts.get((s - STEP_MOUNT) as usize) {
             Some(op) => format!("rootfs: {op:?}"),
             None => "rootfs".into(),
@@ -334,6 +338,9 @@ fn child_main(
             libc::c_uint::MAX,
             CLOSE_RANGE_CLOEXEC,
         );
+        if let Err(e) = super::privileges::apply(&plan.security) {
+            fail(fds, STEP_PRIVILEGES, e);
+        }
         let id = &plan.identity;
         // Raw syscalls: glibc's wrappers would try to broadcast the change
         // to the agent's other threads, which do not exist in this child.

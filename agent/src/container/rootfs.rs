@@ -19,7 +19,7 @@ use nix::sys::stat::{Mode, SFlag};
 use super::sys::{cstring, Sys};
 use super::{ContainerError, Result};
 use husk_layers::scope;
-use husk_proto::agent::MountSpec;
+use husk_proto::agent::{MountSpec, TmpfsMount};
 
 /// One step of the rootfs set-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,10 +152,106 @@ fn etc_target(rootfs: &Path, dest: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// What the user asked to mount besides the image: volumes (bind mounts of
+/// their guest mount points), tmpfs mounts, and a read-only root.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserMounts {
+    /// Bind mounts.
+    pub binds: Vec<MountSpec>,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<TmpfsMount>,
+    /// The rootfs is remounted read-only once everything is mounted on it.
+    pub readonly_root: bool,
+}
+
+/// One of the user's mounts, for ordering them by depth.
+enum UserMount<'a> {
+    Bind(&'a MountSpec),
+    Tmpfs(&'a TmpfsMount),
+}
+
+impl UserMount<'_> {
+    fn destination(&self) -> &Path {
+        match self {
+            UserMount::Bind(m) => &m.destination,
+            UserMount::Tmpfs(t) => &t.destination,
+        }
+    }
+}
+
+/// The user's bind and tmpfs mounts, the shallower first (as Docker
+/// orders them), so `/data/tmp` lands on a volume at `/data`.
+fn user_mounts(rootfs: &Path, user: &UserMounts, ops: &mut Vec<MountOp>) -> Result<()> {
+    let mut all: Vec<UserMount<'_>> = user.binds.iter().map(UserMount::Bind).collect();
+    all.extend(user.tmpfs.iter().map(UserMount::Tmpfs));
+    all.sort_by_key(|m| m.destination().components().count());
+    for m in all {
+        match m {
+            UserMount::Bind(b) => bind_ops(rootfs, b, ops)?,
+            UserMount::Tmpfs(t) => ops.push(tmpfs_op(rootfs, t)?),
+        }
+    }
+    Ok(())
+}
+
+fn bind_ops(rootfs: &Path, m: &MountSpec, ops: &mut Vec<MountOp>) -> Result<()> {
+    let file = fs::metadata(&m.source)
+        .map(|md| !md.is_dir())
+        .unwrap_or(false);
+    let t = target(rootfs, &m.destination, file)?;
+    ops.push(mount(
+        Some(&m.source.to_string_lossy()),
+        &t,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    ));
+    if m.readonly {
+        ops.push(mount(
+            None,
+            &t,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// A tmpfs mount: Docker's `noexec`, `nosuid`, `nodev` unless allowed,
+/// mode 1777 unless given, the kernel's size unless given.
+fn tmpfs_op(rootfs: &Path, t: &TmpfsMount) -> Result<MountOp> {
+    let target = target(rootfs, &t.destination, false)?;
+    let mut flags = MsFlags::empty();
+    for (allowed, flag) in [
+        (t.allow.exec, MsFlags::MS_NOEXEC),
+        (t.allow.suid, MsFlags::MS_NOSUID),
+        (t.allow.dev, MsFlags::MS_NODEV),
+    ] {
+        if !allowed {
+            flags |= flag;
+        }
+    }
+    if t.readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let mut data = format!("mode={:o}", t.mode.unwrap_or(0o1777));
+    if let Some(size) = t.size_bytes {
+        data.push_str(&format!(",size={size}"));
+    }
+    Ok(mount(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        flags,
+        Some(&data),
+    ))
+}
+
 /// Builds the plan for `rootfs` (the merged overlay, a host path): `etc`
 /// are the generated `/etc/*` files (mounted before, so under, the user's
-/// `mounts`).
-pub fn plan(rootfs: &Path, etc: &[MountSpec], mounts: &[MountSpec]) -> Result<Vec<MountOp>> {
+/// mounts).
+pub fn plan(rootfs: &Path, etc: &[MountSpec], user: &UserMounts) -> Result<Vec<MountOp>> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mut ops = vec![
         mount(
@@ -261,27 +357,16 @@ pub fn plan(rootfs: &Path, etc: &[MountSpec], mounts: &[MountSpec]) -> Result<Ve
             ));
         }
     }
-    for m in mounts {
-        let file = fs::metadata(&m.source)
-            .map(|md| !md.is_dir())
-            .unwrap_or(false);
-        let t = target(rootfs, &m.destination, file)?;
+    user_mounts(rootfs, user, &mut ops)?;
+    if user.readonly_root {
+        // The rootfs's own bind mount only: the mounts on it stay as they are.
         ops.push(mount(
-            Some(&m.source.to_string_lossy()),
-            &t,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None,
         ));
-        if m.readonly {
-            ops.push(mount(
-                None,
-                &t,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                None,
-            ));
-        }
     }
     ops.push(MountOp::PivotRoot {
         new_root: cstring(rootfs),
@@ -336,11 +421,14 @@ mod tests {
         let plan = plan(
             root,
             &[],
-            &[MountSpec {
-                source: src.path().to_path_buf(),
-                destination: "/data/in".into(),
-                readonly: true,
-            }],
+            &UserMounts {
+                binds: vec![MountSpec {
+                    source: src.path().to_path_buf(),
+                    destination: "/data/in".into(),
+                    readonly: true,
+                }],
+                ..Default::default()
+            },
         )
         .unwrap();
         let sys = RecordingSys::default();
@@ -387,6 +475,66 @@ mod tests {
     }
 
     #[test]
+    fn tmpfs_by_depth_over_volumes_then_the_root_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let src = tempfile::tempdir().unwrap();
+        let user = UserMounts {
+            binds: vec![MountSpec {
+                source: src.path().to_path_buf(),
+                destination: "/data".into(),
+                readonly: false,
+            }],
+            tmpfs: vec![
+                TmpfsMount {
+                    destination: "/data/tmp".into(),
+                    ..Default::default()
+                },
+                TmpfsMount {
+                    destination: "/run".into(),
+                    size_bytes: Some(1 << 20),
+                    mode: Some(0o755),
+                    allow: husk_proto::mounts::TmpfsAllow {
+                        exec: true,
+                        ..Default::default()
+                    },
+                    readonly: false,
+                },
+            ],
+            readonly_root: true,
+        };
+        let ops = plan(root, &[], &user).unwrap();
+        let sys = RecordingSys::default();
+        execute(&sys, &ops).unwrap();
+        let calls = sys.calls();
+        let r = root.display();
+        let at = |prefix: String| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("{prefix}: {calls:?}"))
+        };
+        let run = at(format!(
+            "mount tmpfs {r}/run tmpfs MS_NOSUID|MS_NODEV mode=755,size=1048576"
+        ));
+        let data = at(format!(
+            "mount {} {r}/data - MS_BIND|MS_REC",
+            src.path().display()
+        ));
+        let data_tmp = at(format!(
+            "mount tmpfs {r}/data/tmp tmpfs MS_NOSUID|MS_NODEV|MS_NOEXEC mode=1777"
+        ));
+        assert!(run < data_tmp && data < data_tmp, "{calls:?}");
+        let n = calls.len();
+        assert_eq!(
+            calls[n - 2],
+            format!("mount - {r} - MS_RDONLY|MS_REMOUNT|MS_BIND -")
+        );
+        assert_eq!(calls[n - 1], format!("pivot_root {r}"));
+        assert!(root.join("run").is_dir() && root.join("data/tmp").is_dir());
+    }
+
+    #[test]
     fn etc_files_mounted_over_existing_or_new_targets() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("root");
@@ -402,7 +550,7 @@ mod tests {
                 readonly: false,
             })
             .collect();
-        let ops = plan(&root, &etc, &[]).unwrap();
+        let ops = plan(&root, &etc, &UserMounts::default()).unwrap();
         let sys = RecordingSys::default();
         execute(&sys, &ops).unwrap();
         let calls = sys.calls();
@@ -428,7 +576,7 @@ mod tests {
         // No /etc in the image: nothing mounted, nothing created.
         let bare = d.path().join("bare");
         fs::create_dir(&bare).unwrap();
-        let ops = plan(&bare, &etc, &[]).unwrap();
+        let ops = plan(&bare, &etc, &UserMounts::default()).unwrap();
         assert!(!ops.iter().any(|o| format!("{o:?}").contains("/etc/")));
         assert!(!bare.join("etc").exists());
     }
@@ -436,7 +584,7 @@ mod tests {
     #[test]
     fn failure_reports_step() {
         let d = tempfile::tempdir().unwrap();
-        let plan = plan(d.path(), &[], &[]).unwrap();
+        let plan = plan(d.path(), &[], &UserMounts::default()).unwrap();
         let sys = RecordingSys {
             fail_at: Some(2),
             ..Default::default()
@@ -449,7 +597,7 @@ mod tests {
     fn symlinked_targets_refused() {
         let d = tempfile::tempdir().unwrap();
         symlink("/etc", d.path().join("proc")).unwrap();
-        let e = plan(d.path(), &[], &[]).unwrap_err();
+        let e = plan(d.path(), &[], &UserMounts::default()).unwrap_err();
         assert!(
             matches!(e, ContainerError::MountTargetSymlink { .. }),
             "{e}"
@@ -460,7 +608,15 @@ mod tests {
             destination: "../../etc".into(),
             readonly: false,
         };
-        let e = plan(d.path(), &[], &[m]).unwrap_err();
+        let e = plan(
+            d.path(),
+            &[],
+            &UserMounts {
+                binds: vec![m],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(matches!(e, ContainerError::Scope { .. }), "{e}");
     }
 }

@@ -380,11 +380,16 @@ impl<C: Connector> Server<C> {
             rootfs: overlay.merged.clone(),
             process: req.process,
             hostname,
-            mounts: req.mounts,
+            mounts: crate::container::rootfs::UserMounts {
+                binds: req.mounts,
+                tmpfs: req.tmpfs,
+                readonly_root: req.readonly_rootfs,
+            },
             limits: req.limits,
             new_network: req.new_network,
             etc_files,
             cgroup_root: self.config.cgroup_root.clone(),
+            security: req.security,
         });
         let container = match config.and_then(Container::create) {
             Ok(c) => c,

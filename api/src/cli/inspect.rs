@@ -72,6 +72,12 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
             },
             "PortBindings": c.ports,
             "LogConfig": c.log.docker_json(),
+            "PidsLimit": c.restrictions.pids_limit,
+            "ReadonlyRootfs": c.restrictions.readonly_rootfs,
+            "Tmpfs": crate::container::tmpfs::docker_map(&c.restrictions.tmpfs),
+            "CapAdd": c.restrictions.cap_add,
+            "CapDrop": c.restrictions.cap_drop,
+            "SecurityOpt": c.restrictions.security_opt(),
             "Binds": c.volumes.iter().map(|v| format!("{}:{}{}", v.name, v.destination, if v.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
         },
         "NetworkSettings": {

@@ -13,8 +13,9 @@ use crate::container::create::{self, CreateError, CreateOptions};
 use crate::container::env::{env_entry, read_env_file};
 use crate::container::logs::LogConfig;
 use crate::container::restart::RestartPolicy;
-use crate::container::spec::{parse_cpus, parse_memory, VolumeMount};
+use crate::container::spec::{parse_cpus, parse_memory, Restrictions, VolumeMount};
 use crate::container::state::Timings;
+use crate::container::tmpfs;
 use crate::container::{Containers, Handle};
 use crate::image::store::{Store, StoredImage};
 
@@ -77,6 +78,29 @@ pub struct RunArgs {
     /// CPU limit (e.g. 1.5).
     #[arg(long)]
     pub cpus: Option<String>,
+    /// Process limit: at most N tasks (the container's pids.max); 0 or -1
+    /// for none.
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// Add a Linux capability to Docker's default set (ALL for every one).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability from Docker's default set (ALL for every
+    /// one).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Security option: no-new-privileges (set-user-id programs gain
+    /// nothing).
+    #[arg(long = "security-opt", value_name = "OPTION")]
+    pub security_opt: Vec<String>,
+    /// Mount the container's root file system read-only (its volumes and
+    /// tmpfs mounts stay writable).
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Mount a tmpfs: PATH[:OPTIONS] (rw|ro, exec|noexec, suid|nosuid,
+    /// dev|nodev, size=64m, mode=1777; default rw,noexec,nosuid,nodev).
+    #[arg(long, value_name = "PATH[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
     /// Network: default (outbound access, -p), none, or a user-defined
     /// network (`husk network create`).
     #[arg(long, default_value = "default")]
@@ -131,6 +155,29 @@ pub fn parse_volume(spec: &str) -> Result<VolumeMount, CliError> {
     create::parse_volume(spec).map_err(create_error)
 }
 
+/// `--pids-limit`, `--read-only`, `--tmpfs`, `--cap-add`, `--cap-drop`
+/// and `--security-opt`.
+fn restrictions(args: &RunArgs) -> Result<Restrictions, CliError> {
+    let tmpfs = args
+        .tmpfs
+        .iter()
+        .map(|t| tmpfs::parse(t).map_err(|e| usage(crate::error::chain(&e))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let no_new_privileges = crate::container::spec::parse_security_opts(&args.security_opt)
+        .map_err(|e| usage(e.to_string()))?;
+    Ok(Restrictions {
+        pids_limit: args
+            .pids_limit
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > 0),
+        readonly_rootfs: args.read_only,
+        tmpfs,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        no_new_privileges,
+    })
+}
+
 /// The typed create options of the flags (`--env-file` read, `-e KEY`
 /// taken from this environment, sizes parsed).
 pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, CliError> {
@@ -153,6 +200,7 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
     let (network, networks) = create::resolve_network(data_dir, &args.network, &args.network_alias)
         .map_err(create_error)?;
     let log = log_config(args)?;
+    let restrictions = restrictions(args)?;
     Ok(CreateOptions {
         name: args.name.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| {
@@ -186,6 +234,7 @@ pub fn create_options(data_dir: &Path, args: &RunArgs) -> Result<CreateOptions, 
         networks,
         auto_remove: args.rm,
         labels: labels(&args.label)?,
+        restrictions,
         restart: args.restart,
         cold_boot: args.no_snapshot,
         log,
@@ -378,5 +427,53 @@ mod tests {
         for bad in ["/host:/srv", "data:rel"] {
             assert_eq!(parse_volume(bad).unwrap_err().status, 125, "{bad}");
         }
+    }
+
+    #[test]
+    fn pids_limit_read_only_and_tmpfs_flags() {
+        let a = args(&[
+            "--pids-limit",
+            "32",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs=/run:exec,size=1m",
+        ]);
+        let r = restrictions(&a).unwrap();
+        assert_eq!(r.pids_limit, Some(32));
+        assert!(r.readonly_rootfs);
+        assert_eq!(r.tmpfs.len(), 2);
+        assert_eq!(r.tmpfs[1].size_bytes, Some(1 << 20));
+        assert_eq!(
+            restrictions(&args(&["--pids-limit", "-1"]))
+                .unwrap()
+                .pids_limit,
+            None
+        );
+        assert_eq!(restrictions(&args(&[])).unwrap(), Restrictions::default());
+        let a = args(&[
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-drop=ALL",
+            "--security-opt",
+            "no-new-privileges",
+        ]);
+        let r = restrictions(&a).unwrap();
+        assert_eq!((r.cap_add.len(), r.cap_drop.len()), (1, 1));
+        assert!(r.no_new_privileges);
+        let e = restrictions(&args(&["--security-opt", "apparmor=x"])).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("husk cannot apply --security-opt \"apparmor=x\""),
+            "{}",
+            e.message
+        );
+        let e = restrictions(&args(&["--tmpfs", "/t:bogus"])).unwrap_err();
+        assert_eq!(e.status, 125);
+        assert!(
+            e.message.contains("option \"bogus\" is not supported"),
+            "{}",
+            e.message
+        );
     }
 }

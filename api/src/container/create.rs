@@ -74,6 +74,15 @@ pub enum CreateError {
     /// `--restart` with `--rm`.
     #[error("conflicting options: --restart and --rm (a removed container cannot restart)")]
     RestartWithRm,
+    /// Two mounts on one path.
+    #[error("Duplicate mount point: {0}")]
+    DuplicateMount(String),
+    /// A capability name that is not one.
+    #[error(transparent)]
+    BadCapability(#[from] husk_proto::security::UnknownCapability),
+    /// tmpfs mounts that do not hold together (too many, one path twice).
+    #[error("invalid --tmpfs")]
+    BadTmpfs(#[source] husk_proto::agent::ProtocolError),
 }
 
 /// What the caller asks the container to be; `None` and empty fields take
@@ -123,6 +132,8 @@ pub struct CreateOptions {
     pub cold_boot: bool,
     /// How much log it keeps.
     pub log: LogConfig,
+    /// `--pids-limit`, `--read-only`, `--tmpfs`.
+    pub restrictions: crate::container::spec::Restrictions,
 }
 
 /// Parses a network name: `default` (Docker's `bridge` too) or `none`.
@@ -253,10 +264,31 @@ fn validate(opts: &CreateOptions) -> Result<(), CreateError> {
     if let Some(m) = opts.memory_bytes.filter(|m| *m < 6 << 20) {
         return Err(CreateError::BadMemory(m));
     }
+    validate_restrictions(opts)?;
     match &opts.name {
         Some(n) if !names::valid_name(n) => Err(CreateError::BadName(n.clone())),
         _ => Ok(()),
     }
+}
+
+/// Checks `--cap-add`/`--cap-drop` names and `--tmpfs` (and its paths
+/// against the volumes').
+fn validate_restrictions(opts: &CreateOptions) -> Result<(), CreateError> {
+    let r = &opts.restrictions;
+    r.security()?;
+    husk_proto::mounts::validate_tmpfs(&r.tmpfs).map_err(CreateError::BadTmpfs)?;
+    let clean = |p: &std::path::Path| p.components().collect::<std::path::PathBuf>();
+    for t in &r.tmpfs {
+        let dest = clean(&t.destination);
+        if opts
+            .volumes
+            .iter()
+            .any(|v| clean(std::path::Path::new(&v.destination)) == dest)
+        {
+            return Err(CreateError::DuplicateMount(dest.display().to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the container's config from the options and the image.
@@ -318,6 +350,7 @@ pub fn build_config(
         restart: opts.restart,
         cold_boot: opts.cold_boot || !crate::container::template::enabled_by_env(),
         log: opts.log,
+        restrictions: opts.restrictions.clone(),
     })
 }
 
@@ -488,6 +521,16 @@ mod tests {
         for o in cases {
             assert!(build_config(&o, &img, &ic, &id).is_err(), "{o:?}");
         }
+        let tmpfs_on_a_volume = CreateOptions {
+            volumes: vec![parse_volume("data:/srv/").unwrap()],
+            restrictions: crate::container::spec::Restrictions {
+                tmpfs: vec![crate::container::tmpfs::parse("/srv").unwrap()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = build_config(&tmpfs_on_a_volume, &img, &ic, &id).unwrap_err();
+        assert_eq!(e.to_string(), "Duplicate mount point: /srv");
         assert!(matches!(parse_network("bridge"), Ok(NetworkMode::Default)));
         assert!(matches!(
             parse_network("host"),

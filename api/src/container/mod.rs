@@ -36,6 +36,7 @@ pub mod spec;
 pub mod state;
 pub mod supervisor;
 pub mod template;
+pub mod tmpfs;
 pub mod tool;
 pub mod top;
 

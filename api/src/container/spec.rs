@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use super::logs::LogConfig;
 use super::restart::RestartPolicy;
-use husk_proto::agent::ProcessSpec;
+use husk_proto::agent::{ProcessSpec, TmpfsMount};
+use husk_proto::security::{self, Security, UnknownCapability};
 use serde::{Deserialize, Serialize};
 
 /// How the container reaches the network.
@@ -103,6 +104,83 @@ pub struct ContainerConfig {
     /// defaults in configs written before it existed.
     #[serde(default, skip_serializing_if = "LogConfig::is_default")]
     pub log: LogConfig,
+    /// `--pids-limit`, `--read-only`, `--tmpfs`.
+    #[serde(default, skip_serializing_if = "Restrictions::is_default")]
+    pub restrictions: Restrictions,
+}
+
+/// What a container is held to beyond its memory and CPU limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restrictions {
+    /// At most this many tasks in its cgroup (`--pids-limit`, `pids.max`).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
+    /// Its root file system is read-only (`--read-only`); its volumes,
+    /// tmpfs mounts and `/etc/hosts`-like files are not.
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// tmpfs mounts (`--tmpfs`).
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// `--cap-add`, as given.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`, as given.
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+impl Restrictions {
+    /// None asked for (Docker's defaults).
+    pub fn is_default(&self) -> bool {
+        *self == Restrictions::default()
+    }
+
+    /// What the container's processes keep: Docker's default capabilities
+    /// with `cap_add` and `cap_drop` applied, and `no_new_privileges`.
+    pub fn security(&self) -> Result<Security, UnknownCapability> {
+        Ok(Security {
+            capabilities: Some(security::capability_set(&self.cap_add, &self.cap_drop)?),
+            no_new_privileges: self.no_new_privileges,
+        })
+    }
+
+    /// Docker's `HostConfig.SecurityOpt`.
+    pub fn security_opt(&self) -> Vec<&'static str> {
+        if self.no_new_privileges {
+            vec!["no-new-privileges"]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// A `--security-opt` (Docker's `HostConfig.SecurityOpt` entry) husk does
+/// not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("husk cannot apply --security-opt {0:?}: only no-new-privileges (the microVM is the boundary: no seccomp, AppArmor or SELinux profile inside it)")]
+pub struct UnsupportedSecurityOpt(pub String);
+
+/// Parses `--security-opt` values: `no-new-privileges` (`:true`, `=true`,
+/// `:false`); returns whether it is set.
+pub fn parse_security_opts(opts: &[String]) -> Result<bool, UnsupportedSecurityOpt> {
+    let mut nnp = false;
+    for o in opts {
+        let (key, value) = match o.split_once([':', '=']) {
+            Some((k, v)) => (k, v),
+            None => (o.as_str(), "true"),
+        };
+        match (key, value) {
+            ("no-new-privileges", "true") => nnp = true,
+            ("no-new-privileges", "false") => nnp = false,
+            _ => return Err(UnsupportedSecurityOpt(o.clone())),
+        }
+    }
+    Ok(nnp)
 }
 
 /// Guest memory for a container: its limit plus room for the guest kernel
@@ -221,5 +299,28 @@ mod tests {
         let half = r#"{"id":"ab","name":"web","log":{"max_file":2}}"#;
         let c: ContainerConfig = serde_json::from_str(half).unwrap();
         assert_eq!((c.log.max_size, c.log.max_file), (20 << 20, 2));
+    }
+
+    #[test]
+    fn security_opts() {
+        let v = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!parse_security_opts(&[]).unwrap());
+        for on in [
+            "no-new-privileges",
+            "no-new-privileges:true",
+            "no-new-privileges=true",
+        ] {
+            assert!(parse_security_opts(&v(&[on])).unwrap(), "{on}");
+        }
+        assert!(
+            !parse_security_opts(&v(&["no-new-privileges", "no-new-privileges:false"])).unwrap()
+        );
+        for bad in [
+            "seccomp=unconfined",
+            "label=disable",
+            "no-new-privileges:maybe",
+        ] {
+            assert!(parse_security_opts(&v(&[bad])).is_err(), "{bad}");
+        }
     }
 }

@@ -159,6 +159,12 @@ pub fn inspect_json(
             "NanoCpus": c.cpu_millis.unwrap_or(0) * 1_000_000,
             "Privileged": false,
             "Runtime": "husk",
+            "PidsLimit": c.restrictions.pids_limit,
+            "ReadonlyRootfs": c.restrictions.readonly_rootfs,
+            "Tmpfs": crate::container::tmpfs::docker_map(&c.restrictions.tmpfs),
+            "CapAdd": c.restrictions.cap_add,
+            "CapDrop": c.restrictions.cap_drop,
+            "SecurityOpt": c.restrictions.security_opt(),
         },
         "Mounts": mounts(c, data_dir),
         "Config": {

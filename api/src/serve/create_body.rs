@@ -1,8 +1,9 @@
 //! The body of `POST /containers/create`, parsed into the library's
 //! [`CreateOptions`]. Clients send many fields as `null`, so every field is
 //! optional; what husk cannot do (host bind mounts, privileged containers,
-//! devices, restart policies, the host's network) is refused with a 400
-//! that says so, never ignored.
+//! devices, security options but `no-new-privileges`, ulimits, sysctls,
+//! `--init`, the host's network) is refused with a 400 that says so, never
+//! ignored.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use crate::container::create::{self, CreateOptions};
 use crate::container::log_opts::LogOptError;
 use crate::container::logs;
 use crate::container::restart::RestartPolicy as Policy;
+use crate::container::spec::Restrictions;
 
 /// A string or a list of strings (Docker's `strslice`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -86,6 +88,16 @@ pub struct HostConfig {
     pub devices: Option<Vec<serde_json::Value>>,
     pub restart_policy: Option<RestartPolicy>,
     pub log_config: Option<LogConfig>,
+    pub pids_limit: Option<i64>,
+    pub readonly_rootfs: Option<bool>,
+    pub tmpfs: Option<BTreeMap<String, String>>,
+    pub cap_add: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub security_opt: Option<Vec<String>>,
+    pub ulimits: Option<Vec<serde_json::Value>>,
+    pub sysctls: Option<BTreeMap<String, String>>,
+    pub init: Option<bool>,
+    pub shm_size: Option<i64>,
 }
 
 /// `HostConfig.LogConfig`: a driver and its options.
@@ -143,8 +155,9 @@ pub fn parse(
         .image
         .filter(|i| !i.is_empty())
         .ok_or_else(|| ApiError::BadParameter("Config.Image is required".into()))?;
-    let hc = body.host_config.unwrap_or_default();
+    let mut hc = body.host_config.unwrap_or_default();
     refuse_unsupported(&hc)?;
+    let restrictions = restrictions(&mut hc)?;
     let mut volumes = Vec::new();
     for b in hc.binds.unwrap_or_default() {
         if b.starts_with('/') || b.starts_with('.') {
@@ -201,6 +214,7 @@ pub fn parse(
         restart: restart_policy(hc.restart_policy.as_ref())?,
         cold_boot: false,
         log: log_config(hc.log_config)?,
+        restrictions,
     };
     Ok((image, opts))
 }
@@ -209,7 +223,54 @@ fn positive(v: Option<i64>) -> Option<u64> {
     v.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0)
 }
 
+/// `PidsLimit` (0 or -1: none), `ReadonlyRootfs`, `Tmpfs` (a path to its
+/// mount options), `CapAdd`, `CapDrop` and `SecurityOpt`
+/// (`no-new-privileges` only).
+fn restrictions(hc: &mut HostConfig) -> Result<Restrictions, ApiError> {
+    let bad = |e: &dyn std::error::Error| ApiError::BadParameter(crate::error::chain(e));
+    let tmpfs = hc
+        .tmpfs
+        .take()
+        .unwrap_or_default()
+        .iter()
+        .map(|(path, opts)| crate::container::tmpfs::parse_with(path, opts))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let no_new_privileges =
+        crate::container::spec::parse_security_opts(&hc.security_opt.take().unwrap_or_default())
+            .map_err(|e| ApiError::Unsupported(e.to_string()))?;
+    let r = Restrictions {
+        pids_limit: positive(hc.pids_limit),
+        readonly_rootfs: hc.readonly_rootfs.unwrap_or(false),
+        tmpfs,
+        cap_add: hc.cap_add.take().unwrap_or_default(),
+        cap_drop: hc.cap_drop.take().unwrap_or_default(),
+        no_new_privileges,
+    };
+    r.security().map_err(|e| bad(&e))?;
+    Ok(r)
+}
+
+/// Docker's `/dev/shm` size, the one husk gives.
+const SHM_SIZE: i64 = 64 << 20;
+
 fn refuse_unsupported(hc: &HostConfig) -> Result<(), ApiError> {
+    if hc.ulimits.as_ref().is_some_and(|u| !u.is_empty()) {
+        return Err(unsupported("set ulimits yet"));
+    }
+    if hc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(unsupported("set sysctls yet"));
+    }
+    if hc.init == Some(true) {
+        return Err(unsupported(
+            "run an init process (--init) yet: the container's command is its PID 1",
+        ));
+    }
+    if hc.shm_size.is_some_and(|s| s > 0 && s != SHM_SIZE) {
+        return Err(unsupported(
+            "size /dev/shm other than Docker's default 64m yet: mount a tmpfs (--tmpfs) for more",
+        ));
+    }
     if hc.privileged == Some(true) {
         return Err(unsupported(
             "run privileged containers: each container is a microVM without the host's devices",
@@ -367,6 +428,46 @@ mod tests {
     }
 
     #[test]
+    fn pids_limit_read_only_and_tmpfs() {
+        // `docker create --pids-limit 64 --read-only --tmpfs /tmp
+        // --tmpfs /run:exec,size=8m busybox`, with the nulls and defaults
+        // the CLI sends for what is not asked.
+        let body = r#"{"Image":"busybox","HostConfig":{"PidsLimit":64,"ReadonlyRootfs":true,
+            "Tmpfs":{"/tmp":"","/run":"exec,size=8m"},"CapAdd":null,"CapDrop":null,
+            "SecurityOpt":null,"Ulimits":null,"Init":null,"ShmSize":0}}"#;
+        let (_, o) = parse_str(body).unwrap();
+        let r = &o.restrictions;
+        assert_eq!(r.pids_limit, Some(64));
+        assert!(r.readonly_rootfs);
+        assert_eq!(r.tmpfs.len(), 2);
+        let run = r
+            .tmpfs
+            .iter()
+            .find(|t| t.destination.ends_with("run"))
+            .unwrap();
+        assert_eq!(run.size_bytes, Some(8 << 20));
+        assert!(run.allow.exec);
+        for unlimited in ["-1", "0", "null"] {
+            let body = format!(r#"{{"Image":"b","HostConfig":{{"PidsLimit":{unlimited}}}}}"#);
+            assert_eq!(parse_str(&body).unwrap().1.restrictions.pids_limit, None);
+        }
+        let body = r#"{"Image":"b","HostConfig":{"CapAdd":["NET_ADMIN"],"CapDrop":["CAP_CHOWN"],
+            "SecurityOpt":["no-new-privileges:true"]}}"#;
+        let r = parse_str(body).unwrap().1.restrictions;
+        assert_eq!(
+            (r.cap_add, r.cap_drop),
+            (vec!["NET_ADMIN".into()], vec!["CAP_CHOWN".into()])
+        );
+        assert!(r.no_new_privileges);
+        let e = parse_str(r#"{"Image":"b","HostConfig":{"CapAdd":["FLY"]}}"#).unwrap_err();
+        assert!(matches!(e, ApiError::BadParameter(_)), "{e}");
+        assert_eq!(e.to_string(), "unknown capability: \"FLY\"");
+        let e = parse_str(r#"{"Image":"b","HostConfig":{"Tmpfs":{"/t":"uid=0"}}}"#).unwrap_err();
+        assert!(matches!(e, ApiError::BadParameter(_)), "{e}");
+        assert!(e.to_string().contains("\"uid=0\" is not supported"), "{e}");
+    }
+
+    #[test]
     fn strings_and_nulls() {
         let (_, o) =
             parse_str(r#"{"Image":"busybox","Cmd":"sh","Entrypoint":[""],"Env":null}"#).unwrap();
@@ -402,6 +503,23 @@ mod tests {
             (
                 r#"{"Image":"b","HostConfig":{"NetworkMode":"host"}}"#,
                 "host's network",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"SecurityOpt":["seccomp=unconfined"]}}"#,
+                "--security-opt \"seccomp=unconfined\"",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"Ulimits":[{"Name":"nofile","Soft":1,"Hard":1}]}}"#,
+                "ulimits",
+            ),
+            (
+                r#"{"Image":"b","HostConfig":{"Sysctls":{"net.ipv4.ip_forward":"1"}}}"#,
+                "sysctls",
+            ),
+            (r#"{"Image":"b","HostConfig":{"Init":true}}"#, "init"),
+            (
+                r#"{"Image":"b","HostConfig":{"ShmSize":1073741824}}"#,
+                "/dev/shm",
             ),
         ] {
             let e = parse_str(body).unwrap_err();

@@ -142,6 +142,9 @@ fn run(args: &[String]) -> io::Result<i32> {
         limits: Limits::default(),
         new_network: true,
         hosts: Vec::new(),
+        tmpfs: Vec::new(),
+        readonly_rootfs: false,
+        security: Default::default(),
     })))?;
     c.call(Request::Start { id: "c1".into() })?;
     let status = match c.call(Request::Wait {

@@ -577,7 +577,7 @@ fn create_container(data_dir: &Path, sup: &Sup, mounts: Vec<MountSpec>) -> Resul
         }
         None => Vec::new(),
     };
-    let create = create_request(&sup.config, mounts, hosts);
+    let create = create_request(&sup.config, mounts, hosts)?;
     lock(&sup.agent)
         .call(AgentRequest::Create(Box::new(create)))
         .map_err(agent_error)?;
@@ -614,10 +614,14 @@ fn create_request(
     config: &ContainerConfig,
     mounts: Vec<MountSpec>,
     hosts: Vec<husk_proto::agent::HostEntry>,
-) -> CreateRequest {
+) -> Result<CreateRequest, StartError> {
+    let security = config
+        .restrictions
+        .security()
+        .map_err(|e| StartError::new(e.to_string()))?;
     let p = &config.process;
     let [stdin, stdout, stderr] = INIT_STDIO_PORTS;
-    CreateRequest {
+    Ok(CreateRequest {
         id: CONTAINER_ID.into(),
         image: ImageSource::Unpacked {
             path: IMAGE_MOUNT.into(),
@@ -633,11 +637,14 @@ fn create_request(
         limits: Limits {
             memory_bytes: config.memory_bytes,
             cpu_millis: config.cpu_millis,
-            pids: None,
+            pids: config.restrictions.pids_limit,
         },
         new_network: config.network == NetworkMode::None,
         hosts,
-    }
+        tmpfs: config.restrictions.tmpfs.clone(),
+        readonly_rootfs: config.restrictions.readonly_rootfs,
+        security,
+    })
 }
 
 #[cfg(test)]
@@ -656,11 +663,22 @@ mod tests {
         c.process.cmd = vec!["sh".into()];
         c.process.tty = true;
         c.network = NetworkMode::None;
-        let r = create_request(&c, vec![], vec![]);
+        let r = create_request(&c, vec![], vec![]).unwrap();
         assert!(r.new_network);
         assert_eq!(r.stdio.stderr, None);
         assert_eq!(r.stdio.stdin, None);
         assert_eq!(r.id, CONTAINER_ID);
         r.validate().unwrap();
+        // Docker's default capabilities unless asked otherwise.
+        let default = husk_proto::security::capability_set(&[], &[]).unwrap();
+        assert_eq!(r.security.capabilities, Some(default));
+        c.restrictions.cap_drop = vec!["ALL".into()];
+        c.restrictions.no_new_privileges = true;
+        let r = create_request(&c, vec![], vec![]).unwrap();
+        assert_eq!(r.security.capabilities, Some(0));
+        assert!(r.security.no_new_privileges);
+        c.restrictions.cap_add = vec!["NOPE".into()];
+        let e = create_request(&c, vec![], vec![]).unwrap_err();
+        assert_eq!(e.message, "unknown capability: \"NOPE\"");
     }
 }
