@@ -120,9 +120,9 @@ own_kib() {
 # Twice: the first may fill what is bounded (the connection table, the
 # rx queue, the allocator's arenas); the second must add nothing more.
 rss0=$(own_kib "$pid")
-out1=$($husk exec attacker husk-hostile vsock-flood 20) || fail "vsock-flood: $out1"
+out1=$($husk exec attacker husk-hostile vsock-flood 20 2> "$WORK/err") || fail "vsock-flood: $out1 $(cat "$WORK/err")"
 rss1=$(own_kib "$pid")
-out2=$($husk exec attacker husk-hostile vsock-flood 20) || fail "vsock-flood: $out2"
+out2=$($husk exec attacker husk-hostile vsock-flood 20 2> "$WORK/err") || fail "vsock-flood: $out2 $(cat "$WORK/err")"
 rss2=$(own_kib "$pid")
 hwm=$(status_kib "$pid" VmHWM)
 echo "$out1"; echo "$out2"
