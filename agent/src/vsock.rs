@@ -50,12 +50,27 @@ pub fn listen(port: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Accepts one connection.
+/// Accepts one connection from the host. A connection from inside the
+/// guest (vsock loopback: CID 1, or the guest's own CID) is closed at
+/// once: the control port speaks for the host alone, so a container's
+/// process cannot ask the agent for a container with more privileges than
+/// its own.
 pub fn accept(listener: &OwnedFd) -> io::Result<File> {
-    let fd =
-        socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    loop {
+        let fd = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+            .map_err(io::Error::from)?;
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        let conn = unsafe { File::from_raw_fd(fd) };
+        let peer = socket::getpeername::<VsockAddr>(conn.as_raw_fd()).map_err(io::Error::from)?;
+        if from_host(peer.cid()) {
+            return Ok(conn);
+        }
+    }
+}
+
+/// Whether a peer with context id `cid` is the host.
+fn from_host(cid: u32) -> bool {
+    cid == HOST_CID
 }
 
 /// Serves control connections on vsock `port`, each on its own thread,
@@ -66,4 +81,17 @@ pub fn serve(config: ServerConfig, port: u32) -> io::Result<()> {
     let server = Arc::new(Server::new(config, VsockConnector { cid: HOST_CID }));
     server.serve_all(move || accept(&listener));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_is_served() {
+        assert!(from_host(HOST_CID));
+        assert!(!from_host(libc::VMADDR_CID_LOCAL));
+        assert!(!from_host(husk_proto::guest::GUEST_CID));
+        assert!(!from_host(libc::VMADDR_CID_ANY));
+    }
 }

@@ -15,6 +15,9 @@
 //!   source SRC and port 9999; with SRC our own address, waits 5 s for an
 //!   answer and prints `answered` or `no answer`.
 //! - `udp-listen PORT`: prints `got FROM BYTES` for each datagram on PORT.
+//! - `agent-loopback`: connects to the agent's control port through vsock
+//!   loopback (CID 1 and the guest's own CID) and says hello; prints, per
+//!   CID, `answered`, `closed` or `refused`.
 //! - `wedge`: lifts the guest's real-time throttling, spins a SCHED_FIFO 99
 //!   thread on every CPU and nice -20 threads for the fair-class share left,
 //!   so nothing else in the guest (its agent included) gets to run.
@@ -75,6 +78,10 @@ fn main() -> ExitCode {
         ["dns", src] => dns(src),
         ["udp-listen", port] => port.parse().map_err(bad_arg).and_then(udp_listen),
         ["wedge"] => wedge(),
+        ["agent-loopback"] => {
+            agent_loopback();
+            Ok(())
+        }
         _ => {
             eprintln!("usage: husk-hostile vsock-flood|frames|debug-port SECONDS | udp-send SRC|self DST:PORT [MSG] | dns SRC | udp-listen PORT | wedge");
             return ExitCode::from(2);
@@ -481,4 +488,65 @@ fn wedge() -> io::Result<()> {
     go_real_time(0)?;
     go.wait();
     spin()
+}
+
+/// Says hello to the agent's control port at `cid` and reads for 5 s.
+fn hello_at(cid: u32) -> String {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket() takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return format!("refused ({})", io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor owned by the File from here on.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; zeroes are valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = family(libc::AF_VSOCK);
+    addr.svm_cid = cid;
+    addr.svm_port = husk_proto::guest::CONTROL_PORT;
+    // SAFETY: addr is a valid sockaddr_vm of the size passed.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(addr).cast(),
+            len_of::<libc::sockaddr_vm>(),
+        )
+    };
+    if r != 0 {
+        return format!("refused ({})", io::Error::last_os_error());
+    }
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: tv is a valid timeval of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::addr_of!(tv).cast(),
+            len_of::<libc::timeval>(),
+        )
+    };
+    let hello = format!(
+        "{{\"version\":{v},\"seq\":1,\"body\":{{\"type\":\"hello\",\"version\":{v}}}}}",
+        v = husk_proto::agent::PROTOCOL_VERSION
+    );
+    if f.write_all(&framed(hello.as_bytes())).is_err() {
+        return "closed".into();
+    }
+    let mut buf = [0u8; 64];
+    match f.read(&mut buf) {
+        Ok(0) | Err(_) => "closed".into(),
+        Ok(_) => "answered".into(),
+    }
+}
+
+fn agent_loopback() {
+    for cid in [libc::VMADDR_CID_LOCAL, husk_proto::guest::GUEST_CID] {
+        println!("agent-loopback: cid {cid}: {}", hello_at(cid));
+    }
 }

@@ -9,6 +9,8 @@
 //! - `host-send UDS PORT CONNS BYTES`: like guest-send through husk-vmm's
 //!   `CONNECT PORT` handshake on UDS.
 //! - `host-bench UDS PORT BYTES` / `guest-sink PORT`: one-way throughput.
+//! - `unix-query PATH LINE`: one line to a Unix socket, one line back
+//!   (husk-vmm's API socket: `queues` describes its virtio queues).
 //!
 //! Prints one result line per command and exits non-zero on any mismatch.
 
@@ -258,8 +260,18 @@ fn run(args: &[String]) -> io::Result<String> {
             s.write_all(format!("{n}\n").as_bytes())?;
             Ok(format!("unix-sink: {n} bytes"))
         }
+        "unix-query" => {
+            let path: String = arg(args, 1, "PATH")?;
+            let query: String = arg(args, 2, "LINE")?;
+            let mut s = UnixStream::connect(&path)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            s.write_all(format!("{query}\n").as_bytes())?;
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line)?;
+            Ok(format!("unix-query {query}: {}", line.trim_end()))
+        }
         _ => Err(io::Error::other(
-            "usage: husk-vsock guest-echo|guest-send|host-echo|host-send|guest-sink|host-bench|unix-sink|unix-bench ...",
+            "usage: husk-vsock guest-echo|guest-send|host-echo|host-send|guest-sink|host-bench|unix-sink|unix-bench|unix-query ...",
         )),
     }
 }
