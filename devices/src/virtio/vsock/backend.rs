@@ -65,6 +65,10 @@ enum State {
     Established,
 }
 
+/// At most this many connections are described (see
+/// [`Muxer::describe_conns`]).
+const DESCRIBED_CONNS: usize = 8;
+
 #[derive(Debug)]
 struct Conn {
     stream: UnixStream,
@@ -229,6 +233,32 @@ impl Muxer {
     /// Number of live connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// The flow-control state of the first [`DESCRIBED_CONNS`] connections,
+    /// for the diagnosis of a stalled stream: bytes waiting for the host
+    /// stream and whether it is polled for room, its hang-up, the credit
+    /// not yet reported to the guest, the guest's credit, what is owed.
+    pub fn describe_conns(&self) -> String {
+        self.conns
+            .iter()
+            .take(DESCRIBED_CONNS)
+            .map(|((local, peer), c)| {
+                format!(
+                    "[{local}->{peer} {:?}: {} B for the host (polled for room: {}), hup {}, host eof {}, {} B credit unreported, guest credit {} B, owes {:?}, queued {}]",
+                    c.state,
+                    c.to_stream.len(),
+                    c.registered.is_some_and(|r| r.contains(EventSet::OUT)),
+                    c.hup,
+                    c.host_eof,
+                    (c.fwd_cnt - c.last_fwd_cnt_sent).0,
+                    c.peer_credit(),
+                    c.pending,
+                    c.queued
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn header(&self, key: ConnKey, op: u16, len: u32, flags: u32) -> Header {

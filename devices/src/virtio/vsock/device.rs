@@ -308,7 +308,7 @@ impl VirtioDevice for Vsock {
         };
         let backlog = self.muxer.rx_backlog();
         format!(
-            "{}; interrupt {:#x}; {} connections, {} queued for the guest (pending: {}), {} resets owed, {} bad packets",
+            "{}; interrupt {:#x}; {} connections, {} queued for the guest (pending: {}), {} resets owed, {} bad packets; {}",
             crate::virtio::describe_queues(&a.mem, &a.queues),
             a.interrupt.status(),
             self.muxer.connections(),
@@ -316,6 +316,7 @@ impl VirtioDevice for Vsock {
             self.muxer.has_rx(),
             backlog.owed_resets,
             self.bad_packets,
+            self.muxer.describe_conns(),
         )
     }
 }
@@ -507,6 +508,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 connections, 0 queued"), "{text}");
+        assert!(
+            text.contains("[1073741824->52 HostConnecting: 0 B for the host"),
+            "{text}"
+        );
     }
 
     #[test]
