@@ -145,11 +145,7 @@ pub fn readdress(
 /// Async-signal-safe: raw syscalls on the stack only, for a child between
 /// clone and execve. Returns the errno on failure.
 pub fn raise_loopback() -> std::result::Result<(), i32> {
-    let errno = || {
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
+    use crate::container::process::errno;
     // SAFETY: socket(2) has no memory preconditions.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -5,15 +5,11 @@
 
 use husk_proto::security::Security;
 
+use super::process::errno;
+
 /// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
 const PR_CAP_AMBIENT: libc::c_int = 47;
 const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
 
 /// Applies `s` to the calling process; returns the errno of the first
 /// call that failed. Whatever it executes next keeps no capability

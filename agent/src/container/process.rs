@@ -257,7 +257,8 @@ fn fail(fds: &ChildFds, step: u32, errno: i32) -> ! {
     }
 }
 
-fn errno() -> i32 {
+/// The calling thread's errno (EIO when there is none); async-signal-safe.
+pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
