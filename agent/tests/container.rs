@@ -213,6 +213,14 @@ impl Harness {
         (port, h)
     }
 
+    /// Creates container `id` (no hostname, no limits) and starts it.
+    fn create_and_start(&mut self, id: &str, layer: &Layer, process: Proc) {
+        let created = self.create(id, layer, process, "", Limits::default());
+        assert!(matches!(created, Response::Created { .. }), "{created:?}");
+        let started = self.call(Request::Start { id: id.into() });
+        assert!(matches!(started, Response::Started { .. }), "{started:?}");
+    }
+
     fn create(
         &mut self,
         id: &str,
@@ -394,14 +402,7 @@ fn a_new_network_namespace_has_its_loopback_up() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("lo", &layer, process, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "lo".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("lo", &layer, process);
     assert_eq!(wait(&mut h.client, "lo", None), exited(0));
     let stdout = text(out).1;
     assert!(stdout.contains("inet 127.0.0.1/8"), "{stdout}");
@@ -417,14 +418,7 @@ fn exec_stdin_signals_and_isolation() {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("c2", &layer, init, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "c2".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("c2", &layer, init);
 
     let (out_port, out) = h.port(None);
     let script = "echo $$; hostname; cat /proc/1/cmdline; echo; id -u; \
@@ -963,14 +957,7 @@ fn tty_size_resize_and_ctrl_c() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("t", &layer, process, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "t".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("t", &layer, process);
     let (_, mut stdin) = stdin.join().unwrap();
     let (_, mut stdout) = stdout.join().unwrap();
     let mut out = Vec::new();
@@ -1102,14 +1089,7 @@ fn exec_failures_are_command_not_found_or_not_executable() {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("run", &layer, init, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "run".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("run", &layer, init);
     for (i, (_, cmd, want_kind, want_msg)) in cases.iter().enumerate() {
         let r = h.call(exec_req(
             "run",
@@ -1204,14 +1184,7 @@ fn missing_workdir_is_created_inside_the_rootfs() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("wd", &layer, p, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "wd".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("wd", &layer, p);
     assert_eq!(wait(&mut h.client, "wd", None), exited(0));
     let stdout = text(out).1;
     let lines: Vec<&str> = stdout.lines().collect();
@@ -1400,14 +1373,7 @@ fn stdin_eof_ends_cat_for_init_and_exec() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("in", &layer, p, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "in".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("in", &layer, p);
     assert_eq!(wait(&mut h.client, "in", None), exited(0));
     assert_eq!(text(out).1, "hi\n");
     assert_eq!(text(inp).0.stream, "stdin");
@@ -1416,14 +1382,7 @@ fn stdin_eof_ends_cat_for_init_and_exec() {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("in2", &layer, init, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "in2".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("in2", &layer, init);
     let (in_port, inp) = h.port(Some(b"hi\n"));
     let (out_port, out) = h.port(None);
     let r = h.call(exec_req(
@@ -1461,14 +1420,7 @@ fn sigterm_to_init_with_handler_and_two_waiters() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("sig", &layer, p, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "sig".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("sig", &layer, p);
     let (_, mut out) = out.join().unwrap();
     let mut buf = Vec::new();
     read_until(&mut out, &mut buf, "ready\n");
@@ -1600,14 +1552,7 @@ fn stdio_is_pipes_for_init_and_exec() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("pi", &layer, p, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "pi".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("pi", &layer, p);
     assert_eq!(wait(&mut h.client, "pi", None), exited(3));
     assert_eq!(text(out).1, "a\n");
     assert_eq!(text(err).1, "b\n");
@@ -1624,14 +1569,7 @@ fn stdio_is_pipes_for_init_and_exec() {
         },
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("pe", &layer, p, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "pe".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("pe", &layer, p);
     assert_eq!(wait(&mut h.client, "pe", None), exited(0));
     assert_eq!(text(out).1, "hi\n");
     drop(inp);
@@ -1640,14 +1578,7 @@ fn stdio_is_pipes_for_init_and_exec() {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("px", &layer, init, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "px".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("px", &layer, init);
     let (out_port, out) = h.port(None);
     let (err_port, err) = h.port(None);
     let p = Proc {
@@ -1705,14 +1636,7 @@ fn output_is_relayed_before_exited() {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("o", &layer, init, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "o".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("o", &layer, init);
     let seq = |n: u32| -> String { (1..=n).map(|i| format!("{i}\n")).collect() };
     let (out_port, out) = h.port(None);
     let p = Proc {
@@ -1768,14 +1692,7 @@ fn a_background_child_holds_neither_wait_nor_the_stream() {
         cmd: vec!["sleep".into(), "1000".into()],
         ..Default::default()
     };
-    assert!(matches!(
-        h.create("bg", &layer, init, "", Limits::default()),
-        Response::Created { .. }
-    ));
-    assert!(matches!(
-        h.call(Request::Start { id: "bg".into() }),
-        Response::Started { .. }
-    ));
+    h.create_and_start("bg", &layer, init);
     let (in_port, inp) = h.live_port();
     let (out_port, out) = h.live_port();
     let p = Proc {
