@@ -61,31 +61,43 @@ pub fn to_json(c: &ContainerConfig, s: &State, dir: &Path) -> serde_json::Value 
             "Image": c.image,
             "Labels": c.labels,
         },
-        "HostConfig": {
-            "AutoRemove": c.auto_remove,
-            "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
-            "Memory": c.memory_bytes.unwrap_or(0),
-            "NanoCpus": c.cpu_millis.unwrap_or(0) * 1_000_000,
+        "HostConfig": host_config(c, serde_json::json!({
             "NetworkMode": match c.network {
                 crate::container::spec::NetworkMode::Default => "default",
                 crate::container::spec::NetworkMode::None => "none",
             },
             "PortBindings": c.ports,
-            "LogConfig": c.log.docker_json(),
-            "PidsLimit": c.restrictions.pids_limit,
-            "ReadonlyRootfs": c.restrictions.readonly_rootfs,
-            "Tmpfs": crate::container::tmpfs::docker_map(&c.restrictions.tmpfs),
-            "CapAdd": c.restrictions.cap_add,
-            "CapDrop": c.restrictions.cap_drop,
-            "SecurityOpt": c.restrictions.security_opt(),
-            "Binds": c.volumes.iter().map(|v| format!("{}:{}{}", v.name, v.destination, if v.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
-        },
+        })),
         "NetworkSettings": {
             "IPAddress": s.ip.clone().unwrap_or_default(),
             "Ports": ports,
         },
         "Timings": s.timings,
     })
+}
+
+/// Docker's `HostConfig` of `c` as both `husk inspect` and the API's
+/// inspect show it, with each one's own fields (`own`, an object) added.
+pub fn host_config(c: &ContainerConfig, own: serde_json::Value) -> serde_json::Value {
+    let r = &c.restrictions;
+    let mut hc = serde_json::json!({
+        "Binds": c.volumes.iter().map(|v| format!("{}:{}{}", v.name, v.destination, if v.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
+        "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
+        "AutoRemove": c.auto_remove,
+        "LogConfig": c.log.docker_json(),
+        "Memory": c.memory_bytes.unwrap_or(0),
+        "NanoCpus": c.cpu_millis.unwrap_or(0) * 1_000_000,
+        "PidsLimit": r.pids_limit,
+        "ReadonlyRootfs": r.readonly_rootfs,
+        "Tmpfs": crate::container::tmpfs::docker_map(&r.tmpfs),
+        "CapAdd": r.cap_add,
+        "CapDrop": r.cap_drop,
+        "SecurityOpt": r.security_opt(),
+    });
+    if let (Some(hc), serde_json::Value::Object(own)) = (hc.as_object_mut(), own) {
+        hc.extend(own);
+    }
+    hc
 }
 
 /// `husk inspect`.
