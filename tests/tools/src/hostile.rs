@@ -492,54 +492,28 @@ fn wedge() -> io::Result<()> {
 
 /// Says hello to the agent's control port at `cid` and reads for 5 s.
 fn hello_at(cid: u32) -> String {
+    use husk_proto::agent::{write_frame, Envelope, Request, PROTOCOL_VERSION};
     use std::io::Read;
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket() takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return format!("refused ({})", io::Error::last_os_error());
+    let mut s =
+        match vsock::VsockStream::connect_with_cid_port(cid, husk_proto::guest::CONTROL_PORT) {
+            Ok(s) => s,
+            Err(e) => return format!("refused ({e})"),
+        };
+    if let Err(e) = s.set_read_timeout(Some(Duration::from_secs(5))) {
+        return format!("refused ({e})");
     }
-    // SAFETY: fd is a new descriptor owned by the File from here on.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; zeroes are valid.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = family(libc::AF_VSOCK);
-    addr.svm_cid = cid;
-    addr.svm_port = husk_proto::guest::CONTROL_PORT;
-    // SAFETY: addr is a valid sockaddr_vm of the size passed.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            std::ptr::addr_of!(addr).cast(),
-            len_of::<libc::sockaddr_vm>(),
-        )
+    let hello = Envelope {
+        version: PROTOCOL_VERSION,
+        seq: 1,
+        body: Request::Hello {
+            version: PROTOCOL_VERSION,
+        },
     };
-    if r != 0 {
-        return format!("refused ({})", io::Error::last_os_error());
-    }
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: tv is a valid timeval of the size passed.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::addr_of!(tv).cast(),
-            len_of::<libc::timeval>(),
-        )
-    };
-    let hello = format!(
-        "{{\"version\":{v},\"seq\":1,\"body\":{{\"type\":\"hello\",\"version\":{v}}}}}",
-        v = husk_proto::agent::PROTOCOL_VERSION
-    );
-    if f.write_all(&framed(hello.as_bytes())).is_err() {
+    if write_frame(&mut s, &hello).is_err() {
         return "closed".into();
     }
     let mut buf = [0u8; 64];
-    match f.read(&mut buf) {
+    match s.read(&mut buf) {
         Ok(0) | Err(_) => "closed".into(),
         Ok(_) => "answered".into(),
     }
